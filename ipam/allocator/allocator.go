@@ -1,0 +1,352 @@
+// Package allocator hands out one address per range set to an attachment,
+// honouring fixed requests, exclusions and gateways, and re-picks an address
+// that conflict detection finds in use on the network. It talks to
+// reservations only through store.Store.
+package allocator
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/warpnet/warpnet/ipam/config"
+	"github.com/warpnet/warpnet/ipam/store"
+)
+
+// Errors callers map to CNI error codes.
+var (
+	ErrAlreadyAllocated = errors.New("attachment already has addresses")
+	ErrInUse            = errors.New("address is held by another attachment")
+	ErrExhausted        = errors.New("no free address")
+	ErrConflict         = errors.New("address is already used on the network")
+)
+
+// maxScan bounds one search for a free address, so a huge (IPv6) range
+// that is somehow dense cannot stall an ADD; 2^20 probes of the store is
+// already seconds of work.
+const maxScan = 1 << 20
+
+// maxConflicts bounds how many addresses answered by other hosts one ADD
+// skips before giving up: that many squatters means the range is shared
+// with something that does not use this IPAM.
+const maxConflicts = 16
+
+// Lease is an address given to an attachment from one range set.
+type Lease struct {
+	Set   int
+	IP    netip.Addr
+	Range config.Range // the range holding IP: its subnet and gateway go in the result
+	Fixed bool         // requested by the runtime rather than picked
+}
+
+// Prober reports whether another host on the network answers for addr;
+// holder describes it for the error message.
+type Prober func(addr netip.Addr) (inUse bool, holder string, err error)
+
+// Allocator allocates from cfg's range sets into st.
+type Allocator struct {
+	cfg *config.Config
+	st  store.Store
+}
+
+// New returns an allocator over cfg's ranges and exclusions.
+func New(cfg *config.Config, st store.Store) *Allocator {
+	return &Allocator{cfg: cfg, st: st}
+}
+
+// locked runs fn with the store lock held.
+func (a *Allocator) locked(fn func() error) error {
+	if err := a.st.Lock(); err != nil {
+		return err
+	}
+	err := fn()
+	if uerr := a.st.Unlock(); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+// Allocate gives key one address from every range set: the requested one
+// (cfg.Requested) where there is one, else the next free one after the
+// set's cursor. When probe is not nil every address is probed outside the
+// lock; a dynamic address in use is swapped for the next free one, a fixed
+// one fails. On error nothing stays reserved.
+func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
+	var leases []Lease
+	err := a.locked(func() error {
+		held, err := a.st.ByKey(key)
+		if err != nil {
+			return err
+		}
+		if len(held) > 0 {
+			return fmt.Errorf("%w: %s already holds %s; a runtime must DEL before it ADDs the same container and interface again",
+				ErrAlreadyAllocated, key, joinAddrs(held))
+		}
+		for set := range a.cfg.Ranges {
+			l, err := a.reserve(key, set)
+			if err != nil {
+				a.rollback(key, leases)
+				return err
+			}
+			leases = append(leases, l)
+		}
+		return nil
+	})
+	if err != nil || probe == nil {
+		return leases, err
+	}
+	for i := range leases {
+		if err := a.resolveConflicts(key, &leases[i], probe); err != nil {
+			_ = a.locked(func() error { a.rollback(key, leases); return nil })
+			return nil, err
+		}
+	}
+	return leases, nil
+}
+
+// reserve takes the requested or next free address of one range set.
+func (a *Allocator) reserve(key store.Key, set int) (Lease, error) {
+	if ip, ok := a.cfg.Requested[set]; ok {
+		owner, held, err := a.st.Owner(ip)
+		if err != nil {
+			return Lease{}, err
+		}
+		if held && owner != key {
+			return Lease{}, fmt.Errorf("%w: %s is held by container %s interface %s", ErrInUse, ip, owner.ContainerID, owner.IfName)
+		}
+		ok, err := a.st.Reserve(key, ip)
+		if err != nil {
+			return Lease{}, err
+		}
+		if !ok {
+			return Lease{}, fmt.Errorf("%w: %s", ErrInUse, ip)
+		}
+		r, _ := a.cfg.Ranges[set].RangeFor(ip)
+		return Lease{Set: set, IP: ip, Range: r, Fixed: true}, nil
+	}
+	return a.reserveNext(key, set)
+}
+
+func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
+	var lease Lease
+	found, err := a.scan(set, func(ip netip.Addr, r config.Range) (bool, error) {
+		ok, err := a.st.Reserve(key, ip)
+		if err != nil || !ok {
+			return false, err
+		}
+		lease = Lease{Set: set, IP: ip, Range: r}
+		return true, a.st.SetCursor(set, ip)
+	})
+	if err != nil {
+		return Lease{}, err
+	}
+	if !found {
+		return Lease{}, fmt.Errorf("%w in range set %d (%s): every address is reserved or excluded", ErrExhausted, set, a.cfg.Ranges[set])
+	}
+	return lease, nil
+}
+
+// scan visits the candidate addresses of a range set that the store shows
+// as free, starting after the set's cursor and wrapping around once, until
+// visit returns true. Gateways, exclusions and the subnet's network and
+// broadcast addresses are never visited.
+func (a *Allocator) scan(set int, visit func(netip.Addr, config.Range) (bool, error)) (bool, error) {
+	rs := a.cfg.Ranges[set]
+	cursor, err := a.st.Cursor(set)
+	if err != nil {
+		return false, err
+	}
+	// Start after the cursor when it lies in one of the ranges.
+	startRange, start := 0, rs[0].Start
+	for i, r := range rs {
+		if cursor.IsValid() && r.Contains(cursor) {
+			startRange, start = i, cursor.Next()
+			if !r.Contains(start) {
+				startRange = (i + 1) % len(rs)
+				start = rs[startRange].Start
+			}
+			break
+		}
+	}
+	scanned := 0
+	// len(rs)+1 passes: the start range is visited from the cursor to
+	// its end first and from its beginning up to the cursor last.
+	for pass := 0; pass <= len(rs); pass++ {
+		ri := (startRange + pass) % len(rs)
+		r := rs[ri]
+		from, to := r.Start, r.End
+		if pass == 0 {
+			from = start
+		} else if pass == len(rs) {
+			if start == r.Start {
+				break
+			}
+			to = start.Prev()
+		}
+		for ip := from; ip.IsValid() && ip.Compare(to) <= 0; ip = ip.Next() {
+			if scanned++; scanned > maxScan {
+				return false, nil
+			}
+			if !a.candidate(ip, r) {
+				continue
+			}
+			_, held, err := a.st.Owner(ip)
+			if err != nil {
+				return false, err
+			}
+			if held {
+				continue
+			}
+			done, err := visit(ip, r)
+			if done || err != nil {
+				return done, err
+			}
+		}
+	}
+	return false, nil
+}
+
+func (a *Allocator) candidate(ip netip.Addr, r config.Range) bool {
+	if ip == r.Gateway || ip == r.Subnet.Addr() || a.cfg.Excluded(ip) {
+		return false
+	}
+	if ip.Is4() && !r.Subnet.Contains(ip.Next()) { // IPv4 broadcast
+		return false
+	}
+	return true
+}
+
+// rollback releases leases; it runs with the lock held and is best effort,
+// because it only ever runs on a path that already returns an error.
+func (a *Allocator) rollback(key store.Key, leases []Lease) {
+	for _, l := range leases {
+		_ = a.st.Release(key, l.IP)
+	}
+}
+
+// resolveConflicts probes l.IP and, while another host answers for it and l
+// is dynamic, swaps it for the next free address of its set.
+func (a *Allocator) resolveConflicts(key store.Key, l *Lease, probe Prober) error {
+	for attempt := 0; ; attempt++ {
+		inUse, holder, err := probe(l.IP)
+		if err != nil {
+			return fmt.Errorf("conflict detection for %s: %w", l.IP, err)
+		}
+		if !inUse {
+			return nil
+		}
+		taken := l.IP
+		if l.Fixed {
+			return fmt.Errorf("%w: requested address %s is answered for by %s; remove it from that host or request another address", ErrConflict, taken, holder)
+		}
+		if attempt+1 >= maxConflicts {
+			return fmt.Errorf("%w: %d addresses in range set %d are answered for by other hosts (last %s by %s); exclude them with ipam.exclude",
+				ErrConflict, maxConflicts, l.Set, taken, holder)
+		}
+		err = a.locked(func() error {
+			if err := a.st.Release(key, taken); err != nil {
+				return err
+			}
+			next, err := a.reserveNext(key, l.Set)
+			if err != nil {
+				return fmt.Errorf("%s is answered for by %s and no other address is free: %w", taken, holder, err)
+			}
+			*l = next
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// Held returns what key holds.
+func (a *Allocator) Held(key store.Key) ([]netip.Addr, error) {
+	var held []netip.Addr
+	err := a.locked(func() (err error) {
+		held, err = a.st.ByKey(key)
+		return err
+	})
+	return held, err
+}
+
+// Release frees everything key holds; releasing nothing is not an error.
+func (a *Allocator) Release(key store.Key) ([]netip.Addr, error) {
+	var freed []netip.Addr
+	err := a.locked(func() (err error) {
+		freed, err = a.st.ReleaseKey(key)
+		return err
+	})
+	return freed, err
+}
+
+// Exhausted returns the range sets in which no address is free; ADD cannot
+// succeed while any is.
+func (a *Allocator) Exhausted() ([]int, error) {
+	var full []int
+	err := a.locked(func() error {
+		for set := range a.cfg.Ranges {
+			found, err := a.scan(set, func(netip.Addr, config.Range) (bool, error) { return true, nil })
+			if err != nil {
+				return err
+			}
+			if !found {
+				full = append(full, set)
+			}
+		}
+		return nil
+	})
+	return full, err
+}
+
+// GC releases every attachment not in keep. It goes on past errors and
+// returns them all, so one bad entry cannot pin every other leak.
+func (a *Allocator) GC(keep map[store.Key]bool) ([]store.Reservation, error) {
+	var freed []store.Reservation
+	var errs []error
+	err := a.locked(func() error {
+		keys, err := a.st.Keys()
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if keep[k] {
+				continue
+			}
+			ips, err := a.st.ReleaseKey(k)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("release %s: %w", k, err))
+			}
+			for _, ip := range ips {
+				freed = append(freed, store.Reservation{IP: ip, Key: k})
+			}
+		}
+		// Address files whose owner has no index entry (written by a
+		// foreign writer after the index was built) are released here.
+		all, err := a.st.List()
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
+			if keep[r.Key] {
+				continue
+			}
+			if err := a.st.Release(r.Key, r.IP); err != nil {
+				errs = append(errs, fmt.Errorf("release %s of %s: %w", r.IP, r.Key, err))
+				continue
+			}
+			freed = append(freed, r)
+		}
+		return nil
+	})
+	return freed, errors.Join(append([]error{err}, errs...)...)
+}
+
+func joinAddrs(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,502 @@
+// Package config parses and validates warp-ipam's network configuration.
+//
+// The accepted keys are a superset of host-local's (ranges, the legacy single
+// range, routes, dataDir, resolvConf, the ips and ipRanges capabilities,
+// args.cni.ips and CNI_ARGS IP=), so an operator switches an existing network
+// from host-local by changing "type" only. warp-ipam adds exclude, dns,
+// detectConflicts and probeTimeout.
+//
+// Every failure is a *types.Error whose message names the offending field, so
+// that the runtime's event log tells the operator what to fix.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// DefaultDataDir is where reservations live unless dataDir says otherwise; it
+// is host-local's default so that existing reservations carry over.
+const DefaultDataDir = "/var/lib/cni/networks"
+
+// DefaultProbeTimeout bounds conflict detection per address. RFC 5227's own
+// timings (seconds) are far too slow for a pod ADD; on one L2 segment an
+// owner answers within a millisecond.
+const DefaultProbeTimeout = 200 * time.Millisecond
+
+// Range is one contiguous allocation span inside a subnet.
+type Range struct {
+	Subnet  netip.Prefix
+	Start   netip.Addr // first allocatable address, inclusive
+	End     netip.Addr // last allocatable address, inclusive
+	Gateway netip.Addr // never handed out
+}
+
+// Contains reports whether addr lies in [Start, End].
+func (r Range) Contains(addr netip.Addr) bool {
+	return addr.BitLen() == r.Start.BitLen() && r.Start.Compare(addr) <= 0 && addr.Compare(r.End) <= 0
+}
+
+// RangeSet is the list of ranges one address is drawn from; a pod gets one
+// address per range set (that is how dual-stack is expressed).
+type RangeSet []Range
+
+// Contains reports whether any range of the set holds addr.
+func (s RangeSet) Contains(addr netip.Addr) bool {
+	for _, r := range s {
+		if r.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// String lists the set's ranges as start-end pairs, for messages.
+func (s RangeSet) String() string {
+	parts := make([]string, len(s))
+	for i, r := range s {
+		parts[i] = r.Start.String() + "-" + r.End.String()
+	}
+	return strings.Join(parts, ", ")
+}
+
+// IsGateway reports whether addr is the gateway of one of the set's ranges.
+func (s RangeSet) IsGateway(addr netip.Addr) bool {
+	for _, r := range s {
+		if r.Gateway == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// RangeFor returns the range of the set holding addr.
+func (s RangeSet) RangeFor(addr netip.Addr) (Range, bool) {
+	for _, r := range s {
+		if r.Contains(addr) {
+			return r, true
+		}
+	}
+	return Range{}, false
+}
+
+// Config is the validated configuration of one ADD/DEL/CHECK/STATUS/GC call.
+type Config struct {
+	CNIVersion string
+	Network    string // the network name; reservations are kept per network
+
+	Ranges          []RangeSet
+	Routes          []*types.Route
+	DNS             types.DNS
+	DataDir         string
+	Exclude         []netip.Prefix // single IPs are stored as /32 or /128
+	DetectConflicts bool
+	ProbeTimeout    time.Duration
+
+	// Requested holds fixed addresses asked for by the runtime (ips
+	// capability, args.cni.ips, CNI_ARGS IP=), each matched to the index of
+	// the range set that holds it.
+	Requested map[int]netip.Addr
+
+	// ValidAttachments is only set for GC: the attachments to keep.
+	ValidAttachments []types.GCAttachment
+}
+
+// Excluded reports whether addr must never be handed out.
+func (c *Config) Excluded(addr netip.Addr) bool {
+	for _, p := range c.Exclude {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+type rangeJSON struct {
+	Subnet     string `json:"subnet"`
+	RangeStart string `json:"rangeStart,omitempty"`
+	RangeEnd   string `json:"rangeEnd,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
+}
+
+type ipamJSON struct {
+	Type string `json:"type"`
+	// The legacy single range that host-local still accepts at the top of
+	// the ipam section.
+	rangeJSON
+	Ranges          [][]rangeJSON  `json:"ranges"`
+	Routes          []*types.Route `json:"routes"`
+	DataDir         string         `json:"dataDir"`
+	ResolvConf      string         `json:"resolvConf"`
+	Exclude         []string       `json:"exclude"`
+	DNS             *types.DNS     `json:"dns"`
+	DetectConflicts *bool          `json:"detectConflicts"`
+	ProbeTimeout    string         `json:"probeTimeout"`
+}
+
+type netJSON struct {
+	CNIVersion    string    `json:"cniVersion"`
+	Name          string    `json:"name"`
+	IPAM          *ipamJSON `json:"ipam"`
+	RuntimeConfig struct {
+		IPs      []string      `json:"ips"`
+		IPRanges [][]rangeJSON `json:"ipRanges"`
+	} `json:"runtimeConfig"`
+	Args *struct {
+		CNI *struct {
+			IPs []string `json:"ips"`
+		} `json:"cni"`
+	} `json:"args"`
+}
+
+// invalid builds the error for a value that parses but makes no sense.
+func invalid(field, format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
+}
+
+// storeJSON is the part of the configuration that locates reservations.
+type storeJSON struct {
+	CNIVersion string `json:"cniVersion"`
+	Name       string `json:"name"`
+	IPAM       *struct {
+		DataDir string `json:"dataDir"`
+	} `json:"ipam"`
+	ValidAttachments  []types.GCAttachment `json:"cni.dev/valid-attachments"`
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments"`
+}
+
+// decode unmarshals stdin into v, naming the offending key on a type error.
+func decode(stdin []byte, v any) error {
+	if err := json.Unmarshal(stdin, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return types.NewError(types.ErrDecodingFailure,
+				fmt.Sprintf("%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value), "")
+		}
+		return types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON: "+err.Error(), "")
+	}
+	return nil
+}
+
+// LoadStore parses only what locating the reservations needs (network name
+// and dataDir). DEL and GC use it so that an attachment can be released even
+// when the rest of the configuration has since become invalid.
+func LoadStore(stdin []byte) (*Config, error) {
+	var n storeJSON
+	if err := decode(stdin, &n); err != nil {
+		return nil, err
+	}
+	if n.IPAM == nil {
+		return nil, invalid("ipam", "missing: the network configuration has no ipam section")
+	}
+	if n.Name == "" {
+		return nil, invalid("name", "missing: reservations are kept per network name")
+	}
+	if strings.ContainsAny(n.Name, "/\x00") || n.Name == "." || n.Name == ".." {
+		return nil, invalid("name", "%q cannot be used as a directory name", n.Name)
+	}
+	c := &Config{CNIVersion: n.CNIVersion, Network: n.Name, DataDir: n.IPAM.DataDir}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	c.ValidAttachments = append(append([]types.GCAttachment{}, n.ValidAttachments...), n.LegacyAttachments...)
+	return c, nil
+}
+
+// Load parses and validates the whole configuration. envArgs is CNI_ARGS.
+func Load(stdin []byte, envArgs string) (*Config, error) {
+	c, err := LoadStore(stdin)
+	if err != nil {
+		return nil, err
+	}
+	var n netJSON
+	if err := decode(stdin, &n); err != nil {
+		return nil, err
+	}
+	ij := n.IPAM
+
+	// Range sets, in host-local's order: runtime ipRanges, legacy range, ranges.
+	type namedSet struct {
+		field string
+		set   []rangeJSON
+	}
+	var sets []namedSet
+	for i, s := range n.RuntimeConfig.IPRanges {
+		sets = append(sets, namedSet{fmt.Sprintf("runtimeConfig.ipRanges[%d]", i), s})
+	}
+	if ij.Subnet != "" {
+		sets = append(sets, namedSet{"ipam", []rangeJSON{ij.rangeJSON}})
+	} else if ij.RangeStart != "" || ij.RangeEnd != "" || ij.Gateway != "" {
+		return nil, invalid("ipam.subnet", "missing: rangeStart/rangeEnd/gateway at the top of ipam need a subnet")
+	}
+	for i, s := range ij.Ranges {
+		sets = append(sets, namedSet{fmt.Sprintf("ipam.ranges[%d]", i), s})
+	}
+	if len(sets) == 0 {
+		return nil, invalid("ipam.ranges", "missing: give at least one range set, e.g. [[{\"subnet\": \"10.10.0.0/16\"}]]")
+	}
+	for _, ns := range sets {
+		if len(ns.set) == 0 {
+			return nil, invalid(ns.field, "empty range set")
+		}
+		var rs RangeSet
+		for j, rj := range ns.set {
+			field := fmt.Sprintf("%s[%d]", ns.field, j)
+			if ns.field == "ipam" {
+				field = "ipam"
+			}
+			r, err := parseRange(field, rj)
+			if err != nil {
+				return nil, err
+			}
+			if len(rs) > 0 && rs[0].Subnet.Addr().Is4() != r.Subnet.Addr().Is4() {
+				return nil, invalid(field+".subnet", "%s mixes address families within one range set", r.Subnet)
+			}
+			rs = append(rs, r)
+		}
+		c.Ranges = append(c.Ranges, rs)
+	}
+	if err := checkOverlaps(c.Ranges); err != nil {
+		return nil, err
+	}
+
+	for i, s := range ij.Exclude {
+		p, err := parsePrefixOrAddr(s)
+		if err != nil {
+			return nil, invalid(fmt.Sprintf("ipam.exclude[%d]", i), "%q is neither an IP address nor a CIDR", s)
+		}
+		c.Exclude = append(c.Exclude, p)
+	}
+
+	for i, r := range ij.Routes {
+		if r == nil || r.Dst.IP == nil {
+			return nil, invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing")
+		}
+	}
+	c.Routes = ij.Routes
+
+	if ij.ResolvConf != "" {
+		dns, err := parseResolvConf(ij.ResolvConf)
+		if err != nil {
+			return nil, invalid("ipam.resolvConf", "%v", err)
+		}
+		c.DNS = *dns
+	}
+	if ij.DNS != nil {
+		mergeDNS(&c.DNS, *ij.DNS)
+	}
+
+	c.DetectConflicts = ij.DetectConflicts == nil || *ij.DetectConflicts
+	c.ProbeTimeout = DefaultProbeTimeout
+	if ij.ProbeTimeout != "" {
+		d, err := time.ParseDuration(ij.ProbeTimeout)
+		if err != nil || d <= 0 || d > 10*time.Second {
+			return nil, invalid("ipam.probeTimeout", "%q must be a duration between 1ms and 10s, e.g. \"200ms\"", ij.ProbeTimeout)
+		}
+		c.ProbeTimeout = d
+	}
+
+	if err := c.parseRequested(&n, envArgs); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func parseRange(field string, rj rangeJSON) (Range, error) {
+	if rj.Subnet == "" {
+		return Range{}, invalid(field+".subnet", "missing")
+	}
+	p, err := netip.ParsePrefix(rj.Subnet)
+	if err != nil {
+		return Range{}, invalid(field+".subnet", "%q is not a CIDR", rj.Subnet)
+	}
+	if p.Addr().Is4In6() {
+		return Range{}, invalid(field+".subnet", "%q: use plain IPv4 notation", rj.Subnet)
+	}
+	if p != p.Masked() {
+		return Range{}, invalid(field+".subnet", "%s has host bits set; the network address is %s", p, p.Masked())
+	}
+	if p.Bits() > p.Addr().BitLen()-2 {
+		return Range{}, invalid(field+".subnet", "%s is too small to allocate from (at most /%d)", p, p.Addr().BitLen()-2)
+	}
+	r := Range{Subnet: p}
+	addr := func(name, s string, def netip.Addr) (netip.Addr, error) {
+		if s == "" {
+			return def, nil
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return a, invalid(field+"."+name, "%q is not an IP address", s)
+		}
+		a = a.Unmap()
+		if !p.Contains(a) {
+			return a, invalid(field+"."+name, "%s is not in subnet %s", a, p)
+		}
+		return a, nil
+	}
+	if r.Start, err = addr("rangeStart", rj.RangeStart, p.Addr().Next()); err != nil {
+		return r, err
+	}
+	if r.End, err = addr("rangeEnd", rj.RangeEnd, lastUsable(p)); err != nil {
+		return r, err
+	}
+	if r.Gateway, err = addr("gateway", rj.Gateway, p.Addr().Next()); err != nil {
+		return r, err
+	}
+	if r.End.Less(r.Start) {
+		return r, invalid(field+".rangeEnd", "%s is before rangeStart %s", r.End, r.Start)
+	}
+	return r, nil
+}
+
+// lastUsable is the last address of p, less the IPv4 broadcast address.
+func lastUsable(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	hostBits := len(b)*8 - p.Bits()
+	for i := len(b) - 1; i >= 0 && hostBits > 0; i-- {
+		n := min(hostBits, 8)
+		b[i] |= byte(0xff >> (8 - n))
+		hostBits -= n
+	}
+	last, _ := netip.AddrFromSlice(b)
+	if p.Addr().Is4() {
+		last = last.Prev()
+	}
+	return last
+}
+
+func checkOverlaps(sets []RangeSet) error {
+	type located struct {
+		set, idx int
+		r        Range
+	}
+	var all []located
+	for i, s := range sets {
+		for j, r := range s {
+			all = append(all, located{i, j, r})
+		}
+	}
+	for a := 0; a < len(all); a++ {
+		for b := a + 1; b < len(all); b++ {
+			x, y := all[a], all[b]
+			if x.r.Start.BitLen() != y.r.Start.BitLen() {
+				continue
+			}
+			if !(x.r.End.Less(y.r.Start) || y.r.End.Less(x.r.Start)) {
+				return invalid("ipam.ranges", "range %d.%d (%s-%s) overlaps range %d.%d (%s-%s)",
+					x.set, x.idx, x.r.Start, x.r.End, y.set, y.idx, y.r.Start, y.r.End)
+			}
+		}
+	}
+	return nil
+}
+
+func parsePrefixOrAddr(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// parseRequested collects fixed addresses from every source the runtime may
+// use, and matches each to its range set.
+func (c *Config) parseRequested(n *netJSON, envArgs string) error {
+	type req struct{ field, value string }
+	var reqs []req
+	if envArgs != "" {
+		for _, kv := range strings.Split(envArgs, ";") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %q is not KEY=VALUE", kv), "")
+			}
+			if k == "IP" {
+				for _, s := range strings.Split(v, ",") {
+					reqs = append(reqs, req{"CNI_ARGS IP", s})
+				}
+			}
+		}
+	}
+	if n.Args != nil && n.Args.CNI != nil {
+		for i, s := range n.Args.CNI.IPs {
+			reqs = append(reqs, req{fmt.Sprintf("args.cni.ips[%d]", i), s})
+		}
+	}
+	for i, s := range n.RuntimeConfig.IPs {
+		reqs = append(reqs, req{fmt.Sprintf("runtimeConfig.ips[%d]", i), s})
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	c.Requested = map[int]netip.Addr{}
+	for _, r := range reqs {
+		s := strings.TrimSpace(r.value)
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			s = s[:i] // the ips capability carries a prefix length; the range decides it
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return invalid(r.field, "%q is not an IP address", r.value)
+		}
+		a = a.Unmap()
+		set := -1
+		for i, rs := range c.Ranges {
+			if rs.Contains(a) {
+				set = i
+				break
+			}
+		}
+		switch {
+		case set < 0:
+			return invalid(r.field, "%s is not inside any configured range (%s)", a, c.describeRanges())
+		case c.Ranges[set].IsGateway(a):
+			return invalid(r.field, "%s is the gateway of its range", a)
+		case c.Excluded(a):
+			return invalid(r.field, "%s is listed in ipam.exclude", a)
+		}
+		if prev, dup := c.Requested[set]; dup && prev != a {
+			return invalid(r.field, "%s and %s are both in range set %d; a pod gets one address per range set", prev, a, set)
+		}
+		c.Requested[set] = a
+	}
+	return nil
+}
+
+func (c *Config) describeRanges() string {
+	parts := make([]string, len(c.Ranges))
+	for i, s := range c.Ranges {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// mergeDNS lets the explicit dns section override what resolvConf gave,
+// field by field.
+func mergeDNS(dst *types.DNS, src types.DNS) {
+	if len(src.Nameservers) > 0 {
+		dst.Nameservers = src.Nameservers
+	}
+	if src.Domain != "" {
+		dst.Domain = src.Domain
+	}
+	if len(src.Search) > 0 {
+		dst.Search = src.Search
+	}
+	if len(src.Options) > 0 {
+		dst.Options = src.Options
+	}
+}

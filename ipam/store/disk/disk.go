@@ -1,0 +1,450 @@
+// Package disk is the node-local reservation store: one directory per network
+// under dataDir, shared by every plugin process through a file lock.
+//
+// Layout of <dataDir>/<network>/ (the first three are host-local's format, so
+// reservations made by host-local are honoured after switching "type", and
+// the other way round):
+//
+//	lock                    flock(2) target serialising allocators
+//	<ip>                    one file per reserved address: "containerID\r\nifname"
+//	last_reserved_ip.<set>  the allocation cursor of range set <set>
+//	attachments/<key>       warp-ipam's index: the addresses one attachment holds
+//
+// host-local finds an attachment's addresses by reading every file in the
+// directory, so its ADD and DEL slow down as the network fills. The index
+// makes ADD, DEL and CHECK touch a constant number of files.
+//
+// Crash safety: a writer killed at any point leaves the store repairable.
+// Reserve writes the index entry before the address file and Release removes
+// the address file before the index entry, so the only possible leftover is
+// an index entry naming an address the key does not own, which readers
+// ignore and the next write of that key drops. Files are written to a
+// temporary name and linked/renamed into place, so no reader sees half a
+// file; temporaries of dead writers are removed by List (run by GC).
+package disk
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/warpnet/warpnet/ipam/store"
+)
+
+const (
+	lockFile      = "lock"
+	cursorPrefix  = "last_reserved_ip."
+	indexDir      = "attachments"
+	indexMarker   = ".v1" // present once the index covers every address file
+	tmpPrefix     = ".tmp-"
+	ownerLineFeed = "\r\n" // host-local's separator between container ID and ifname
+)
+
+// DefaultLockTimeout bounds how long an allocator waits for the lock. The
+// lock is held for milliseconds per call (conflict probes run outside it),
+// so waiting this long means something is wrong and the runtime should retry.
+const DefaultLockTimeout = 30 * time.Second
+
+// Store is the disk store of one network.
+type Store struct {
+	dir         string
+	lockTimeout time.Duration
+	lock        *os.File
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open creates (if needed) and opens the store of network under dataDir.
+func Open(dataDir, network string) (*Store, error) {
+	dir := filepath.Join(dataDir, network)
+	if err := os.MkdirAll(filepath.Join(dir, indexDir), 0o755); err != nil {
+		return nil, fmt.Errorf("cannot create the reservation directory (check dataDir): %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the lock file: %w", err)
+	}
+	return &Store{dir: dir, lockTimeout: DefaultLockTimeout, lock: f}, nil
+}
+
+// Dir is the directory holding this network's reservations.
+func (s *Store) Dir() string { return s.dir }
+
+// SetLockTimeout changes how long Lock waits.
+func (s *Store) SetLockTimeout(d time.Duration) { s.lockTimeout = d }
+
+// Lock takes the network's exclusive lock. The kernel drops a flock when its
+// holder dies, so a killed plugin never wedges the network.
+func (s *Store) Lock() error {
+	fd := int(s.lock.Fd())
+	// A blocking flock queues fairly in the kernel, unlike polling with
+	// LOCK_NB, which starves processes under a burst of 100 ADDs. The
+	// goroutine gives up the lock at once if we stopped waiting for it.
+	var abandoned atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		err := flockRetry(fd, syscall.LOCK_EX)
+		if err == nil && abandoned.Load() {
+			_ = flockRetry(fd, syscall.LOCK_UN)
+		}
+		done <- err
+	}()
+	timer := time.NewTimer(s.lockTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("flock %s: %w", s.lock.Name(), err)
+		}
+	case <-timer.C:
+		abandoned.Store(true)
+		return fmt.Errorf("%w (waited %s on %s)", store.ErrLocked, s.lockTimeout, s.lock.Name())
+	}
+	return s.buildIndex()
+}
+
+func flockRetry(fd, how int) error {
+	for {
+		err := syscall.Flock(fd, how)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
+func (s *Store) Unlock() error { return flockRetry(int(s.lock.Fd()), syscall.LOCK_UN) }
+
+func (s *Store) Close() error { return s.lock.Close() }
+
+func (s *Store) ipPath(ip netip.Addr) string { return filepath.Join(s.dir, ip.String()) }
+
+func (s *Store) indexPath(k store.Key) string {
+	return filepath.Join(s.dir, indexDir, url.QueryEscape(k.ContainerID)+":"+url.QueryEscape(k.IfName))
+}
+
+func keyFromIndexName(name string) (store.Key, bool) {
+	id, ifn, ok := strings.Cut(name, ":")
+	if !ok {
+		return store.Key{}, false
+	}
+	id, err1 := url.QueryUnescape(id)
+	ifn, err2 := url.QueryUnescape(ifn)
+	return store.Key{ContainerID: id, IfName: ifn}, err1 == nil && err2 == nil
+}
+
+// buildIndex indexes address files that were written without an index entry
+// (by host-local, before the switch). It runs once per network directory.
+func (s *Store) buildIndex() error {
+	marker := filepath.Join(s.dir, indexDir, indexMarker)
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	all, err := s.List()
+	if err != nil {
+		return err
+	}
+	byKey := map[store.Key][]netip.Addr{}
+	for _, r := range all {
+		byKey[r.Key] = append(byKey[r.Key], r.IP)
+	}
+	for k, ips := range byKey {
+		known, err := s.readIndex(k)
+		if err != nil {
+			return err
+		}
+		if err := s.writeIndex(k, union(known, ips)); err != nil {
+			return err
+		}
+	}
+	return s.writeFile(marker, nil)
+}
+
+func union(a, b []netip.Addr) []netip.Addr {
+	out := append([]netip.Addr(nil), a...)
+	for _, ip := range b {
+		if !contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+func contains(ips []netip.Addr, ip netip.Addr) bool {
+	for _, a := range ips {
+		if a == ip {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Store) Owner(ip netip.Addr) (store.Key, bool, error) {
+	data, err := os.ReadFile(s.ipPath(ip))
+	if errors.Is(err, os.ErrNotExist) {
+		return store.Key{}, false, nil
+	}
+	if err != nil {
+		return store.Key{}, false, err
+	}
+	return parseOwner(data), true, nil
+}
+
+func parseOwner(data []byte) store.Key {
+	id, ifn, _ := strings.Cut(strings.TrimSpace(string(data)), ownerLineFeed)
+	return store.Key{ContainerID: strings.TrimSpace(id), IfName: strings.TrimSpace(ifn)}
+}
+
+func (s *Store) readIndex(k store.Key) ([]netip.Addr, error) {
+	data, err := os.ReadFile(s.indexPath(k))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ips []netip.Addr
+	for _, line := range strings.Fields(string(data)) {
+		if ip, err := netip.ParseAddr(line); err == nil {
+			ips = append(ips, ip)
+		}
+	}
+	return ips, nil
+}
+
+func (s *Store) writeIndex(k store.Key, ips []netip.Addr) error {
+	if len(ips) == 0 {
+		err := os.Remove(s.indexPath(k))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var b strings.Builder
+	for _, ip := range ips {
+		b.WriteString(ip.String())
+		b.WriteByte('\n')
+	}
+	return s.writeFile(s.indexPath(k), []byte(b.String()))
+}
+
+// ByKey reads the key's index entry and keeps only addresses whose address
+// file confirms the key as owner; anything else is a leftover of an
+// interrupted Reserve.
+func (s *Store) ByKey(k store.Key) ([]netip.Addr, error) {
+	listed, err := s.readIndex(k)
+	if err != nil {
+		return nil, err
+	}
+	var owned []netip.Addr
+	for _, ip := range listed {
+		owner, ok, err := s.Owner(ip)
+		if err != nil {
+			return nil, err
+		}
+		if ok && owner == k {
+			owned = append(owned, ip)
+		}
+	}
+	return owned, nil
+}
+
+func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
+	owner, held, err := s.Owner(ip)
+	if err != nil {
+		return false, err
+	}
+	if held && owner != k {
+		return false, nil
+	}
+	owned, err := s.ByKey(k)
+	if err != nil {
+		return false, err
+	}
+	if !contains(owned, ip) {
+		owned = append(owned, ip)
+	}
+	// Index first: if we die before the address file exists, the entry is
+	// ignored by ByKey and the address stays free.
+	if err := s.writeIndex(k, owned); err != nil {
+		return false, err
+	}
+	if held {
+		return true, nil
+	}
+	tmp, err := s.writeTemp([]byte(k.ContainerID + ownerLineFeed + k.IfName))
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp)
+	// link(2) fails if the name exists, which makes the create exclusive
+	// even against a writer that does not take our lock.
+	if err := os.Link(tmp, s.ipPath(ip)); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return false, s.writeIndex(k, owned[:len(owned)-1])
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+func (s *Store) Release(k store.Key, ip netip.Addr) error {
+	owner, held, err := s.Owner(ip)
+	if err != nil {
+		return err
+	}
+	if held && owner == k {
+		if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	owned, err := s.ByKey(k)
+	if err != nil {
+		return err
+	}
+	return s.writeIndex(k, owned)
+}
+
+func (s *Store) ReleaseKey(k store.Key) ([]netip.Addr, error) {
+	owned, err := s.ByKey(k)
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range owned {
+		if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return owned, s.writeIndex(k, nil)
+}
+
+func (s *Store) cursorPath(set int) string {
+	return filepath.Join(s.dir, cursorPrefix+strconv.Itoa(set))
+}
+
+func (s *Store) Cursor(set int) (netip.Addr, error) {
+	data, err := os.ReadFile(s.cursorPath(set))
+	if errors.Is(err, os.ErrNotExist) {
+		return netip.Addr{}, nil
+	}
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	ip, err := netip.ParseAddr(strings.TrimSpace(string(data)))
+	if err != nil {
+		return netip.Addr{}, nil // a torn cursor only costs a rescan
+	}
+	return ip, nil
+}
+
+func (s *Store) SetCursor(set int, ip netip.Addr) error {
+	return s.writeFile(s.cursorPath(set), []byte(ip.String()))
+}
+
+// List reads every address file. It also removes temporary files left by
+// writers that died, which is why GC calls it.
+func (s *Store) List() ([]store.Reservation, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Reservation
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, tmpPrefix) {
+			s.removeDeadTemp(name)
+			continue
+		}
+		ip, err := netip.ParseAddr(name)
+		if err != nil || e.IsDir() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(s.dir, name))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, store.Reservation{IP: ip, Key: parseOwner(data)})
+	}
+	return out, nil
+}
+
+func (s *Store) Keys() ([]store.Key, error) {
+	all, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[store.Key]bool{}
+	var keys []store.Key
+	add := func(k store.Key) {
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for _, r := range all {
+		add(r.Key)
+	}
+	entries, err := os.ReadDir(filepath.Join(s.dir, indexDir))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if k, ok := keyFromIndexName(e.Name()); ok {
+			add(k)
+		}
+	}
+	return keys, nil
+}
+
+// writeTemp writes data to a fresh temporary file in the store directory
+// (same filesystem, so link and rename into place are atomic). Its name
+// carries our PID so that List can tell abandoned temporaries apart.
+func (s *Store) writeTemp(data []byte) (string, error) {
+	f, err := os.CreateTemp(s.dir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid()))
+	if err != nil {
+		return "", err
+	}
+	_, werr := f.Write(data)
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		os.Remove(f.Name())
+		return "", werr
+	}
+	return f.Name(), nil
+}
+
+func (s *Store) writeFile(path string, data []byte) error {
+	tmp, err := s.writeTemp(data)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func (s *Store) removeDeadTemp(name string) {
+	pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, tmpPrefix), "-")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid == os.Getpid() {
+		return
+	}
+	if syscall.Kill(pid, 0) == syscall.ESRCH {
+		os.Remove(filepath.Join(s.dir, name))
+	}
+}

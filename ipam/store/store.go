@@ -1,0 +1,65 @@
+// Package store defines where warp-ipam keeps reservations. The allocator
+// only sees this interface: the node-local disk store implements it today,
+// a cluster-wide Kubernetes store later, and an in-memory fake backs the
+// allocator's unit tests.
+package store
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// Key identifies one attachment: a container's interface. CNI promises at
+// most one ADD per key without an intervening DEL.
+type Key struct {
+	ContainerID string
+	IfName      string
+}
+
+func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
+
+// Reservation is one address held by one attachment.
+type Reservation struct {
+	IP  netip.Addr
+	Key Key
+}
+
+// ErrLocked is returned by Lock when another allocator held the lock for too
+// long; the caller should try again later.
+var ErrLocked = errors.New("reservation store is locked by another allocator")
+
+// Store holds the reservations of one network. Every method except Lock and
+// Close must be called with the lock held, so a read followed by a write is
+// consistent across concurrent plugin processes.
+type Store interface {
+	Lock() error
+	Unlock() error
+
+	// Reserve records ip for key. It returns false, without changing
+	// anything, when another attachment holds ip. Reserving an address the
+	// key already holds succeeds (this repairs an interrupted Reserve).
+	Reserve(key Key, ip netip.Addr) (bool, error)
+	// Owner returns the attachment holding ip, if any.
+	Owner(ip netip.Addr) (Key, bool, error)
+	// ByKey returns the addresses key holds. Its cost must not depend on
+	// how many reservations exist: it runs on every ADD and DEL.
+	ByKey(key Key) ([]netip.Addr, error)
+	// Release frees ip if key holds it; freeing a free address is not an error.
+	Release(key Key, ip netip.Addr) error
+	// ReleaseKey frees everything key holds and returns what it freed.
+	ReleaseKey(key Key) ([]netip.Addr, error)
+
+	// Cursor is the address last handed out from range set i (the zero
+	// Addr when none), so dynamic allocation continues after it instead of
+	// rescanning from the start.
+	Cursor(set int) (netip.Addr, error)
+	SetCursor(set int, ip netip.Addr) error
+
+	// List returns every reservation and Keys every attachment known to
+	// the store (including ones whose reservation was interrupted); both
+	// are for GC and may scan everything.
+	List() ([]Reservation, error)
+	Keys() ([]Key, error)
+
+	Close() error
+}

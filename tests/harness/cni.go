@@ -1,0 +1,327 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
+)
+
+// modulePath identifies the repository's own go.mod among nested modules.
+const modulePath = "github.com/warpnet/warpnet"
+
+// systemPluginDirs are where distributions install the reference plugins
+// (Debian: /usr/lib/cni; upstream tarballs: /opt/cni/bin).
+var systemPluginDirs = []string{"/usr/lib/cni", "/opt/cni/bin"}
+
+var (
+	repoRootOnce sync.Once
+	repoRoot     string
+)
+
+// RepoRoot returns the directory holding the repository's go.mod, found by
+// walking up from the working directory (go test runs in the package's
+// directory). A go.mod declaring github.com/warpnet/warpnet wins over nested
+// modules; failing that the nearest go.mod; "" if there is none.
+func RepoRoot() string {
+	repoRootOnce.Do(func() {
+		wd, err := os.Getwd()
+		if err != nil {
+			return
+		}
+		nearest := ""
+		for dir := wd; ; {
+			if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
+				if nearest == "" {
+					nearest = dir
+				}
+				if goModModule(data) == modulePath {
+					repoRoot = dir
+					return
+				}
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+		repoRoot = nearest
+	})
+	return repoRoot
+}
+
+func goModModule(data []byte) string {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module"); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
+}
+
+// BinDir returns where `make build` puts the plugin binaries: $WARP_BIN_DIR,
+// or <RepoRoot>/bin.
+func BinDir() string {
+	if v := os.Getenv("WARP_BIN_DIR"); v != "" {
+		return v
+	}
+	return filepath.Join(RepoRoot(), "bin")
+}
+
+// Plugin is a CNI plugin binary.
+type Plugin struct {
+	Name string
+	Path string
+	// CNIPath is the default CNI_PATH: BinDir, then the system plugin
+	// directories, so that our plugins find their IPAM delegates (ours or
+	// the reference ones).
+	CNIPath string
+
+	env *Env
+}
+
+// Plugin resolves a plugin binary: BinDir()/name, else /usr/lib/cni/name,
+// else /opt/cni/bin/name. A missing binary skips the test (fails it when
+// WARP_E2E_REQUIRED=1).
+func (e *Env) Plugin(t testing.TB, name string) *Plugin {
+	t.Helper()
+	if name == "" || strings.ContainsRune(name, '/') {
+		t.Fatalf("harness: plugin name %q must be a bare file name", name)
+	}
+	bin := BinDir()
+	dirs := append([]string{bin}, systemPluginDirs...)
+	for _, dir := range dirs {
+		path := filepath.Join(dir, name)
+		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return &Plugin{Name: name, Path: path, CNIPath: strings.Join(dirs, ":"), env: e}
+		}
+	}
+	skipOrFatal(t, "CNI plugin %q not found in %s (run make build)", name, strings.Join(dirs, ", "))
+	return nil
+}
+
+// Call is one invocation of a plugin in the CNI environment protocol. Empty
+// fields are not set at all, so tests can check how a plugin reacts to a
+// missing variable.
+type Call struct {
+	Command     string   // CNI_COMMAND: ADD, DEL, CHECK, STATUS, GC, VERSION
+	ContainerID string   // CNI_CONTAINERID
+	Netns       string   // CNI_NETNS, e.g. NetNS.Path
+	IfName      string   // CNI_IFNAME
+	Args        string   // CNI_ARGS
+	Path        string   // CNI_PATH; defaults to Plugin.CNIPath
+	Config      []byte   // network configuration on stdin
+	Env         []string // extra "KEY=value" entries; they override everything else
+}
+
+// Outcome is what a plugin invocation produced.
+type Outcome struct {
+	Stdout, Stderr []byte
+	ExitCode       int // -1 if the plugin was killed by a signal
+	// Err is the CNI error the plugin printed (on stdout per the spec, on
+	// stderr as a fallback) when it exited non-zero; nil if none parsed.
+	Err *types.Error
+}
+
+func (o *Outcome) String() string {
+	return fmt.Sprintf("exit code %d\nstdout: %s\nstderr: %s", o.ExitCode, bytes.TrimSpace(o.Stdout), bytes.TrimSpace(o.Stderr))
+}
+
+// environ builds the plugin's environment: ours minus any CNI_* variable
+// (a stray one from the caller's shell would change the test), plus the
+// call's protocol variables, plus Call.Env.
+func (p *Plugin) environ(c Call) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CNI_") {
+			env = append(env, kv)
+		}
+	}
+	for _, kv := range [][2]string{
+		{"CNI_COMMAND", c.Command},
+		{"CNI_CONTAINERID", c.ContainerID},
+		{"CNI_NETNS", c.Netns},
+		{"CNI_IFNAME", c.IfName},
+		{"CNI_ARGS", c.Args},
+	} {
+		if kv[1] != "" {
+			env = append(env, kv[0]+"="+kv[1])
+		}
+	}
+	path := c.Path
+	if path == "" {
+		path = p.CNIPath
+	}
+	env = append(env, "CNI_PATH="+path)
+	return append(env, c.Env...) // exec uses the last value of a duplicate key
+}
+
+func (p *Plugin) command(ctx context.Context, c Call) *exec.Cmd {
+	var cmd *exec.Cmd
+	if ctx != nil {
+		cmd = exec.CommandContext(ctx, p.Path)
+	} else {
+		cmd = exec.Command(p.Path)
+	}
+	cmd.Env = p.environ(c)
+	cmd.Stdin = bytes.NewReader(c.Config)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = waitDelay
+	return cmd
+}
+
+// Exec runs the plugin and waits for it. A non-zero exit is not a Go error:
+// it is reported in the Outcome (with the parsed CNI error), since tests
+// check failures as often as successes. The Go error is for failures to run
+// the plugin at all, and for ctx ending before the plugin did (then the
+// Outcome is returned too).
+func (p *Plugin) Exec(ctx context.Context, c Call) (*Outcome, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	cmd := p.command(ctx, c)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		return nil, fmt.Errorf("harness: run CNI plugin %s: %w", p.Path, err)
+	}
+	o := &Outcome{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode()}
+	if o.ExitCode != 0 {
+		o.Err = parseCNIError(o.Stdout)
+		if o.Err == nil {
+			o.Err = parseCNIError(o.Stderr)
+		}
+	}
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return o, fmt.Errorf("harness: CNI plugin %s %s: %w\n%s", p.Name, c.Command, cerr, o)
+		}
+		if _, ok := errors.AsType[*exec.ExitError](err); !ok {
+			return o, fmt.Errorf("harness: CNI plugin %s %s: %w\n%s", p.Name, c.Command, err, o)
+		}
+	}
+	return o, nil
+}
+
+func parseCNIError(b []byte) *types.Error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return nil
+	}
+	var e types.Error
+	if json.Unmarshal(b, &e) != nil || (e.Code == 0 && e.Msg == "") {
+		return nil
+	}
+	return &e
+}
+
+// Start starts the plugin without waiting, for tests that kill a plugin in
+// the middle of an operation. Stdout and stderr go to separate
+// *OutputBuffer (see Output). The process dies with the test binary, and is
+// killed and reaped at the Env's cleanup if still running.
+func (p *Plugin) Start(c Call) (*exec.Cmd, error) {
+	cmd := p.command(nil, c)
+	cmd.Stdout, cmd.Stderr = &OutputBuffer{}, &OutputBuffer{}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("harness: start CNI plugin %s: %w", p.Path, err)
+	}
+	pr := &proc{cmd: cmd}
+	if p.env != nil {
+		p.env.Defer(fmt.Sprintf("stop CNI plugin %s %s (pid %d)", p.Name, c.Command, cmd.Process.Pid), pr.stop)
+	}
+	return cmd, nil
+}
+
+// MustSucceed runs the plugin (bounded by CommandTimeout) and returns its
+// stdout; it fails the test with stdout and stderr unless the plugin exits 0.
+func (p *Plugin) MustSucceed(t testing.TB, c Call) []byte {
+	t.Helper()
+	o := p.mustExec(t, c)
+	if o.ExitCode != 0 {
+		t.Fatalf("CNI plugin %s %s failed: %s", p.Name, c.Command, o)
+	}
+	return o.Stdout
+}
+
+// MustFail runs the plugin (bounded by CommandTimeout) and returns the CNI
+// error it printed; it fails the test unless the plugin exits non-zero with
+// a CNI error of the given code (see the types.Err* constants).
+func (p *Plugin) MustFail(t testing.TB, c Call, code uint) *types.Error {
+	t.Helper()
+	o := p.mustExec(t, c)
+	switch {
+	case o.ExitCode == 0:
+		t.Fatalf("CNI plugin %s %s succeeded, want CNI error code %d: %s", p.Name, c.Command, code, o)
+	case o.Err == nil:
+		t.Fatalf("CNI plugin %s %s failed without a CNI error, want code %d: %s", p.Name, c.Command, code, o)
+	case o.Err.Code != code:
+		t.Fatalf("CNI plugin %s %s: CNI error code %d (%q), want %d: %s", p.Name, c.Command, o.Err.Code, o.Err.Msg, code, o)
+	}
+	return o.Err
+}
+
+func (p *Plugin) mustExec(t testing.TB, c Call) *Outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), CommandTimeout)
+	defer cancel()
+	o, err := p.Exec(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// CNIVersion is the cniVersion NetConf puts into configurations.
+const CNIVersion = "1.0.0"
+
+// NetConf returns a network configuration as a map: cniVersion (CNIVersion),
+// name and type, plus fields (which may override those three). Marshal it
+// with ConfigJSON.
+func NetConf(name, pluginType string, fields map[string]any) map[string]any {
+	m := map[string]any{"cniVersion": CNIVersion, "name": name, "type": pluginType}
+	maps.Copy(m, fields)
+	return m
+}
+
+// ConfigJSON marshals a configuration (a map from NetConf, or a struct) for
+// Call.Config, failing the test if it cannot.
+func ConfigJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("harness: marshal CNI config: %v", err)
+	}
+	return b
+}
+
+// ParseResult parses a plugin's ADD output (any supported cniVersion) into a
+// current (1.x) result, failing the test if it cannot.
+func ParseResult(t testing.TB, stdout []byte) *types100.Result {
+	t.Helper()
+	r, err := create.CreateFromBytes(stdout)
+	if err != nil {
+		t.Fatalf("harness: parse CNI result: %v\n%s", err, stdout)
+	}
+	res, err := types100.GetResult(r)
+	if err != nil {
+		t.Fatalf("harness: convert CNI result: %v\n%s", err, stdout)
+	}
+	return res
+}
