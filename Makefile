@@ -37,7 +37,7 @@ bench: deps build ## benchmarks, side by side with the reference plugins; see do
 	$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./tests/bench/
 
 lint: ## gofmt and go vet
-	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
+	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 

@@ -7,8 +7,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/warpnet/warpnet/ipam/plugin"
 	"github.com/warpnet/warpnet/internal/buildinfo"
+	"github.com/warpnet/warpnet/ipam/plugin"
 )
 
 func main() {

@@ -247,6 +247,31 @@ func TestProbeRespectsTimeout(t *testing.T) {
 	}
 }
 
+// A dual-stack pod's candidates are probed together: one result per address,
+// in order, with the link prepared once and restored afterwards.
+func TestProbeAll(t *testing.T) {
+	requireRoot(t)
+	v4, v6 := randomSubnets(t)
+	held4 := netip.AddrFrom4([4]byte{v4[0], v4[1], v4[2], 5})
+	free6 := netip.AddrFrom16([16]byte{v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], 15: 0x99})
+	free4 := netip.AddrFrom4([4]byte{v4[0], v4[1], v4[2], 6})
+	tp := newTopo(t, false)
+	tp.claim(t, held4.String()+"/24")
+	res, err := ProbeAll(tp.pod.Path(), tp.podIf, []netip.Addr{free6, held4, free4}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 3 || res[0].InUse || !res[1].InUse || res[2].InUse {
+		t.Fatalf("results = %+v; want [free, held, free]", res)
+	}
+	if !bytes.Equal(res[1].Holder, tp.rogueMAC) {
+		t.Errorf("holder = %v, want %v", res[1].Holder, tp.rogueMAC)
+	}
+	if tp.podLinkFlags(t)&net.FlagUp != 0 {
+		t.Error("pod link left up")
+	}
+}
+
 func TestProbeErrors(t *testing.T) {
 	requireRoot(t)
 

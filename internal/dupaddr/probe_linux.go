@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -46,58 +47,74 @@ import (
 // or NDP probes. If restoring the link to down fails, the probe's Result is
 // still returned together with the error.
 func Probe(netnsPath, ifName string, addr netip.Addr, opts Options) (Result, error) {
-	addr = addr.WithZone("") // the zone is implied by ifName
-	if err := checkAddr(addr); err != nil {
+	res, err := ProbeAll(netnsPath, ifName, []netip.Addr{addr}, opts)
+	if len(res) == 0 {
 		return Result{}, err
+	}
+	return res[0], err
+}
+
+// ProbeAll is Probe for several addresses (a dual-stack pod's IPv4 and IPv6
+// candidates) at once: the link is prepared once and the probes run
+// concurrently, so the whole call takes one Timeout, not one per address.
+// Results are in the order of addrs.
+func ProbeAll(netnsPath, ifName string, addrs []netip.Addr, opts Options) ([]Result, error) {
+	for i, addr := range addrs {
+		addrs[i] = addr.WithZone("") // the zone is implied by ifName
+		if err := checkAddr(addrs[i]); err != nil {
+			return nil, err
+		}
 	}
 	opts, err := opts.withDefaults()
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	if ifName == "" {
-		return Result{}, errors.New("dupaddr: empty interface name")
+		return nil, errors.New("dupaddr: empty interface name")
 	}
 	netns, err := ns.GetNS(netnsPath)
 	if err != nil {
-		return Result{}, fmt.Errorf("dupaddr: open netns %q: %w", netnsPath, err)
+		return nil, fmt.Errorf("dupaddr: open netns %q: %w", netnsPath, err)
 	}
 	defer netns.Close()
 
-	var res Result
+	var res []Result
 	err = netns.Do(func(ns.NetNS) error {
 		var err error
-		res, err = probeCurrentNS(ifName, addr, opts)
+		res, err = probeCurrentNS(ifName, addrs, opts)
 		return err
 	})
 	if err != nil {
-		return res, fmt.Errorf("dupaddr: probe %s on %q in netns %q: %w", addr, ifName, netnsPath, err)
+		return res, fmt.Errorf("dupaddr: probe %v on %q in netns %q: %w", addrs, ifName, netnsPath, err)
 	}
 	return res, nil
 }
 
-// probeCurrentNS does the work of Probe inside the target namespace. Every
-// netlink request and the packet socket are created here, so they belong to
-// that namespace.
-func probeCurrentNS(ifName string, addr netip.Addr, opts Options) (res Result, err error) {
+// probeCurrentNS does the work of ProbeAll inside the target namespace.
+// Every netlink request and packet socket is created here, so they belong to
+// that namespace; the exchanges then run on goroutines, which is fine
+// because a socket stays in the namespace it was created in whatever thread
+// uses it.
+func probeCurrentNS(ifName string, addrs []netip.Addr, opts Options) (res []Result, err error) {
 	link, err := netlink.LinkByName(ifName)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return Result{}, ErrNoInterface
+			return nil, ErrNoInterface
 		}
-		return Result{}, fmt.Errorf("look up link: %w", err)
+		return nil, fmt.Errorf("look up link: %w", err)
 	}
 	attrs := link.Attrs()
 	mac := attrs.HardwareAddr
 	if attrs.EncapType != "ether" || len(mac) != 6 || isZeroMAC(mac) {
-		return Result{}, fmt.Errorf("link type %s (encap %q) has no Ethernet MAC address, so ARP/NDP probes cannot be sent on it",
+		return nil, fmt.Errorf("link type %s (encap %q) has no Ethernet MAC address, so ARP/NDP probes cannot be sent on it",
 			link.Type(), attrs.EncapType)
 	}
 
 	freshlyUp := attrs.Flags&net.FlagUp == 0
 	if freshlyUp {
 		if err := netlink.LinkSetUp(link); err != nil {
-			return Result{}, fmt.Errorf("bring link up for the probe: %w", err)
+			return nil, fmt.Errorf("bring link up for the probe: %w", err)
 		}
 		defer func() {
 			if derr := netlink.LinkSetDown(link); derr != nil {
@@ -107,20 +124,63 @@ func probeCurrentNS(ifName string, addr netip.Addr, opts Options) (res Result, e
 	}
 	waited, err := waitReady(link, opts.Timeout)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	sendAt := schedule(opts, freshlyUp || waited)
 
-	if addr.Is4() {
-		return probe(attrs.Index, etherTypeARP, nil, buildARPProbe(mac, addr), sendAt, opts.Timeout,
-			func(f []byte) (net.HardwareAddr, bool) { return parseARPConflict(f, mac, addr) })
+	exchanges := make([]func() (Result, error), len(addrs))
+	for i, addr := range addrs {
+		x, err := newExchange(attrs.Index, mac, addr)
+		if err != nil {
+			return nil, err // the sockets opened so far are closed by their defers
+		}
+		defer unix.Close(x.fd)
+		exchanges[i] = func() (Result, error) { return x.run(sendAt, opts.Timeout) }
 	}
-	// Defenders answer a DAD probe at ff02::1, and a concurrent prober sends
-	// to the candidate's solicited-node group. Subscribe to both so NICs with
-	// multicast filters pass them even when IPv6 is disabled on the link.
-	groups := []net.HardwareAddr{allNodesMAC, ipv6MulticastMAC(solicitedNode(addr))}
-	return probe(attrs.Index, etherTypeIPv6, groups, buildDADProbe(mac, addr), sendAt, opts.Timeout,
-		func(f []byte) (net.HardwareAddr, bool) { return parseNDConflict(f, mac, addr) })
+	res = make([]Result, len(addrs))
+	errs := make([]error, len(addrs))
+	var wg sync.WaitGroup
+	for i, run := range exchanges {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i], errs[i] = run()
+		}()
+	}
+	wg.Wait()
+	return res, errors.Join(errs...)
+}
+
+// exchange is one address's probe: its socket, frame and reply matcher.
+type exchange struct {
+	fd      int
+	ifindex int
+	proto   uint16
+	frame   []byte
+	match   func([]byte) (net.HardwareAddr, bool)
+}
+
+func newExchange(ifindex int, mac net.HardwareAddr, addr netip.Addr) (*exchange, error) {
+	x := &exchange{ifindex: ifindex}
+	var groups []net.HardwareAddr
+	if addr.Is4() {
+		x.proto, x.frame = etherTypeARP, buildARPProbe(mac, addr)
+		x.match = func(f []byte) (net.HardwareAddr, bool) { return parseARPConflict(f, mac, addr) }
+	} else {
+		// Defenders answer a DAD probe at ff02::1, and a concurrent prober
+		// sends to the candidate's solicited-node group. Subscribe to both
+		// so NICs with multicast filters pass them even when IPv6 is
+		// disabled on the link.
+		groups = []net.HardwareAddr{allNodesMAC, ipv6MulticastMAC(solicitedNode(addr))}
+		x.proto, x.frame = etherTypeIPv6, buildDADProbe(mac, addr)
+		x.match = func(f []byte) (net.HardwareAddr, bool) { return parseNDConflict(f, mac, addr) }
+	}
+	fd, err := openPacketSocket(ifindex, x.proto, groups)
+	if err != nil {
+		return nil, err
+	}
+	x.fd = fd
+	return x, nil
 }
 
 func isZeroMAC(mac net.HardwareAddr) bool {
@@ -259,21 +319,15 @@ func openPacketSocket(ifindex int, etherType uint16, groups []net.HardwareAddr) 
 	return fd, nil
 }
 
-// probe sends frame at the offsets in sendAt and, until timeout has elapsed,
-// feeds every received frame to match. The socket is non-blocking and every
+// run sends the probe frame at the offsets in sendAt and, until timeout has
+// elapsed, feeds every received frame to the matcher. The socket is non-blocking and every
 // wait goes through poll(2) with the time left, so nothing here can block
 // past the deadline.
-func probe(ifindex int, etherType uint16, groups []net.HardwareAddr, frame []byte,
-	sendAt []time.Duration, timeout time.Duration, match func([]byte) (net.HardwareAddr, bool)) (Result, error) {
-	fd, err := openPacketSocket(ifindex, etherType, groups)
-	if err != nil {
-		return Result{}, err
-	}
-	defer unix.Close(fd)
-
+func (x *exchange) run(sendAt []time.Duration, timeout time.Duration) (Result, error) {
+	fd, frame, match := x.fd, x.frame, x.match
 	dst := &unix.SockaddrLinklayer{
-		Protocol: htons(etherType),
-		Ifindex:  ifindex,
+		Protocol: htons(x.proto),
+		Ifindex:  x.ifindex,
 		Halen:    6,
 	}
 	copy(dst.Addr[:], frame[0:6])

@@ -40,9 +40,17 @@ type Lease struct {
 	Fixed bool         // requested by the runtime rather than picked
 }
 
-// Prober reports whether another host on the network answers for addr;
-// holder describes it for the error message.
-type Prober func(addr netip.Addr) (inUse bool, holder string, err error)
+// Prober reports, for each address (in order), whether another host on the
+// network answers for it. Addresses are probed in one batch so that a
+// dual-stack ADD waits for one probe window, not one per address.
+type Prober func(addrs []netip.Addr) ([]Answer, error)
+
+// Answer is what probing one address found; Holder describes the other host
+// for the error message.
+type Answer struct {
+	InUse  bool
+	Holder string
+}
 
 // Allocator allocates from cfg's range sets into st.
 type Allocator struct {
@@ -96,11 +104,9 @@ func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 	if err != nil || probe == nil {
 		return leases, err
 	}
-	for i := range leases {
-		if err := a.resolveConflicts(key, &leases[i], probe); err != nil {
-			_ = a.locked(func() error { a.rollback(key, leases); return nil })
-			return nil, err
-		}
+	if err := a.resolveConflicts(key, leases, probe); err != nil {
+		_ = a.locked(func() error { a.rollback(key, leases); return nil })
+		return nil, err
 	}
 	return leases, nil
 }
@@ -225,40 +231,60 @@ func (a *Allocator) rollback(key store.Key, leases []Lease) {
 	}
 }
 
-// resolveConflicts probes l.IP and, while another host answers for it and l
-// is dynamic, swaps it for the next free address of its set.
-func (a *Allocator) resolveConflicts(key store.Key, l *Lease, probe Prober) error {
-	for attempt := 0; ; attempt++ {
-		inUse, holder, err := probe(l.IP)
+// resolveConflicts probes the leases and, while another host answers for a
+// dynamic one, swaps it for the next free address of its set and probes
+// again; a fixed lease that is answered for fails the ADD. Probes run outside
+// the store lock so that slow probes do not hold up other pods' ADDs.
+func (a *Allocator) resolveConflicts(key store.Key, leases []Lease, probe Prober) error {
+	pending := make([]int, len(leases)) // indexes of leases still to probe
+	for i := range pending {
+		pending[i] = i
+	}
+	conflicts := 0
+	for len(pending) > 0 {
+		addrs := make([]netip.Addr, len(pending))
+		for i, li := range pending {
+			addrs[i] = leases[li].IP
+		}
+		answers, err := probe(addrs)
 		if err != nil {
-			return fmt.Errorf("conflict detection for %s: %w", l.IP, err)
+			return fmt.Errorf("conflict detection for %s: %w", joinAddrs(addrs), err)
 		}
-		if !inUse {
-			return nil
-		}
-		taken := l.IP
-		if l.Fixed {
-			return fmt.Errorf("%w: requested address %s is answered for by %s; remove it from that host or request another address", ErrConflict, taken, holder)
-		}
-		if attempt+1 >= maxConflicts {
-			return fmt.Errorf("%w: %d addresses in range set %d are answered for by other hosts (last %s by %s); exclude them with ipam.exclude",
-				ErrConflict, maxConflicts, l.Set, taken, holder)
-		}
-		err = a.locked(func() error {
-			if err := a.st.Release(key, taken); err != nil {
+		var next []int
+		for i, li := range pending {
+			if !answers[i].InUse {
+				continue
+			}
+			l, holder := &leases[li], answers[i].Holder
+			if l.Fixed {
+				return fmt.Errorf("%w: requested address %s is answered for by %s; remove it from that host or request another address", ErrConflict, l.IP, holder)
+			}
+			if conflicts++; conflicts >= maxConflicts {
+				return fmt.Errorf("%w: %d addresses are answered for by other hosts (last %s by %s); exclude them with ipam.exclude",
+					ErrConflict, conflicts, l.IP, holder)
+			}
+			if err := a.locked(func() error { return a.swap(key, l, holder) }); err != nil {
 				return err
 			}
-			next, err := a.reserveNext(key, l.Set)
-			if err != nil {
-				return fmt.Errorf("%s is answered for by %s and no other address is free: %w", taken, holder, err)
-			}
-			*l = next
-			return nil
-		})
-		if err != nil {
-			return err
+			next = append(next, li)
 		}
+		pending = next
 	}
+	return nil
+}
+
+// swap releases a lease's address and reserves the next free one of its set.
+func (a *Allocator) swap(key store.Key, l *Lease, holder string) error {
+	taken := l.IP
+	if err := a.st.Release(key, taken); err != nil {
+		return err
+	}
+	next, err := a.reserveNext(key, l.Set)
+	if err != nil {
+		return fmt.Errorf("%s is answered for by %s and no other address is free: %w", taken, holder, err)
+	}
+	*l = next
+	return nil
 }
 
 // Held returns what key holds.

@@ -132,9 +132,13 @@ func fakeProber(taken ...string) (Prober, *[]string) {
 	for _, s := range taken {
 		set[s] = true
 	}
-	return func(a netip.Addr) (bool, string, error) {
-		probed = append(probed, a.String())
-		return set[a.String()], "rogue", nil
+	return func(addrs []netip.Addr) ([]Answer, error) {
+		var out []Answer
+		for _, a := range addrs {
+			probed = append(probed, a.String())
+			out = append(out, Answer{InUse: set[a.String()], Holder: "rogue"})
+		}
+		return out, nil
 	}, &probed
 }
 
@@ -170,6 +174,18 @@ func TestConflictDetection(t *testing.T) {
 			t.Fatalf("left reserved: %v", all)
 		}
 	})
+	t.Run("dual stack is probed in one batch, then only the swapped address", func(t *testing.T) {
+		st := memstore.New()
+		p, probed := fakeProber("fd00::2")
+		cfg := mustConfig(t, `{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"fd00::/64"}]]}`, "")
+		l, err := New(cfg, st).Allocate(key(1), p)
+		if err != nil || fmt.Sprint(ips(l)) != "[10.0.0.2 fd00::3]" {
+			t.Fatalf("got %v, %v", ips(l), err)
+		}
+		if fmt.Sprint(*probed) != "[10.0.0.2 fd00::2 fd00::3]" {
+			t.Fatalf("probed %v", *probed)
+		}
+	})
 	t.Run("gives up after maxConflicts squatters", func(t *testing.T) {
 		var taken []string
 		for i := 2; i < 2+maxConflicts; i++ {
@@ -184,7 +200,7 @@ func TestConflictDetection(t *testing.T) {
 	t.Run("probe errors fail the ADD and free the lease", func(t *testing.T) {
 		st := memstore.New()
 		boom := errors.New("boom")
-		_, err := New(mustConfig(t, v4, ""), st).Allocate(key(1), func(netip.Addr) (bool, string, error) { return false, "", boom })
+		_, err := New(mustConfig(t, v4, ""), st).Allocate(key(1), func([]netip.Addr) ([]Answer, error) { return nil, boom })
 		if !errors.Is(err, boom) {
 			t.Fatalf("err = %v", err)
 		}

@@ -96,16 +96,20 @@ func buildResult(cfg *config.Config, leases []allocator.Lease) *current.Result {
 // that call IPAM before creating the interface (ptp does) cannot be probed
 // for; that is said on stderr, which the runtime logs, and not an error.
 func prober(netns, ifName string, timeout time.Duration) allocator.Prober {
-	return func(addr netip.Addr) (bool, string, error) {
-		res, err := dupaddr.Probe(netns, ifName, addr, dupaddr.Options{Timeout: timeout})
+	return func(addrs []netip.Addr) ([]allocator.Answer, error) {
+		res, err := dupaddr.ProbeAll(netns, ifName, addrs, dupaddr.Options{Timeout: timeout})
 		if errors.Is(err, dupaddr.ErrNoInterface) {
-			fmt.Fprintf(os.Stderr, "warp-ipam: %s is not in the pod namespace yet; conflict detection skipped for %s\n", ifName, addr)
-			return false, "", nil
+			fmt.Fprintf(os.Stderr, "warp-ipam: %s is not in the pod namespace yet; conflict detection skipped for %v\n", ifName, addrs)
+			return make([]allocator.Answer, len(addrs)), nil
 		}
 		if err != nil {
-			return false, "", err
+			return nil, err
 		}
-		return res.InUse, "the host with MAC " + res.Holder.String(), nil
+		answers := make([]allocator.Answer, len(res))
+		for i, r := range res {
+			answers[i] = allocator.Answer{InUse: r.InUse, Holder: "the host with MAC " + r.Holder.String()}
+		}
+		return answers, nil
 	}
 }
 
