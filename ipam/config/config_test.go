@@ -66,6 +66,17 @@ func TestRequestedAddresses(t *testing.T) {
 	}
 }
 
+// The ipRanges capability prepends range sets, as host-local does.
+func TestIPRangesCapability(t *testing.T) {
+	cfg, err := load(`{"ranges":[[{"subnet":"10.1.0.0/24"}]]}`, `,"runtimeConfig":{"ipRanges":[[{"subnet":"10.2.0.0/24"}]]}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Ranges) != 2 || cfg.Ranges[0][0].Subnet.String() != "10.2.0.0/24" {
+		t.Fatalf("ranges = %v", cfg.Ranges)
+	}
+}
+
 func TestInvalidConfigNamesTheField(t *testing.T) {
 	tests := []struct {
 		name, ipam, extra, args string

@@ -18,8 +18,9 @@ import (
 )
 
 const (
-	ipamSamples = 200 // ADD+DEL pairs measured per configuration
-	ipamNetwork = "bench"
+	ipamSamples  = 200 // ADD+DEL pairs measured per configuration
+	probeSamples = 20  // each waits a whole probe window
+	ipamNetwork  = "bench"
 )
 
 type latency struct{ add, del []time.Duration }
@@ -49,12 +50,21 @@ func prefill(b *testing.B, dir string, n int) {
 	os.WriteFile(filepath.Join(d, "last_reserved_ip.0"), []byte(ip.String()), 0o644)
 }
 
-// measureIPAM runs ADD then DEL for fresh containers, so the number of
-// existing reservations stays at what prefill wrote. One unmeasured pair
-// first lets each plugin settle its directory (warp-ipam indexes the
-// prefilled files there, once).
-func measureIPAM(b *testing.B, env *harness.Env, pod *harness.NetNS, plugin string, existing int) latency {
-	p := env.Plugin(b, plugin)
+// ipamRun is one plugin set up with prefilled reservations, ready to sample.
+type ipamRun struct {
+	b        *testing.B
+	plugin   *harness.Plugin
+	pod      *harness.NetNS
+	conf     []byte
+	dataDir  string
+	existing int
+	lat      latency
+}
+
+// newIPAMRun prefills a data directory and runs one unmeasured ADD+DEL, which
+// lets each plugin settle its directory (warp-ipam indexes the prefilled
+// files there, once).
+func newIPAMRun(b *testing.B, env *harness.Env, pod *harness.NetNS, plugin string, existing int, probe bool) *ipamRun {
 	dataDir, err := os.MkdirTemp(env.TempDir, plugin+"-")
 	if err != nil {
 		b.Fatal(err)
@@ -62,33 +72,42 @@ func measureIPAM(b *testing.B, env *harness.Env, pod *harness.NetNS, plugin stri
 	prefill(b, dataDir, existing)
 	ipam := map[string]any{"type": plugin, "dataDir": dataDir, "ranges": [][]map[string]any{{{"subnet": "10.88.0.0/16"}}}}
 	if plugin == "warp-ipam" {
-		ipam["detectConflicts"] = false // host-local has no probe; compare the allocators
+		// host-local has no probe: compare the allocators, and measure
+		// the probe's cost separately.
+		ipam["detectConflicts"] = probe
 	}
-	// cniVersion 1.0.0: Debian's host-local predates 1.1.0.
-	conf := harness.ConfigJSON(b, harness.NetConf(ipamNetwork, "bench", map[string]any{"cniVersion": "1.0.0", "ipam": ipam}))
-	run := func(cmd, id string) time.Duration {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		start := time.Now()
-		o, err := p.Exec(ctx, harness.Call{Command: cmd, ContainerID: id, Netns: pod.Path, IfName: "eth0", Config: conf})
-		elapsed := time.Since(start)
-		if err != nil || o.ExitCode != 0 {
-			b.Fatalf("%s %s %s: %v %v", plugin, cmd, id, err, o)
-		}
-		return elapsed
+	r := &ipamRun{b: b, plugin: env.Plugin(b, plugin), pod: pod, dataDir: dataDir, existing: existing,
+		// cniVersion 1.0.0: Debian's host-local predates 1.1.0.
+		conf: harness.ConfigJSON(b, harness.NetConf(ipamNetwork, "bench", map[string]any{"cniVersion": "1.0.0", "ipam": ipam}))}
+	r.run("ADD", "warmup")
+	r.run("DEL", "warmup")
+	return r
+}
+
+func (r *ipamRun) run(cmd, id string) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	o, err := r.plugin.Exec(ctx, harness.Call{Command: cmd, ContainerID: id, Netns: r.pod.Path, IfName: "eth0", Config: r.conf})
+	elapsed := time.Since(start)
+	if err != nil || o.ExitCode != 0 {
+		r.b.Fatalf("%s %s %s: %v %v", r.plugin.Name, cmd, id, err, o)
 	}
-	run("ADD", "warmup")
-	run("DEL", "warmup")
-	var l latency
-	for i := 0; i < ipamSamples; i++ {
-		id := fmt.Sprintf("bench%d", i)
-		l.add = append(l.add, run("ADD", id))
-		l.del = append(l.del, run("DEL", id))
+	return elapsed
+}
+
+// sample runs ADD then DEL for a fresh container, so the number of existing
+// reservations stays at what prefill wrote.
+func (r *ipamRun) sample(i int) {
+	id := fmt.Sprintf("bench%d", i)
+	r.lat.add = append(r.lat.add, r.run("ADD", id))
+	r.lat.del = append(r.lat.del, r.run("DEL", id))
+}
+
+func (r *ipamRun) check() {
+	if got := countReservations(r.b, r.dataDir); got != r.existing {
+		r.b.Fatalf("%s: %d reservations after the run, want %d", r.plugin.Name, got, r.existing)
 	}
-	if got := countReservations(b, dataDir); got != existing {
-		b.Fatalf("%s: %d reservations after the run, want %d", plugin, got, existing)
-	}
-	return l
 }
 
 func countReservations(b *testing.B, dataDir string) int {
@@ -116,17 +135,43 @@ func BenchmarkIPAM(b *testing.B) {
 	plugins := []string{"warp-ipam", "host-local"}
 	results := map[string]latency{}
 	for _, existing := range []int{10, 5000} {
-		for _, plugin := range plugins {
-			name := fmt.Sprintf("%s/existing=%d", plugin, existing)
-			b.Run(name, func(b *testing.B) {
-				l := measureIPAM(b, env, pod, plugin, existing)
-				results[name] = l
-				b.ReportMetric(float64(pct(l.add, 0.5).Microseconds()), "add-p50-us")
-				b.ReportMetric(float64(pct(l.add, 0.99).Microseconds()), "add-p99-us")
-				b.ReportMetric(float64(pct(l.del, 0.5).Microseconds()), "del-p50-us")
-			})
-		}
+		// Samples interleave the plugins, and which goes first alternates
+		// (going first after the other plugin's run costs ~0.4ms here), so
+		// warm-up, drift and position hit both alike.
+		b.Run(fmt.Sprintf("existing=%d", existing), func(b *testing.B) {
+			var runs []*ipamRun
+			for _, plugin := range plugins {
+				runs = append(runs, newIPAMRun(b, env, pod, plugin, existing, false))
+			}
+			for i := 0; i < ipamSamples; i++ {
+				for j := range runs {
+					runs[(i+j)%len(runs)].sample(i)
+				}
+			}
+			for _, r := range runs {
+				r.check()
+				results[fmt.Sprintf("%s/existing=%d", r.plugin.Name, existing)] = r.lat
+				b.ReportMetric(float64(pct(r.lat.add, 0.5).Microseconds()), r.plugin.Name+"-add-p50-us")
+			}
+		})
 	}
+
+	// Conflict detection waits out one probe window per ADD when nobody
+	// answers (all of a dual-stack pod's addresses share it). Measured on a
+	// pod whose eth0 is a veth to a silent peer.
+	withProbe := env.NetNS("probe")
+	env.Veth(withProbe, "eth0", env.NetNS("peer"), "p0")
+	var probed latency
+	b.Run("warp-ipam+probe/existing=10", func(b *testing.B) {
+		r := newIPAMRun(b, env, withProbe, "warp-ipam", 10, true)
+		for i := 0; i < probeSamples; i++ {
+			r.sample(i)
+		}
+		r.check()
+		probed = r.lat
+		b.ReportMetric(float64(pct(probed.add, 0.5).Microseconds()), "add-p50-us")
+	})
+
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nIPAM ADD/DEL latency, %d samples each (whole plugin process; lower is better)\n", ipamSamples)
 	fmt.Fprintf(&out, "%-10s %-11s %10s %10s %10s %10s\n", "existing", "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99")
@@ -144,6 +189,10 @@ func BenchmarkIPAM(b *testing.B) {
 			fmt.Fprintf(&out, "%-10d %-11s %9.2fx %9.2fx %9.2fx %9.2fx   (host-local / warp-ipam)\n", existing, "ratio",
 				ratio(h.add, w.add, 0.5), ratio(h.add, w.add, 0.99), ratio(h.del, w.del, 0.5), ratio(h.del, w.del, 0.99))
 		}
+	}
+	if probed.add != nil {
+		fmt.Fprintf(&out, "\nwarp-ipam ADD with detectConflicts (default probeTimeout 200ms, nobody answering), %d samples: p50 %s, p99 %s\n",
+			probeSamples, round(pct(probed.add, 0.5)), round(pct(probed.add, 0.99)))
 	}
 	fmt.Print(out.String())
 }

@@ -291,6 +291,15 @@ func TestStatus(t *testing.T) {
 	f.ipam.MustFail(t, f.call("ADD", "c3", conf), types.ErrTryAgainLater)
 	f.ipam.MustSucceed(t, f.call("DEL", "c1", conf))
 	f.ipam.MustSucceed(t, harness.Call{Command: "STATUS", Config: conf})
+
+	// A data directory that cannot be created makes the plugin unavailable.
+	blocker := filepath.Join(f.env.TempDir, "not-a-dir")
+	os.WriteFile(blocker, nil, 0o644)
+	broken := harness.ConfigJSON(t, harness.NetConf(network, "warp-veth", map[string]any{"cniVersion": "1.1.0",
+		"ipam": cloneWith(small, map[string]any{"type": "warp-ipam", "dataDir": blocker})}))
+	if e := f.ipam.MustFail(t, harness.Call{Command: "STATUS", Config: broken}, 50); !strings.Contains(e.Msg, "dataDir") {
+		t.Errorf("message %q does not name dataDir", e.Msg)
+	}
 }
 
 func TestGC(t *testing.T) {
