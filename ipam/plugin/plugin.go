@@ -116,15 +116,8 @@ func prober(netns, ifName string, timeout time.Duration) allocator.Prober {
 // Del releases the attachment's addresses. It only needs the network name
 // and dataDir, and succeeds when there is nothing to release.
 func Del(args *skel.CmdArgs) error {
-	cfg, err := config.LoadStore(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if !storeExists(cfg) {
-		return nil
-	}
-	st, err := openStore(cfg)
-	if err != nil {
+	cfg, st, err := openExistingStore(args.StdinData)
+	if err != nil || st == nil {
 		return err
 	}
 	defer st.Close()
@@ -240,15 +233,8 @@ func Status(args *skel.CmdArgs) error {
 // GC releases every attachment not listed in cni.dev/valid-attachments (or
 // the pre-1.1 cni.dev/attachments).
 func GC(args *skel.CmdArgs) error {
-	cfg, err := config.LoadStore(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if !storeExists(cfg) {
-		return nil
-	}
-	st, err := openStore(cfg)
-	if err != nil {
+	cfg, st, err := openExistingStore(args.StdinData)
+	if err != nil || st == nil {
 		return err
 	}
 	defer st.Close()
@@ -264,6 +250,18 @@ func GC(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrIOFailure, "GC released "+fmt.Sprint(len(freed))+" addresses but failed on some: "+err.Error(), "")
 	}
 	return nil
+}
+
+// openExistingStore is for the verbs that only release (DEL, GC): it reads
+// just what locates the store, and returns a nil store, not an error, when
+// this node never used the network, so there is nothing to release.
+func openExistingStore(stdin []byte) (*config.Config, *disk.Store, error) {
+	cfg, err := config.LoadStore(stdin)
+	if err != nil || !storeExists(cfg) {
+		return cfg, nil, err
+	}
+	st, err := openStore(cfg)
+	return cfg, st, err
 }
 
 func storeExists(cfg *config.Config) bool {
