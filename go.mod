@@ -3,6 +3,7 @@ module github.com/warpnet/warpnet
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.0
 	github.com/containernetworking/plugins v1.9.1
 	github.com/vishvananda/netlink v1.3.1
@@ -10,3 +11,5 @@ require (
 )
 
 require github.com/vishvananda/netns v0.0.5 // indirect
+
+tool github.com/cilium/ebpf/cmd/bpf2go

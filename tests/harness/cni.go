@@ -93,7 +93,8 @@ type Plugin struct {
 	// the reference ones).
 	CNIPath string
 
-	env *Env
+	env   *Env
+	netns *NetNS // run inside this namespace (see In); nil: the caller's
 }
 
 // Plugin resolves a plugin binary: BinDir()/name, else /usr/lib/cni/name,
@@ -172,12 +173,26 @@ func (p *Plugin) environ(c Call) []string {
 	return append(env, c.Env...) // exec uses the last value of a duplicate key
 }
 
+// In returns the plugin run inside n, as a runtime on that (simulated) node
+// runs it: plugins that create host-side links must never run in the
+// machine's own namespace. It uses nsenter, which keeps the cgroup and bpffs
+// mounts (ip netns exec would remount /sys and hide them).
+func (p *Plugin) In(n *NetNS) *Plugin {
+	q := *p
+	q.netns = n
+	return &q
+}
+
 func (p *Plugin) command(ctx context.Context, c Call) *exec.Cmd {
+	argv := []string{p.Path}
+	if p.netns != nil {
+		argv = []string{"nsenter", "--net=" + p.netns.Path, "--", p.Path}
+	}
 	var cmd *exec.Cmd
 	if ctx != nil {
-		cmd = exec.CommandContext(ctx, p.Path)
+		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	} else {
-		cmd = exec.Command(p.Path)
+		cmd = exec.Command(argv[0], argv[1:]...)
 	}
 	cmd.Env = p.environ(c)
 	cmd.Stdin = bytes.NewReader(c.Config)

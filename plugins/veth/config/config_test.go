@@ -1,0 +1,56 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestXDPSetting(t *testing.T) {
+	cases := map[string]XDP{
+		``:                           {},
+		`,"xdp":false`:               {},
+		`,"xdp":true`:                {Enabled: true, Redirect: true, AntiSpoof: true},
+		`,"xdp":{}`:                  {Enabled: true, Redirect: true, AntiSpoof: true},
+		`,"xdp":{"redirect":false}`:  {Enabled: true, AntiSpoof: true},
+		`,"xdp":{"antiSpoof":false}`: {Enabled: true, Redirect: true},
+		`,"xdp":{"redirect":false,"antiSpoof":false}`: {Enabled: true},
+	}
+	for in, want := range cases {
+		n, err := Load([]byte(`{"cniVersion":"1.1.0","name":"n","type":"warp-veth","ipam":{"type":"warp-ipam"}` + in + `}`))
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if *n.XDP != want {
+			t.Errorf("%s: got %+v, want %+v", in, *n.XDP, want)
+		}
+		if n.MTU != DefaultMTU || n.BPFFSRoot != DefaultBPFFSRoot {
+			t.Errorf("%s: defaults %d %s", in, n.MTU, n.BPFFSRoot)
+		}
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	cases := []struct {
+		in    string
+		code  uint
+		field string
+	}{
+		{`"ipam":{"type":"x"},"mtu":"1500"`, types.ErrDecodingFailure, "mtu"},
+		{`"ipam":{"type":"x"},"mtu":67`, types.ErrInvalidNetworkConfig, "mtu"},
+		{`"ipam":{"type":"x"},"mtu":70000`, types.ErrInvalidNetworkConfig, "mtu"},
+		{`"ipam":{}`, types.ErrInvalidNetworkConfig, "ipam"},
+		{`"ipam":{"type":"x"},"xdp":"on"`, types.ErrDecodingFailure, "xdp"},
+		{`"ipam":{"type":"x"},"xdp":{"redirect":"yes"}`, types.ErrDecodingFailure, "xdp"},
+		{`"ipam":{"type":"x"},"bpffsRoot":7`, types.ErrDecodingFailure, "bpffsRoot"},
+	}
+	for _, tc := range cases {
+		_, err := Load([]byte(`{"cniVersion":"1.1.0","name":"n",` + tc.in + `}`))
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != tc.code || !strings.Contains(te.Msg, tc.field) {
+			t.Errorf("%s: got %v, want code %d naming %s", tc.in, err, tc.code, tc.field)
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/plugins/veth/config"
+)
+
+func endpointOf(conf *config.NetConf, att Attachment, hostIndex int, ips []netip.Addr) bpf.Endpoint {
+	return bpf.Endpoint{
+		Owner: att.Owner, HostIfIndex: hostIndex, PodMAC: att.PodMAC, HostMAC: att.HostMAC, IPs: ips,
+		Features: bpf.Features{Redirect: conf.XDP.Redirect, AntiSpoof: conf.XDP.AntiSpoof},
+	}
+}
+
+// attachXDP attaches the no-op program to the pod end, registers the pod in
+// the pinned maps, and attaches the datapath program to the host end. The
+// order matters: a veth drops redirected frames silently unless its peer
+// runs XDP, so other pods may only be redirected to this one (its map entry)
+// once the pod end has its program. On error the map entries are removed;
+// the programs go with the link, which Add deletes.
+func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr) (err error) {
+	dp, err := bpf.Open(conf.BPFFSRoot)
+	if err != nil {
+		return fmt.Errorf("%w (bpffsRoot %s)", err, conf.BPFFSRoot)
+	}
+	defer dp.Close()
+	if err := podNS.Do(func(ns.NetNS) error { return dp.AttachPod(podIndex) }); err != nil {
+		return fmt.Errorf("attach to the pod end: %w", err)
+	}
+	// AddEndpoint resolves the host ifindex for the redirect map in the
+	// calling namespace: the node's, where the plugin runs.
+	if err := dp.AddEndpoint(endpointOf(conf, att, hostIndex, ips)); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = dp.RemoveEndpoint(att.Owner)
+		}
+	}()
+	if err := dp.AttachHost(hostIndex); err != nil {
+		return fmt.Errorf("attach to %s: %w", att.HostIfName, err)
+	}
+	return nil
+}
+
+// detachXDP removes the pod's map entries. Nothing pinned means nothing to
+// remove: DEL must not load programs on a node that never ran XDP.
+func detachXDP(conf *config.NetConf, att Attachment) error {
+	if _, err := os.Stat(conf.BPFFSRoot); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	dp, err := bpf.Open(conf.BPFFSRoot)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	return dp.RemoveEndpoint(att.Owner)
+}
+
+func checkXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr) error {
+	dp, err := bpf.Open(conf.BPFFSRoot)
+	if err != nil {
+		return checkErr("xdp: %v", err)
+	}
+	defer dp.Close()
+	if ok, err := dp.Attached(hostIndex, false); err != nil || !ok {
+		return checkErr("xdp: the datapath program is not attached to %s (%v)", att.HostIfName, err)
+	}
+	var podOK bool
+	if err := podNS.Do(func(ns.NetNS) (err error) { podOK, err = dp.Attached(podIndex, true); return err }); err != nil || !podOK {
+		return checkErr("xdp: the pod end's program is not attached (%v)", err)
+	}
+	ep, ok, err := dp.Endpoint(att.Owner)
+	if err != nil || !ok {
+		return checkErr("xdp: no endpoint registered for %s (%v)", att.HostIfName, err)
+	}
+	want := endpointOf(conf, att, hostIndex, ips)
+	slices.SortFunc(ep.IPs, netip.Addr.Compare)
+	slices.SortFunc(want.IPs, netip.Addr.Compare)
+	if ep.HostIfIndex != want.HostIfIndex || !slices.Equal(ep.IPs, want.IPs) || ep.Features != want.Features {
+		return checkErr("xdp: endpoint %+v differs from the expected %+v", ep, want)
+	}
+	return nil
+}

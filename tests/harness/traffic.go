@@ -1,0 +1,115 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Traffic helpers run in the test process: a socket is created inside a
+// namespace (on the thread NetNS.Do has moved there) and stays in it, so
+// servers and clients need no extra binaries. Every exchange is bounded in
+// time, and servers stop at cleanup.
+
+// EchoServer serves TCP and UDP echo on port of every address in n. Each
+// reply is "<name>:<request>", so a test can tell which server answered
+// (a load balancer's backend, say). It returns the port (useful when 0
+// was passed: both protocols then share the TCP port number).
+func (e *Env) EchoServer(n *NetNS, name string, port int) int {
+	e.t.Helper()
+	var tl net.Listener
+	var ul net.PacketConn
+	err := n.Do(func() error {
+		var err error
+		if tl, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
+			return err
+		}
+		port = tl.Addr().(*net.TCPAddr).Port
+		ul, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		if tl != nil {
+			tl.Close()
+		}
+		e.fatalf("echo server in %s: %v", n, err)
+	}
+	e.Defer("stop echo server in "+n.Name, func() error { return errors.Join(tl.Close(), ul.Close()) })
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				buf := make([]byte, 4096)
+				nr, err := c.Read(buf)
+				if err != nil {
+					return
+				}
+				c.Write([]byte(name + ":" + string(buf[:nr])))
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			nr, from, err := ul.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			ul.WriteTo([]byte(name+":"+string(buf[:nr])), from)
+		}
+	}()
+	return port
+}
+
+// Exchange sends msg from inside n to addr ("host:port") over network
+// ("tcp", "udp", "tcp4", ...) and returns the reply. UDP is connected, so
+// only the server's reply is accepted. It gives up after timeout.
+func (n *NetNS) Exchange(network, addr, msg string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var conn net.Conn
+	err := n.Do(func() error {
+		var err error
+		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s dial %s from %s: %w", network, addr, n, err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return "", fmt.Errorf("%s write to %s from %s: %w", network, addr, n, err)
+	}
+	buf := make([]byte, 4096)
+	nr, err := conn.Read(buf)
+	if err != nil {
+		return "", fmt.Errorf("%s read from %s in %s: %w", network, addr, n, err)
+	}
+	return string(buf[:nr]), nil
+}
+
+// MustExchange is Exchange that fails the test unless the reply is
+// "<server>:<msg>"; it returns the server's name.
+func (n *NetNS) MustExchange(t testing.TB, network, addr, msg string) string {
+	t.Helper()
+	reply, err := n.Exchange(network, addr, msg, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, echoed, ok := strings.Cut(reply, ":")
+	if !ok || echoed != msg {
+		t.Fatalf("%s %s from %s: reply %q, want \"<server>:%s\"", network, addr, n, reply, msg)
+	}
+	return server
+}
