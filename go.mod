@@ -10,6 +10,12 @@ require (
 	golang.org/x/sys v0.49.0
 )
 
-require github.com/vishvananda/netns v0.0.5 // indirect
+require (
+	github.com/google/uuid v1.1.2 // indirect
+	github.com/k8snetworkplumbingwg/sriovnet v1.2.0 // indirect
+	github.com/spf13/afero v1.9.4 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
+	golang.org/x/text v0.28.0 // indirect
+)
 
 tool github.com/cilium/ebpf/cmd/bpf2go
