@@ -336,3 +336,60 @@ func TestProbeErrors(t *testing.T) {
 		}
 	})
 }
+
+// A peer whose neighbour entries still hold the previous owner's MAC (the
+// case of a VF handed to a new pod) switches to ours on the announcements.
+func TestAnnounce(t *testing.T) {
+	requireRoot(t)
+	v4, v6 := randomSubnets(t)
+	a4 := netip.AddrFrom4([4]byte{v4[0], v4[1], v4[2], 9})
+	a6 := netip.AddrFrom16([16]byte{v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], 15: 9})
+	tp := newTopo(t, true)
+	tp.claim(t, netip.AddrFrom4([4]byte{v4[0], v4[1], v4[2], 1}).String()+"/24")
+	tp.claim(t, netip.AddrFrom16([16]byte{v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], 15: 1}).String()+"/64")
+	oldMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}
+	neighOf := func(a netip.Addr) (mac net.HardwareAddr) {
+		tp.rogue.Do(func(ns.NetNS) error {
+			neighs, _ := netlink.NeighList(0, 0)
+			for _, n := range neighs {
+				if n.IP.Equal(net.IP(a.AsSlice())) {
+					mac = n.HardwareAddr
+				}
+			}
+			return nil
+		})
+		return mac
+	}
+	err := tp.rogue.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(tp.rogueIf)
+		if err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{a4, a6} {
+			fam := netlink.FAMILY_V4
+			if a.Is6() {
+				fam = netlink.FAMILY_V6
+			}
+			if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: fam, State: netlink.NUD_STALE,
+				IP: net.IP(a.AsSlice()), HardwareAddr: oldMAC}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Announce(tp.pod.Path(), tp.podIf, []netip.Addr{a4, a6}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.Addr{a4, a6} {
+		deadline := time.Now().Add(2 * time.Second)
+		for !bytes.Equal(neighOf(a), tp.podMAC) {
+			if time.Now().After(deadline) {
+				t.Fatalf("peer still maps %s to %v, want %v", a, neighOf(a), tp.podMAC)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}

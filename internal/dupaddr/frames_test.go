@@ -327,3 +327,24 @@ func TestSchedule(t *testing.T) {
 		}
 	}
 }
+
+func TestAnnouncementFrames(t *testing.T) {
+	mac := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
+	v4 := netip.MustParseAddr("10.1.2.3")
+	arp := buildARPAnnouncement(mac, v4)
+	// Sender IP and target IP are both the announced address.
+	if !bytes.Equal(arp[ethHeaderLen+14:ethHeaderLen+18], v4.AsSlice()) || !bytes.Equal(arp[ethHeaderLen+24:ethHeaderLen+28], v4.AsSlice()) {
+		t.Fatalf("ARP announcement % x", arp)
+	}
+	v6 := netip.MustParseAddr("fd00::7")
+	na := buildUnsolicitedNA(mac, v6)
+	ip := na[ethHeaderLen:]
+	msg := ip[ipv6HeaderLen:]
+	if msg[0] != icmpv6NA || msg[4]&ndFlagOverride == 0 || !bytes.Equal(msg[8:24], v6.AsSlice()) || !bytes.Equal(msg[26:32], mac) {
+		t.Fatalf("NA % x", msg)
+	}
+	// The checksum over pseudo-header + message verifies to zero.
+	if c := icmpv6Checksum([16]byte(ip[8:24]), [16]byte(ip[24:40]), msg); c != 0 {
+		t.Fatalf("NA checksum does not verify: %#x", c)
+	}
+}
