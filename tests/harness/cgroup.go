@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
 // Cgroup is a private cgroup v2 directory for test "pods". Tests attach
@@ -41,16 +42,7 @@ func Cgroup2Mount() (string, error) {
 		}
 		return filepath.Clean(v), nil
 	}
-	mounts, err := readMountInfo()
-	if err != nil {
-		return "", err
-	}
-	for _, m := range mounts {
-		if m.fsType == "cgroup2" {
-			return m.mountPoint, nil
-		}
-	}
-	return "", errors.New("no cgroup2 filesystem in /proc/self/mountinfo")
+	return mountinfo.Cgroup2()
 }
 
 // Cgroup creates a private cgroup under <cgroup2 mount>/warpnet-test/<runID>/.
@@ -244,57 +236,4 @@ func writeFile(path, data string) error {
 		err = cerr
 	}
 	return err
-}
-
-type mountInfo struct {
-	mountPoint string
-	fsType     string
-}
-
-// readMountInfo parses /proc/self/mountinfo: field 5 is the mount point
-// (octal-escaped), and the field after the " - " separator the fs type.
-func readMountInfo() ([]mountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		out = append(out, mountInfo{mountPoint: unescapeMount(fields[4]), fsType: fields[sep+1]})
-	}
-	return out, sc.Err()
-}
-
-// unescapeMount undoes the kernel's octal escaping of space, tab, newline
-// and backslash in mountinfo paths.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

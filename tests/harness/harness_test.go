@@ -312,9 +312,6 @@ func TestNames(t *testing.T) {
 	if pid, ok := parseRunID("wt2n9c"); !ok || pid != 123456 {
 		t.Errorf("parseRunID(wt2n9c) = %d, %v", pid, ok)
 	}
-	if got := unescapeMount(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
-		t.Errorf("unescapeMount = %q", got)
-	}
 	if root := RepoRoot(); root == "" || goModModule(must(os.ReadFile(filepath.Join(root, "go.mod")))) != modulePath {
 		t.Errorf("RepoRoot() = %q", root)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
 // Sweep removes what earlier test runs left behind when they could not clean
@@ -125,14 +127,14 @@ func removeTempDir(dir string) error {
 
 // mountsUnder lists the mount points at or below dir, deepest first.
 func mountsUnder(dir string) ([]string, error) {
-	mounts, err := readMountInfo()
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
 	var inside []string
 	for _, m := range mounts {
-		if m.mountPoint == dir || strings.HasPrefix(m.mountPoint, dir+"/") {
-			inside = append(inside, m.mountPoint)
+		if m.MountPoint == dir || strings.HasPrefix(m.MountPoint, dir+"/") {
+			inside = append(inside, m.MountPoint)
 		}
 	}
 	sort.Slice(inside, func(i, j int) bool { return len(inside[i]) > len(inside[j]) })
