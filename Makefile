@@ -4,7 +4,7 @@ BIN      := bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/warpnet/warpnet/internal/buildinfo.Version=$(VERSION)
 # Binary name -> main package. Later issues add warp-veth, warp-sriov, warpd, warpctl.
-BINARIES := warp-ipam=./ipam warp-veth=./plugins/veth warp-sriov=./plugins/sriov warpctl=./cmd/warpctl
+BINARIES := warp-ipam=./ipam warp-veth=./plugins/veth warp-sriov=./plugins/sriov warpctl=./cmd/warpctl warpd=./daemon/warpd
 
 # CI (CI=true) must never skip a root-only test: turn skips into failures.
 ifeq ($(CI),true)

@@ -23,7 +23,7 @@ func rootCommand() *command {
 		long: `warpctl operates warpnet and the simulators its tests and demos run on.
 
 Exit status: 0 on success, 1 when a command fails, 2 for a usage error.`,
-		subs: []*command{simCommand()},
+		subs: []*command{lbCommand(), simCommand()},
 	}
 }
 

@@ -2,14 +2,17 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -236,4 +239,26 @@ func writeFile(path, data string) error {
 		err = cerr
 	}
 	return err
+}
+
+// Run runs argv inside network namespace n as a process born in the cgroup
+// (clone3 with CLONE_INTO_CGROUP), so cgroup BPF programs see its sockets
+// from the first one. stdin is fed to it; the combined output is returned.
+// Bound it with ctx.
+func (c *Cgroup) Run(ctx context.Context, n *NetNS, stdin string, argv ...string) (string, error) {
+	dir, err := os.Open(c.Path)
+	if err != nil {
+		return "", err
+	}
+	defer dir.Close()
+	full := append([]string{"nsenter", "--net=" + n.Path, "--"}, argv...)
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.WaitDelay = waitDelay
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s in %s (cgroup %s): %w: %s", quote(argv), n, c.Path, err, out)
+	}
+	return string(out), nil
 }

@@ -1,0 +1,86 @@
+package reconcile
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/daemon/services"
+)
+
+// fakeMaps is an in-memory Maps that records calls.
+type fakeMaps struct {
+	svcs  map[bpf.Frontend]bpf.Service
+	calls []string
+	fail  bpf.Frontend
+}
+
+func (f *fakeMaps) Services() ([]bpf.Service, error) {
+	var out []bpf.Service
+	for _, s := range f.svcs {
+		out = append(out, s)
+	}
+	return out, nil
+}
+func (f *fakeMaps) Upsert(s bpf.Service) error {
+	if s.Frontend == f.fail {
+		return errors.New("boom")
+	}
+	f.calls = append(f.calls, "upsert "+s.Addr.String())
+	f.svcs[s.Frontend] = s
+	return nil
+}
+func (f *fakeMaps) Delete(fe bpf.Frontend) error {
+	f.calls = append(f.calls, "delete "+fe.Addr.String())
+	delete(f.svcs, fe)
+	return nil
+}
+
+func fe(ip string) bpf.Frontend {
+	return bpf.Frontend{Addr: netip.MustParseAddr(ip), Port: 80, Proto: bpf.TCP}
+}
+func be(ip string) bpf.Backend { return bpf.Backend{Addr: netip.MustParseAddr(ip), Port: 8080} }
+
+func TestSyncChangesOnlyWhatDiffers(t *testing.T) {
+	m := &fakeMaps{svcs: map[bpf.Frontend]bpf.Service{
+		fe("10.96.0.1"): {Frontend: fe("10.96.0.1"), ID: 1, Backends: []bpf.Backend{be("10.0.0.1"), be("10.0.0.2")}},
+		fe("10.96.0.2"): {Frontend: fe("10.96.0.2"), ID: 2, Backends: []bpf.Backend{be("10.0.0.1")}},
+		fe("10.96.0.3"): {Frontend: fe("10.96.0.3"), ID: 3},
+	}}
+	desired := []services.Entry{
+		// same backends in another order: untouched
+		{Name: "a", Service: bpf.Service{Frontend: fe("10.96.0.1"), ID: 1, Backends: []bpf.Backend{be("10.0.0.2"), be("10.0.0.1")}}},
+		// affinity changed: upserted
+		{Name: "b", Service: bpf.Service{Frontend: fe("10.96.0.2"), ID: 2, Backends: []bpf.Backend{be("10.0.0.1")}, AffinityTimeout: time.Minute}},
+		// new
+		{Name: "d", Service: bpf.Service{Frontend: fe("10.96.0.4"), ID: 4}},
+	}
+	st, err := Sync(m, desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Upserted != 2 || st.Deleted != 1 || st.Skipped != 1 || st.Services != 3 || st.Backends != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	if len(m.calls) != 3 || m.calls[2] != "delete 10.96.0.3" {
+		t.Fatalf("calls %v: deletes must come after upserts", m.calls)
+	}
+	// A second sync is a no-op.
+	m.calls = nil
+	if st, _ := Sync(m, desired); st.Upserted+st.Deleted != 0 || len(m.calls) != 0 {
+		t.Fatalf("second sync changed things: %+v %v", st, m.calls)
+	}
+}
+
+func TestSyncGoesOnPastFailures(t *testing.T) {
+	m := &fakeMaps{svcs: map[bpf.Frontend]bpf.Service{}, fail: fe("10.96.0.1")}
+	st, err := Sync(m, []services.Entry{
+		{Name: "bad", Service: bpf.Service{Frontend: fe("10.96.0.1"), ID: 1}},
+		{Name: "good", Service: bpf.Service{Frontend: fe("10.96.0.2"), ID: 2}},
+	})
+	if err == nil || st.Upserted != 1 {
+		t.Fatalf("err %v stats %+v", err, st)
+	}
+}

@@ -1,0 +1,295 @@
+// Package services turns Kubernetes Services and EndpointSlices into the
+// socket load balancer's entries, following kube-proxy's semantics. It is
+// pure (no I/O), so every rule is unit-tested, and warpd's sources (the API
+// server, a YAML file) share it.
+package services
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/warpnet/warpnet/bpf"
+)
+
+// ProxyNameLabel marks services handled by another proxy; like kube-proxy,
+// warpd leaves them alone.
+const ProxyNameLabel = "service.kubernetes.io/service-proxy-name"
+
+// DefaultAffinityTimeout is Kubernetes' default ClientIP affinity timeout.
+const DefaultAffinityTimeout = 10800 * time.Second
+
+// Node is what translation needs to know about the node warpd runs on.
+type Node struct {
+	Name      string
+	Zone      string       // for topology hints; "" = ignore hints
+	Addresses []netip.Addr // node addresses: NodePorts listen on them, ExternalIPs count as local
+}
+
+// Entry is one frontend with its backends, and the Kubernetes object it
+// came from (for logs, metrics and warpctl).
+type Entry struct {
+	Name string // namespace/name:port/protocol
+	bpf.Service
+}
+
+var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+
+// Translate computes the entries for the node. Services of type
+// ExternalName, headless ones, and those labelled for another proxy are
+// skipped; so are protocols other than TCP and UDP.
+func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node) []Entry {
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range epSlices {
+		name := s.Labels[discoveryv1.LabelServiceName]
+		if name != "" {
+			bySvc[s.Namespace+"/"+name] = append(bySvc[s.Namespace+"/"+name], s)
+		}
+	}
+	var out []Entry
+	ids := map[uint32]string{}
+	sorted := append([]*corev1.Service(nil), svcs...)
+	sort.Slice(sorted, func(i, j int) bool { return key(sorted[i]) < key(sorted[j]) })
+	for _, svc := range sorted {
+		if skip(svc) {
+			continue
+		}
+		for _, port := range svc.Spec.Ports {
+			proto, ok := protocol(port.Protocol)
+			if !ok {
+				continue
+			}
+			protoName := "tcp"
+			if proto == bpf.UDP {
+				protoName = "udp"
+			}
+			name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), protoName)
+			id := serviceID(name, ids)
+			var affinity time.Duration
+			if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+				affinity = DefaultAffinityTimeout
+				if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+					affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+				}
+			}
+			internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+			externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+			for _, fe := range frontends(svc, port, node) {
+				local := internalLocal
+				if fe.external {
+					local = externalLocal
+				}
+				out = append(out, Entry{Name: name, Service: bpf.Service{
+					Frontend:        bpf.Frontend{Addr: fe.addr, Port: fe.port, Proto: proto},
+					ID:              id,
+					Backends:        backends(bySvc[key(svc)], port, fe.addr.Is4(), local, node),
+					AffinityTimeout: affinity,
+				}})
+			}
+		}
+	}
+	return out
+}
+
+func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
+
+func portName(p corev1.ServicePort) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return fmt.Sprint(p.Port)
+}
+
+func skip(svc *corev1.Service) bool {
+	return svc.Spec.Type == corev1.ServiceTypeExternalName ||
+		svc.Spec.ClusterIP == corev1.ClusterIPNone ||
+		svc.Labels[ProxyNameLabel] != ""
+}
+
+func protocol(p corev1.Protocol) (bpf.Protocol, bool) {
+	switch p {
+	case corev1.ProtocolTCP, "":
+		return bpf.TCP, true
+	case corev1.ProtocolUDP:
+		return bpf.UDP, true
+	}
+	return 0, false // SCTP passes through untranslated
+}
+
+// serviceID is a stable hash of the service port's name, so IDs (which key
+// session affinity) survive warpd restarts; a collision takes the next free
+// value, deterministically because services are visited in sorted order.
+func serviceID(name string, taken map[uint32]string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	id := h.Sum32()
+	for {
+		if id == 0 {
+			id = 1
+		}
+		if owner, used := taken[id]; !used || owner == name {
+			taken[id] = name
+			return id
+		}
+		id++
+	}
+}
+
+type frontend struct {
+	addr     netip.Addr
+	port     uint16
+	external bool // reached from outside the cluster: externalTrafficPolicy applies
+}
+
+func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []frontend {
+	var out []frontend
+	add := func(s string, p int32, external bool) {
+		if a, err := netip.ParseAddr(s); err == nil && p > 0 {
+			fe := frontend{a.Unmap(), uint16(p), external}
+			if !slices.Contains(out, fe) {
+				out = append(out, fe)
+			}
+		}
+	}
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	for _, ip := range clusterIPs {
+		add(ip, port.Port, false)
+	}
+	// ExternalIPs are only served where they are local: elsewhere the
+	// traffic must leave the node to reach the address's owner.
+	for _, ip := range svc.Spec.ExternalIPs {
+		if a, err := netip.ParseAddr(ip); err == nil && slices.Contains(node.Addresses, a.Unmap()) {
+			add(ip, port.Port, true)
+		}
+	}
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			add(ing.IP, port.Port, true)
+		}
+	}
+	if port.NodePort > 0 && (svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer) {
+		for _, a := range append(slices.Clone(node.Addresses), loopbacks...) {
+			add(a.String(), port.NodePort, true)
+		}
+	}
+	return out
+}
+
+// backends picks the endpoints of one service port and family: ready ones,
+// or, when none is ready, the serving ones that are terminating (so a
+// rolling update never drops a service to zero). local keeps only this
+// node's endpoints; topology hints narrow to the node's zone when every
+// endpoint carries them and some match.
+func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4, local bool, node Node) []bpf.Backend {
+	type cand struct {
+		b           bpf.Backend
+		ready       bool
+		terminating bool
+		zones       []string
+		hinted      bool
+	}
+	var cands []cand
+	for _, s := range epSlices {
+		if (s.AddressType == discoveryv1.AddressTypeIPv4) != v4 || (s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6) {
+			continue
+		}
+		target, ok := slicePort(s, port)
+		if !ok {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			if local && (ep.NodeName == nil || *ep.NodeName != node.Name) {
+				continue
+			}
+			c := cand{
+				ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
+				terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
+			}
+			serving := ep.Conditions.Serving == nil || *ep.Conditions.Serving
+			if !c.ready && !(serving && c.terminating) {
+				continue
+			}
+			if ep.Hints != nil {
+				c.hinted = true
+				for _, z := range ep.Hints.ForZones {
+					c.zones = append(c.zones, z.Name)
+				}
+			}
+			for _, a := range ep.Addresses {
+				if addr, err := netip.ParseAddr(a); err == nil {
+					c.b = bpf.Backend{Addr: addr.Unmap(), Port: target}
+					cands = append(cands, c)
+				}
+			}
+		}
+	}
+	pick := func(keep func(cand) bool) []cand {
+		var out []cand
+		for _, c := range cands {
+			if keep(c) {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+	chosen := pick(func(c cand) bool { return c.ready })
+	if len(chosen) == 0 {
+		chosen = pick(func(c cand) bool { return c.terminating })
+	}
+	if node.Zone != "" && len(chosen) > 0 && !slices.ContainsFunc(chosen, func(c cand) bool { return !c.hinted }) {
+		var inZone []cand
+		for _, c := range chosen {
+			if slices.Contains(c.zones, node.Zone) {
+				inZone = append(inZone, c)
+			}
+		}
+		if len(inZone) > 0 {
+			chosen = inZone
+		}
+	}
+	var out []bpf.Backend
+	for _, c := range chosen {
+		if !slices.Contains(out, c.b) {
+			out = append(out, c.b)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Addr != out[j].Addr {
+			return out[i].Addr.Less(out[j].Addr)
+		}
+		return out[i].Port < out[j].Port
+	})
+	return out
+}
+
+// slicePort finds the target port of a service port in an EndpointSlice:
+// matched by name (the service port's name, "" for a single unnamed port)
+// and protocol.
+func slicePort(s *discoveryv1.EndpointSlice, port corev1.ServicePort) (uint16, bool) {
+	for _, p := range s.Ports {
+		name, proto := "", corev1.ProtocolTCP
+		if p.Name != nil {
+			name = *p.Name
+		}
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		sp := port.Protocol
+		if sp == "" {
+			sp = corev1.ProtocolTCP
+		}
+		if name == port.Name && proto == sp && p.Port != nil {
+			return uint16(*p.Port), true
+		}
+	}
+	return 0, false
+}

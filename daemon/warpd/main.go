@@ -1,0 +1,80 @@
+// Command warpd is warpnet's node daemon: socket-level eBPF load balancing
+// for Services, attached to the node's cgroup and kept in sync with the
+// services source. See README.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/daemon/agent"
+	"github.com/warpnet/warpnet/internal/buildinfo"
+)
+
+func main() {
+	cfg := agent.Config{}
+	var nodeIPs string
+	fs := flag.NewFlagSet("warpd", flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `warpd %s: socket-level eBPF Service load balancing for a node.
+
+Usage: warpd --services-file FILE [flags]
+
+It attaches connect/sendmsg/recvmsg/getpeername hooks to the node's cgroup v2 and keeps
+the pinned service maps in sync with the services source. Maps, programs and links stay
+pinned when warpd stops, so Services keep working while it is down or restarting; a new
+warpd adopts them and changes only what is stale.
+
+Flags:
+`, buildinfo.Version)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.ServicesFile, "services-file", "", "YAML file of v1 Services and discovery.k8s.io/v1 EndpointSlices (reloaded on change)")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory whose sockets are translated (default: the cgroup2 mount)")
+	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", bpf.DefaultPinDir, "bpffs directory for pinned maps, programs and links")
+	fs.StringVar(&cfg.Node.Name, "node-name", agent.Hostname(), "this node's name, for internalTrafficPolicy Local (default: $NODE_NAME or the hostname)")
+	fs.StringVar(&cfg.Node.Zone, "node-zone", "", "this node's zone, for topology hints")
+	fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated node addresses for NodePorts and local ExternalIPs (default: the namespace's global addresses)")
+	fs.BoolVar(&cfg.HostOnly, "host-only", false, "translate only sockets in the host network namespace (pods keep the ClusterIP on the wire, for service meshes)")
+	fs.DurationVar(&cfg.Poll, "poll", time.Second, "how often the services file is checked for changes")
+	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
+	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz and /metrics (empty: none)")
+	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "service map size (0: default)")
+	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "backend map size (0: default)")
+	fs.IntVar(&cfg.Sizes.RevNAT, "map-revnat", 0, "reverse translation map size (0: default)")
+	fs.IntVar(&cfg.Sizes.Affinity, "map-affinity", 0, "session affinity map size (0: default)")
+	fs.Parse(os.Args[1:])
+
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	for _, s := range strings.Split(nodeIPs, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "warpd: --node-ip: %q is not an IP address\n", s)
+			os.Exit(2)
+		}
+		cfg.Node.Addresses = append(cfg.Node.Addresses, a)
+	}
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,228 @@
+// Package warpd_test runs the built bin/warpd on a simulated node (a network
+// namespace) in file mode, with warp-veth pods as backends and clients, and
+// checks ClusterIP translation with real sockets from inside the pods.
+package warpd_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/tests/harness"
+)
+
+const (
+	clusterIP   = "10.96.0.10"
+	backendPort = 8080
+)
+
+type cluster struct {
+	t      *testing.T
+	env    *harness.Env
+	node   *harness.NetNS
+	pods   *harness.Cgroup // the node's pod cgroup: warpd translates its sockets
+	bpffs  string
+	file   string
+	podIPs map[string]string // pod name -> IPv4
+	client *harness.NetNS
+	warpd  []string // argv
+}
+
+func newCluster(t *testing.T, backends ...string) *cluster {
+	harness.RequireTools(t, "socat", filepath.Join(harness.BinDir(), "warpd"))
+	env := harness.New(t)
+	c := &cluster{t: t, env: env, node: env.NetNS("node"), pods: env.Cgroup("pods"), bpffs: env.BPFFS(),
+		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}}
+	veth := env.Plugin(t, "warp-veth").In(c.node)
+	conf := harness.ConfigJSON(t, harness.NetConf("pods", "warp-veth", map[string]any{"cniVersion": "1.1.0",
+		"ipam": map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, "ipam"), "detectConflicts": false,
+			"ranges": [][]map[string]any{{{"subnet": "10.244.1.0/24"}}}}}))
+	for _, name := range append(backends, "client") {
+		pod := env.NetNS(name)
+		res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: pod.Path, IfName: "eth0", Config: conf}))
+		c.podIPs[name] = res.IPs[0].Address.IP.String()
+		if name == "client" {
+			c.client = pod
+		} else {
+			env.EchoServer(pod, name, backendPort)
+		}
+	}
+	c.warpd = []string{filepath.Join(harness.BinDir(), "warpd"), "--services-file", c.file, "--cgroup-root", c.pods.Path,
+		"--bpffs-root", c.bpffs, "--node-name", "node1", "--listen", "", "--poll", "100ms"}
+	return c
+}
+
+// writeServices writes a TCP+UDP ClusterIP service whose EndpointSlice
+// lists the given pods (ready).
+func (c *cluster) writeServices(backends ...string) {
+	var eps strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&eps, "- addresses: [%s]\n  conditions: {ready: true}\n  nodeName: node1\n", c.podIPs[b])
+	}
+	if len(backends) == 0 {
+		eps.WriteString("[]\n")
+	}
+	doc := fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: %[1]s
+  clusterIPs: [%[1]s]
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: %[2]d}
+  - {name: dns, port: 53, protocol: UDP, targetPort: %[2]d}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {name: http, port: %[2]d, protocol: TCP}
+- {name: dns, port: %[2]d, protocol: UDP}
+endpoints:
+%[3]s`, clusterIP, backendPort, eps.String())
+	if len(backends) == 0 {
+		doc = strings.Replace(doc, "endpoints:\n[]\n", "endpoints: []\n", 1)
+	}
+	if err := os.WriteFile(c.file, []byte(doc), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *cluster) startWarpd() {
+	c.t.Helper()
+	c.node.Start(c.t, c.warpd...)
+}
+
+// waitBackends waits until the maps hold the TCP frontend with n backends.
+func (c *cluster) waitBackends(n int) {
+	c.t.Helper()
+	want := bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if lb, err := bpf.OpenLB(c.bpffs, bpf.LBSizes{}); err == nil {
+			svcs, _ := lb.Services()
+			lb.Close()
+			for _, s := range svcs {
+				if s.Frontend == want && len(s.Backends) == n {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("warpd did not program %v with %d backends", want, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dial runs a socat client in the client pod, inside the pods' cgroup.
+func (c *cluster) dial(proto, port string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addr := strings.ToUpper(proto) + ":" + clusterIP + ":" + port
+	out, err := c.pods.Run(ctx, c.client, "hello", "socat", "-T1", "-", addr)
+	return strings.TrimSpace(out), err
+}
+
+// answeredBy dials n times and counts which backend answered.
+func (c *cluster) answeredBy(proto, port string, n int) map[string]int {
+	c.t.Helper()
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		out, err := c.dial(proto, port)
+		if err != nil {
+			c.t.Fatalf("%s to the ClusterIP: %v", proto, err)
+		}
+		server, _, ok := strings.Cut(out, ":")
+		if !ok {
+			c.t.Fatalf("reply %q", out)
+		}
+		seen[server]++
+	}
+	return seen
+}
+
+func TestClusterIPFromFile(t *testing.T) {
+	c := newCluster(t, "pod1", "pod2")
+	c.writeServices("pod1", "pod2")
+	c.startWarpd()
+	c.waitBackends(2)
+
+	t.Run("TCP reaches both backends", func(t *testing.T) {
+		if seen := c.answeredBy("tcp", "80", 30); seen["pod1"] == 0 || seen["pod2"] == 0 {
+			t.Fatalf("answers %v", seen)
+		}
+	})
+	t.Run("connected UDP", func(t *testing.T) {
+		if seen := c.answeredBy("udp", "53", 10); seen["pod1"]+seen["pod2"] != 10 {
+			t.Fatalf("answers %v", seen)
+		}
+	})
+	t.Run("warpctl shows services and hooks", func(t *testing.T) {
+		warpctl := filepath.Join(harness.BinDir(), "warpctl")
+		out, err := exec.Command(warpctl, "lb", "services", "--bpffs-root", c.bpffs, "--frontend", clusterIP+":80", "--json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		var views []struct {
+			Frontend, Protocol string
+			Backends           []string
+		}
+		if err := json.Unmarshal(out, &views); err != nil || len(views) != 1 || len(views[0].Backends) != 2 ||
+			!slices.Contains(views[0].Backends, c.podIPs["pod1"]+":8080") {
+			t.Fatalf("warpctl lb services: %v %s", err, out)
+		}
+		out, err = exec.Command(warpctl, "lb", "hooks", "--bpffs-root", c.bpffs).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), c.pods.Path) || !strings.Contains(string(out), "connect4") {
+			t.Fatalf("warpctl lb hooks: %v %s", err, out)
+		}
+	})
+	t.Run("file change is picked up", func(t *testing.T) {
+		c.writeServices("pod2")
+		c.waitBackends(1)
+		if seen := c.answeredBy("tcp", "80", 10); seen["pod2"] != 10 {
+			t.Fatalf("answers %v", seen)
+		}
+	})
+	t.Run("no backends: refused at once", func(t *testing.T) {
+		c.writeServices()
+		c.waitBackends(0)
+		start := time.Now()
+		out, err := c.dial("tcp", "80")
+		if err == nil {
+			t.Fatalf("connected to a service without backends: %q", out)
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("took %v: a timeout, not a refusal (%s)", time.Since(start), out)
+		}
+	})
+}
+
+// Traffic keeps flowing while warpd is down, and a restarted warpd adopts
+// the pinned state.
+func TestRestart(t *testing.T) {
+	c := newCluster(t, "pod1")
+	c.writeServices("pod1")
+	first := c.node.Start(t, c.warpd...)
+	c.waitBackends(1)
+	first.Process.Kill()
+	first.Wait()
+	if seen := c.answeredBy("tcp", "80", 10); seen["pod1"] != 10 {
+		t.Fatalf("with warpd down: %v", seen)
+	}
+	c.startWarpd()
+	c.waitBackends(1)
+	if seen := c.answeredBy("tcp", "80", 10); seen["pod1"] != 10 {
+		t.Fatalf("after the restart: %v", seen)
+	}
+}
