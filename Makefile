@@ -1,4 +1,8 @@
 # warpnet build, test and benchmark entry points. `make help` lists them.
+# bash with pipefail: a failing command must fail its target even when its
+# output is filtered through a pipe.
+SHELL        := /bin/bash
+.SHELLFLAGS  := -o pipefail -c
 GO       ?= go
 BIN      := bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -11,7 +15,7 @@ ifeq ($(CI),true)
 export WARP_E2E_REQUIRED := 1
 endif
 
-.PHONY: help deps generate build test bench lint clean
+.PHONY: help deps generate build demo test bench lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +33,9 @@ build: ## build every binary into bin/
 		echo "build: $(BIN)/$$name"; \
 		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$$name $$pkg; \
 	done
+
+demo: deps build ## two-node simulated cluster: warpd, veth and SR-IOV pods behind ClusterIPs; prints a report, tears down
+	@$(GO) test -count=1 -v -run '^TestDemo$$' ./tests/demo/ | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok '
 
 test: deps build ## unit + e2e tests (e2e needs root; CI=true turns skips into failures)
 	$(GO) test -count=1 -timeout 30m ./...

@@ -1,0 +1,299 @@
+// Package demo is `make demo`: a two-node cluster simulated in network
+// namespaces, with warpd on each node in file mode, veth and SR-IOV pods
+// (simulated VFs) as backends of a TCP and a UDP ClusterIP Service, and a
+// client of each pod kind calling them. It prints what happened and tears
+// everything down, also on Ctrl-C (the harness's signal cleanup). It is a
+// test so that `make test` keeps the demo working.
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/internal/sriov/sim"
+	"github.com/warpnet/warpnet/tests/harness"
+)
+
+const (
+	webIP, dnsIP = "10.96.0.10", "10.96.0.53"
+	backendPort  = 8080
+	requests     = 6
+)
+
+// clientEnv turns the test binary into a client process (see TestMain):
+// warpd's hooks act on sockets of processes in the node's pod cgroup, so a
+// client must be its own process, born there.
+const clientEnv = "WARP_DEMO_CLIENT"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(clientEnv); spec != "" {
+		os.Exit(runClient(spec))
+	}
+	os.Exit(m.Run())
+}
+
+type answer struct {
+	Proto, Service, Backend, Peer, Err string
+}
+
+// runClient: spec is "netnsPath proto addr count". Each request connects
+// (TCP, or connected UDP), records what getpeername says, sends "hi" and
+// records which backend answered.
+func runClient(spec string) int {
+	f := strings.Fields(spec)
+	var n int
+	fmt.Sscan(f[3], &n)
+	var out []answer
+	ns.WithNetNSPath(f[0], func(ns.NetNS) error {
+		for i := 0; i < n; i++ {
+			a := answer{Proto: f[1], Service: f[2]}
+			c, err := net.DialTimeout(f[1], f[2], 2*time.Second)
+			if err != nil {
+				a.Err = err.Error()
+				out = append(out, a)
+				continue
+			}
+			a.Peer = c.RemoteAddr().String() // getpeername(2)
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			buf := make([]byte, 256)
+			if _, err = c.Write([]byte("hi")); err == nil {
+				var nr int
+				if nr, err = c.Read(buf); err == nil {
+					a.Backend, _, _ = strings.Cut(string(buf[:nr]), ":")
+				}
+			}
+			if err != nil {
+				a.Err = err.Error()
+			}
+			c.Close()
+			out = append(out, a)
+		}
+		return nil
+	})
+	json.NewEncoder(os.Stdout).Encode(out)
+	return 0
+}
+
+type node struct {
+	name    string
+	ns      *harness.NetNS
+	pods    *harness.Cgroup
+	bpffs   string
+	pf      *sim.PF
+	podCIDR string // veth pods
+	vfNet   string // SR-IOV pods: the simulated underlay subnet, /24, .1 is the node
+}
+
+type pod struct {
+	name, kind, ip string
+	node           *node
+	ns             *harness.NetNS
+}
+
+func say(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
+
+func TestDemo(t *testing.T) {
+	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), filepath.Join(harness.BinDir(), "warp-veth"),
+		filepath.Join(harness.BinDir(), "warp-sriov"), filepath.Join(harness.BinDir(), "warpctl"))
+	env := harness.New(t)
+	say("building a two-node cluster in network namespaces (no link to this machine's network)")
+	nodes := []*node{
+		{name: "node1", podCIDR: "10.244.1.0/24", vfNet: "192.168.51"},
+		{name: "node2", podCIDR: "10.244.2.0/24", vfNet: "192.168.52"},
+	}
+	for _, n := range nodes {
+		n.ns, n.pods, n.bpffs = env.NetNS(n.name), env.Cgroup(n.name+"-pods"), env.BPFFS()
+		p, err := sim.Create(sim.Spec{NodeNetns: n.ns.Path, Dir: filepath.Join(env.TempDir, n.name+"-sriov"), NumVFs: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.Defer("destroy "+n.name+"'s simulated PF", p.Destroy)
+		n.pf = p
+		// The node's own port on the VF underlay (as a real PF is on the
+		// NIC's embedded switch): the SR-IOV pods' gateway.
+		n.ns.Exec(t, "ip", "link", "add", "host0", "link", p.PFName, "type", "macvlan", "mode", "bridge")
+		n.ns.Exec(t, "ip", "addr", "add", n.vfNet+".1/24", "dev", "host0")
+		n.ns.Exec(t, "ip", "link", "set", "host0", "up")
+		n.ns.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	}
+	// The node-to-node underlay, and routes to each other's pods.
+	env.Veth(nodes[0].ns, "ul0", nodes[1].ns, "ul0")
+	env.Addr(nodes[0].ns, "ul0", "10.0.0.1/24")
+	env.Addr(nodes[1].ns, "ul0", "10.0.0.2/24")
+	for i, n := range nodes {
+		peer, via := nodes[1-i], fmt.Sprintf("10.0.0.%d", 2-i)
+		n.ns.Exec(t, "ip", "route", "add", peer.podCIDR, "via", via)
+		n.ns.Exec(t, "ip", "route", "add", peer.vfNet+".0/24", "via", via)
+	}
+
+	var pods []*pod
+	vfUsed := map[*node]int{}
+	addPod := func(name, kind string, n *node) *pod {
+		p := &pod{name: name, kind: kind, node: n, ns: env.NetNS(name)}
+		var plugin *harness.Plugin
+		var conf map[string]any
+		ipam := map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, n.name+"-ipam"), "detectConflicts": false}
+		call := harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0"}
+		if kind == "veth" {
+			plugin = env.Plugin(t, "warp-veth").In(n.ns)
+			ipam["ranges"] = [][]map[string]any{{{"subnet": n.podCIDR}}}
+			conf = map[string]any{"ipam": ipam}
+		} else {
+			plugin = env.Plugin(t, "warp-sriov").In(n.ns)
+			ipam["ranges"] = [][]map[string]any{{{"subnet": n.vfNet + ".0/24", "rangeStart": n.vfNet + ".10", "gateway": n.vfNet + ".1"}}}
+			ipam["routes"] = []map[string]any{{"dst": "0.0.0.0/0"}}
+			conf = map[string]any{"ipam": ipam, "deviceID": n.pf.VFs[vfUsed[n]].PCI, "vlan": 0, "dataDir": filepath.Join(env.TempDir, n.name+"-sriov-data")}
+			vfUsed[n]++
+			call.Env = n.pf.Env()
+		}
+		conf["cniVersion"] = "1.1.0"
+		call.Config = harness.ConfigJSON(t, harness.NetConf("demo-"+kind, "warp-"+kind, conf))
+		res := harness.ParseResult(t, plugin.MustSucceed(t, call))
+		p.ip = res.IPs[0].Address.IP.String()
+		pods = append(pods, p)
+		say("%-10s %-6s pod on %s: %s", name, kind, n.name, p.ip)
+		return p
+	}
+	backends := []*pod{
+		addPod("web-v1", "veth", nodes[0]),
+		addPod("web-v2", "veth", nodes[1]),
+		addPod("web-s2", "sriov", nodes[1]),
+	}
+	for _, b := range backends {
+		env.EchoServer(b.ns, b.name, backendPort)
+	}
+	clients := []*pod{addPod("client-v", "veth", nodes[0]), addPod("client-s", "sriov", nodes[0])}
+
+	say("starting warpd on each node (file mode), with a TCP service %s:80 and a UDP service %s:53", webIP, dnsIP)
+	file := filepath.Join(env.TempDir, "services.yaml")
+	writeServices(t, file, backends)
+	for _, n := range nodes {
+		n.ns.Start(t, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", n.pods.Path,
+			"--bpffs-root", n.bpffs, "--node-name", n.name, "--listen", "", "--poll", "200ms")
+		waitProgrammed(t, n, len(backends))
+	}
+
+	var rows []answer
+	for _, c := range clients {
+		for _, target := range []struct{ proto, addr string }{{"tcp", webIP + ":80"}, {"udp", dnsIP + ":53"}} {
+			answers := runClientIn(t, c, target.proto, target.addr)
+			for _, a := range answers {
+				if a.Err != "" || a.Backend == "" {
+					t.Errorf("%s %s %s: %s", c.name, a.Proto, a.Service, a.Err)
+				}
+				if a.Peer != a.Service {
+					t.Errorf("%s: getpeername shows %s, want the service address %s", c.name, a.Peer, a.Service)
+				}
+				a.Service = c.name + " -> " + a.Service
+				rows = append(rows, a)
+			}
+		}
+	}
+
+	fmt.Println()
+	fmt.Println("Requests (each a new connection, or a new connected UDP socket):")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLIENT -> SERVICE\tPROTO\tANSWERED BY\tGETPEERNAME SEEN BY CLIENT")
+	seen := map[string]int{}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Service, r.Proto, r.Backend, r.Peer)
+		seen[r.Backend]++
+	}
+	tw.Flush()
+	fmt.Println()
+	fmt.Println("Answers per backend:")
+	for _, b := range backends {
+		fmt.Printf("  %-8s (%s pod on %s, %s): %d\n", b.name, b.kind, b.node.name, b.ip, seen[b.name])
+	}
+	for _, n := range nodes {
+		out, err := exec.Command(filepath.Join(harness.BinDir(), "warpctl"), "lb", "services", "--bpffs-root", n.bpffs).CombinedOutput()
+		if err != nil {
+			t.Fatalf("warpctl: %v %s", err, out)
+		}
+		fmt.Printf("\nwarpctl lb services on %s:\n%s", n.name, out)
+	}
+	say("done; tearing everything down")
+}
+
+func writeServices(t *testing.T, file string, backends []*pod) {
+	var eps strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&eps, "- {addresses: [%s], conditions: {ready: true}, nodeName: %s}\n", b.ip, b.node.name)
+	}
+	doc := ""
+	for _, s := range []struct{ name, ip, proto string }{{"web", webIP, "TCP"}, {"dns", dnsIP, "UDP"}} {
+		port := 80
+		if s.proto == "UDP" {
+			port = 53
+		}
+		doc += fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: demo}
+spec: {clusterIP: %[2]s, clusterIPs: [%[2]s], ports: [{name: p, port: %[3]d, protocol: %[4]s, targetPort: %[5]d}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: %[1]s-1, namespace: demo, labels: {kubernetes.io/service-name: %[1]s}}
+addressType: IPv4
+ports: [{name: p, port: %[5]d, protocol: %[4]s}]
+endpoints:
+%[6]s`, s.name, s.ip, port, s.proto, backendPort, eps.String())
+	}
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitProgrammed(t *testing.T, n *node, backends int) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if lb, err := bpf.OpenLB(n.bpffs, bpf.LBSizes{}); err == nil {
+			svcs, _ := lb.Services()
+			lb.Close()
+			if len(svcs) == 2 && !slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) != backends }) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("warpd on %s did not program the services", n.name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func runClientIn(t *testing.T, c *pod, proto, addr string) []answer {
+	dir, err := os.Open(c.node.pods.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %d", clientEnv, c.ns.Path, proto, addr, requests))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("client %s: %v %s", c.name, err, out)
+	}
+	var answers []answer
+	if err := json.Unmarshal(out, &answers); err != nil {
+		t.Fatalf("client %s: %v %s", c.name, err, out)
+	}
+	return answers
+}
