@@ -9,11 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
 // The programs are attached with bpf_links (BPF_LINK_CREATE), pinned under
@@ -216,7 +216,7 @@ func (l *LB) Attachments() (map[string][]string, error) {
 // the cgroup v2 mount (a cgroup's ID is its directory's inode number).
 func cgroupPaths(ids map[uint64][]string) map[uint64]string {
 	out := map[uint64]string{}
-	root, err := cgroup2Mount()
+	root, err := mountinfo.Cgroup2()
 	if err != nil {
 		return out
 	}
@@ -236,46 +236,4 @@ func cgroupPaths(ids map[uint64][]string) map[uint64]string {
 		return nil
 	})
 	return out
-}
-
-// cgroup2Mount returns the first cgroup2 mount point in /proc/self/mountinfo
-// (/sys/fs/cgroup on pure cgroup v2 nodes, /sys/fs/cgroup/unified on hybrid
-// ones).
-func cgroup2Mount() (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" {
-				if f[i+1] == "cgroup2" && len(f) > 4 {
-					return unescapeMountPath(f[4]), nil
-				}
-				break
-			}
-		}
-	}
-	return "", errors.New("bpf: no cgroup2 filesystem mounted")
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for a space, ...) of
-// mountinfo paths.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

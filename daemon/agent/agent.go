@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/warpnet/warpnet/bpf"
 	"github.com/warpnet/warpnet/daemon/reconcile"
@@ -27,6 +28,7 @@ import (
 // Config is warpd's configuration (its flags).
 type Config struct {
 	ServicesFile string        // YAML Services and EndpointSlices (file mode)
+	Kubeconfig   string        // API server mode; "" with no ServicesFile = in-cluster
 	CgroupRoot   string        // cgroup v2 directory whose sockets are translated; "" = the cgroup2 mount
 	BPFFSRoot    string        // where maps, programs and links are pinned
 	Node         services.Node // Addresses empty = the node namespace's global addresses
@@ -43,6 +45,8 @@ type Agent struct {
 	log *slog.Logger
 	lb  *bpf.LB
 
+	src source.Source
+
 	mu      sync.Mutex
 	last    reconcile.Stats
 	lastErr error
@@ -56,8 +60,22 @@ type Agent struct {
 // warpd) and attaches it; nothing is detached or cleared on exit, so
 // translation keeps working while warpd is down or restarting.
 func New(cfg Config, log *slog.Logger) (*Agent, error) {
-	if cfg.ServicesFile == "" {
-		return nil, errors.New("no services source: pass --services-file")
+	var src source.Source
+	if cfg.ServicesFile != "" {
+		if cfg.Kubeconfig != "" {
+			return nil, errors.New("pass either --services-file or --kubeconfig, not both")
+		}
+		src = &source.File{Path: cfg.ServicesFile, Poll: cfg.Poll}
+	} else {
+		rc, err := source.ClientConfig(cfg.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		client, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("API client: %w", err)
+		}
+		src = source.NewKube(client, log)
 	}
 	if cfg.CgroupRoot == "" {
 		root, err := mountinfo.Cgroup2()
@@ -87,7 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot,
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
-	return &Agent{cfg: cfg, log: log, lb: lb}, nil
+	return &Agent{cfg: cfg, log: log, lb: lb, src: src}, nil
 }
 
 // nodeAddresses lists the global unicast addresses of the current network
@@ -117,30 +135,35 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer srv.Close()
 	}
-	file := &source.File{Path: a.cfg.ServicesFile}
+	if err := a.src.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	resync := time.NewTicker(a.cfg.Resync)
+	defer resync.Stop()
 	var snap *source.Snapshot
-	poll := time.NewTicker(a.cfg.Poll)
-	defer poll.Stop()
-	lastSync := time.Time{}
 	for {
-		next, changed, err := file.Load()
+		force := false
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping; maps and programs stay pinned and attached")
+			return nil
+		case <-a.src.Changes():
+		case <-resync.C:
+			force = true
+		}
+		next, changed, err := a.src.Snapshot()
 		switch {
 		case err != nil:
 			a.record(reconcile.Stats{}, err, 0)
 			a.log.Error("services source unusable; keeping the current state", "err", err)
 		case changed:
 			snap = next
-			a.log.Info("services source changed", "services", len(snap.Services), "endpointSlices", len(snap.EndpointSlices))
 		}
-		if snap != nil && (changed || time.Since(lastSync) >= a.cfg.Resync) {
+		if snap != nil && (changed || force) {
 			a.sync(snap)
-			lastSync = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			a.log.Info("stopping; maps and programs stay pinned and attached")
-			return nil
-		case <-poll.C:
 		}
 	}
 }

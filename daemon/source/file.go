@@ -4,17 +4,32 @@ package source
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
+
+// Source is one of warpd's inputs.
+type Source interface {
+	// Start begins watching; it returns once the first state is known
+	// (or ctx ends).
+	Start(ctx context.Context) error
+	// Changes is signalled when the input may have changed.
+	Changes() <-chan struct{}
+	// Snapshot returns the current input; changed is false when it is
+	// known to equal the last one returned. An error leaves the last good
+	// state in force.
+	Snapshot() (snap *Snapshot, changed bool, err error)
+}
 
 // Snapshot is the whole input at one moment.
 type Snapshot struct {
@@ -97,18 +112,50 @@ func (s *Snapshot) add(raw []byte, where string) error {
 	return nil
 }
 
-// File watches a services file: Changed reports (by content hash, so
-// editors that rewrite in place are caught too) whether it differs from what
-// was last loaded.
+var _ Source = (*File)(nil)
+
+// File watches a services file, polling it: changes are detected by
+// content hash, so editors that rewrite in place are caught too, and no
+// inotify support is needed.
 type File struct {
-	Path string
-	last [32]byte
+	Path    string
+	Poll    time.Duration // default 1s
+	last    [32]byte
+	changes chan struct{}
 }
 
-// Load reads and parses the file. A file that cannot be read or parsed
+// Start polls the file until ctx ends.
+func (f *File) Start(ctx context.Context) error {
+	if f.Poll <= 0 {
+		f.Poll = time.Second
+	}
+	f.changes = make(chan struct{}, 1)
+	f.changes <- struct{}{}
+	go func() {
+		t := time.NewTicker(f.Poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				select {
+				case f.changes <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// Changes is signalled at every poll.
+func (f *File) Changes() <-chan struct{} { return f.changes }
+
+// Snapshot reads and parses the file. A file that cannot be read or parsed
 // leaves the last good state in force: the caller keeps serving it and
 // says why.
-func (f *File) Load() (*Snapshot, bool, error) {
+func (f *File) Snapshot() (*Snapshot, bool, error) {
 	data, err := os.ReadFile(f.Path)
 	if err != nil {
 		return nil, false, fmt.Errorf("read services file: %w", err)

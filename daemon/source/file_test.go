@@ -71,18 +71,18 @@ func TestFileReportsChangesOnly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "services.yaml")
 	os.WriteFile(path, []byte(sample), 0o644)
 	f := &File{Path: path}
-	if _, changed, err := f.Load(); !changed || err != nil {
+	if _, changed, err := f.Snapshot(); !changed || err != nil {
 		t.Fatalf("first load: %v %v", changed, err)
 	}
-	if _, changed, err := f.Load(); changed || err != nil {
+	if _, changed, err := f.Snapshot(); changed || err != nil {
 		t.Fatalf("unchanged file reported as changed: %v %v", changed, err)
 	}
 	os.WriteFile(path, []byte("kind: Nonsense"), 0o644)
-	if _, changed, err := f.Load(); changed || err == nil {
+	if _, changed, err := f.Snapshot(); changed || err == nil {
 		t.Fatalf("a broken file must be an error, not a change: %v %v", changed, err)
 	}
 	os.WriteFile(path, []byte(sample+"\n"), 0o644)
-	if _, changed, err := f.Load(); !changed || err != nil {
+	if _, changed, err := f.Snapshot(); !changed || err != nil {
 		t.Fatalf("fixed file: %v %v", changed, err)
 	}
 }

@@ -27,7 +27,7 @@ func main() {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `warpd %s: socket-level eBPF Service load balancing for a node.
 
-Usage: warpd --services-file FILE [flags]
+Usage: warpd [--kubeconfig FILE | --services-file FILE] [flags]
 
 It attaches connect/sendmsg/recvmsg/getpeername hooks to the node's cgroup v2 and keeps
 the pinned service maps in sync with the services source. Maps, programs and links stay
@@ -38,14 +38,15 @@ Flags:
 `, buildinfo.Version)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&cfg.ServicesFile, "services-file", "", "YAML file of v1 Services and discovery.k8s.io/v1 EndpointSlices (reloaded on change)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server (default: in-cluster configuration)")
+	fs.StringVar(&cfg.ServicesFile, "services-file", "", "standalone mode: YAML file of v1 Services and discovery.k8s.io/v1 EndpointSlices (reloaded on change) instead of the API server")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory whose sockets are translated (default: the cgroup2 mount)")
 	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", bpf.DefaultPinDir, "bpffs directory for pinned maps, programs and links")
 	fs.StringVar(&cfg.Node.Name, "node-name", agent.Hostname(), "this node's name, for internalTrafficPolicy Local (default: $NODE_NAME or the hostname)")
 	fs.StringVar(&cfg.Node.Zone, "node-zone", "", "this node's zone, for topology hints")
 	fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated node addresses for NodePorts and local ExternalIPs (default: the namespace's global addresses)")
 	fs.BoolVar(&cfg.HostOnly, "host-only", false, "translate only sockets in the host network namespace (pods keep the ClusterIP on the wire, for service meshes)")
-	fs.DurationVar(&cfg.Poll, "poll", time.Second, "how often the services file is checked for changes")
+	fs.DurationVar(&cfg.Poll, "poll", time.Second, "how often the services file is checked for changes (file mode)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz and /metrics (empty: none)")
 	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "service map size (0: default)")

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -86,19 +84,11 @@ func runClient(spec string) int {
 }
 
 func runClientIn(b *testing.B, cg *harness.Cgroup, pod *harness.NetNS, addr string, n int) clientResult {
-	dir, err := os.Open(cg.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dir.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0])
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d", clientEnv, pod.Path, addr, n))
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	out, err := cg.Output(ctx, []string{fmt.Sprintf("%s=%s %s %d", clientEnv, pod.Path, addr, n)}, "", os.Args[0])
 	if err != nil {
-		b.Fatalf("client: %v %s", err, out)
+		b.Fatalf("client: %v", err)
 	}
 	var r clientResult
 	if err := json.Unmarshal(out, &r); err != nil || r.Err != "" {

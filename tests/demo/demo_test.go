@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -277,19 +276,11 @@ func waitProgrammed(t *testing.T, n *node, backends int) {
 }
 
 func runClientIn(t *testing.T, c *pod, proto, addr string) []answer {
-	dir, err := os.Open(c.node.pods.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0])
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %d", clientEnv, c.ns.Path, proto, addr, requests))
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	out, err := c.node.pods.Output(ctx, []string{fmt.Sprintf("%s=%s %s %s %d", clientEnv, c.ns.Path, proto, addr, requests)}, "", os.Args[0])
 	if err != nil {
-		t.Fatalf("client %s: %v %s", c.name, err, out)
+		t.Fatalf("client %s: %v", c.name, err)
 	}
 	var answers []answer
 	if err := json.Unmarshal(out, &answers); err != nil {

@@ -241,24 +241,33 @@ func writeFile(path, data string) error {
 	return err
 }
 
-// Run runs argv inside network namespace n as a process born in the cgroup
-// (clone3 with CLONE_INTO_CGROUP), so cgroup BPF programs see its sockets
-// from the first one. stdin is fed to it; the combined output is returned.
-// Bound it with ctx.
-func (c *Cgroup) Run(ctx context.Context, n *NetNS, stdin string, argv ...string) (string, error) {
+// Output runs argv (with env added to this process's environment and stdin
+// fed to it) as a process born in the cgroup: clone3 with
+// CLONE_INTO_CGROUP, so cgroup BPF programs see its sockets from the first
+// one. It returns stdout; stderr is in the error. Bound it with ctx.
+func (c *Cgroup) Output(ctx context.Context, env []string, stdin string, argv ...string) ([]byte, error) {
 	dir, err := os.Open(c.Path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer dir.Close()
-	full := append([]string{"nsenter", "--net=" + n.Path, "--"}, argv...)
-	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.WaitDelay = waitDelay
-	out, err := cmd.CombinedOutput()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("%s in %s (cgroup %s): %w: %s", quote(argv), n, c.Path, err, out)
+		return out, fmt.Errorf("%s (cgroup %s): %w: %s%s", quote(argv), c.Path, err, out, stderr.Bytes())
 	}
-	return string(out), nil
+	return out, nil
+}
+
+// Run runs argv inside network namespace n as a process born in the
+// cgroup (see Output), feeding it stdin; it returns the output.
+func (c *Cgroup) Run(ctx context.Context, n *NetNS, stdin string, argv ...string) (string, error) {
+	out, err := c.Output(ctx, nil, stdin, append([]string{"nsenter", "--net=" + n.Path, "--"}, argv...)...)
+	return string(out), err
 }

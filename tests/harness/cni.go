@@ -340,3 +340,21 @@ func ParseResult(t testing.TB, stdout []byte) *types100.Result {
 	}
 	return res
 }
+
+// WithPrevResult returns conf with r added as prevResult, as a runtime
+// passes it to CHECK (and DEL).
+func WithPrevResult(t testing.TB, conf []byte, r *types100.Result) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(conf, &m); err != nil {
+		t.Fatalf("harness: config: %v", err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatalf("harness: result: %v", err)
+	}
+	var prev map[string]any
+	json.Unmarshal(b, &prev)
+	m["prevResult"] = prev
+	return ConfigJSON(t, m)
+}

@@ -127,16 +127,6 @@ func (n *node) assertRestored(i int, origLink string, origPF pf.VFState) {
 	}
 }
 
-func withPrevResult(t *testing.T, conf []byte, r *current.Result) []byte {
-	var m map[string]any
-	json.Unmarshal(conf, &m)
-	b, _ := json.Marshal(r)
-	var prev map[string]any
-	json.Unmarshal(b, &prev)
-	m["prevResult"] = prev
-	return harness.ConfigJSON(t, m)
-}
-
 // Every configuration field is applied (checked through the PF-side record
 // and through the VF link itself) and restored by DEL.
 func TestNetdevModeAppliesAndRestoresEverything(t *testing.T) {
@@ -169,7 +159,7 @@ func TestNetdevModeAppliesAndRestoresEverything(t *testing.T) {
 	if out := pod.Exec(t, "ip", "addr", "show", "net1"); !strings.Contains(out, "192.168.50.2/24") || !strings.Contains(out, "fd50::2/64") {
 		t.Errorf("pod addresses: %s", out)
 	}
-	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, withPrevResult(t, conf, res)))
+	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)))
 
 	// DEL works without the original stdin: no deviceID, nothing but
 	// name and dataDir.
@@ -197,7 +187,7 @@ func TestDPDKMode(t *testing.T) {
 	if got := n.pfState(1); got.VLAN != 7 || got.MAC != "0a:00:00:00:00:07" {
 		t.Fatalf("PF side %+v", got)
 	}
-	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, withPrevResult(t, conf, res)))
+	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)))
 	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
 	n.assertRestored(1, "", origPF)
 }

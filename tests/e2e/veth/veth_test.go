@@ -192,24 +192,13 @@ func TestResultAndCheck(t *testing.T) {
 		t.Errorf("forwarding: %q", out)
 	}
 
-	n.veth.MustSucceed(t, n.call("CHECK", "c1", pod, withPrevResult(t, conf, res)))
+	n.veth.MustSucceed(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)))
 	// Tampering is noticed.
 	pod.Exec(t, "ip", "route", "del", "default")
-	e := n.veth.MustFail(t, n.call("CHECK", "c1", pod, withPrevResult(t, conf, res)), types.ErrInternal)
+	e := n.veth.MustFail(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)), types.ErrInternal)
 	if !strings.Contains(e.Msg, "default route") {
 		t.Errorf("CHECK message %q", e.Msg)
 	}
-}
-
-// withPrevResult adds an ADD result to a configuration, for CHECK.
-func withPrevResult(t *testing.T, conf []byte, r *current.Result) []byte {
-	var m map[string]any
-	json.Unmarshal(conf, &m)
-	b, _ := json.Marshal(r)
-	var prev map[string]any
-	json.Unmarshal(b, &prev)
-	m["prevResult"] = prev
-	return harness.ConfigJSON(t, m)
 }
 
 func TestDelIsIdempotentAndTolerant(t *testing.T) {

@@ -90,12 +90,12 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 	if out := n.ns.Exec(t, "ip", "link", "show", r1.Interfaces[0].Name); !strings.Contains(out, "xdp ") && !strings.Contains(out, "xdpdrv") {
 		t.Errorf("host end without native XDP: %s", out)
 	}
-	n.veth.MustSucceed(t, n.call("CHECK", "c2", pod2, withPrevResult(t, conf, r2)))
+	n.veth.MustSucceed(t, n.call("CHECK", "c2", pod2, harness.WithPrevResult(t, conf, r2)))
 	// CHECK notices a host end that lost its program.
 	if err := n.ns.Do(func() error { return bpf.Detach(n.hostIndex(r2)) }); err != nil {
 		t.Fatal(err)
 	}
-	if e := n.veth.MustFail(t, n.call("CHECK", "c2", pod2, withPrevResult(t, conf, r2)), 999); !strings.Contains(e.Msg, "xdp") {
+	if e := n.veth.MustFail(t, n.call("CHECK", "c2", pod2, harness.WithPrevResult(t, conf, r2)), 999); !strings.Contains(e.Msg, "xdp") {
 		t.Errorf("CHECK message %q does not say xdp", e.Msg)
 	}
 	if err := n.ns.Do(func() error { return dp.AttachHost(n.hostIndex(r2)) }); err != nil {

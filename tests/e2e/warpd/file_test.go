@@ -26,15 +26,15 @@ const (
 )
 
 type cluster struct {
-	t      *testing.T
-	env    *harness.Env
-	node   *harness.NetNS
-	pods   *harness.Cgroup // the node's pod cgroup: warpd translates its sockets
-	bpffs  string
-	file   string
-	podIPs map[string]string // pod name -> IPv4
-	client *harness.NetNS
-	warpd  []string // argv
+	t         *testing.T
+	env       *harness.Env
+	node      *harness.NetNS
+	pods      *harness.Cgroup // the node's pod cgroup: warpd translates its sockets
+	bpffs     string
+	file      string
+	podIPs    map[string]string // pod name -> IPv4
+	clientPod *harness.NetNS
+	warpd     []string // argv
 }
 
 func newCluster(t *testing.T, backends ...string) *cluster {
@@ -51,7 +51,7 @@ func newCluster(t *testing.T, backends ...string) *cluster {
 		res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: pod.Path, IfName: "eth0", Config: conf}))
 		c.podIPs[name] = res.IPs[0].Address.IP.String()
 		if name == "client" {
-			c.client = pod
+			c.clientPod = pod
 		} else {
 			env.EchoServer(pod, name, backendPort)
 		}
@@ -130,7 +130,7 @@ func (c *cluster) dial(proto, port string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	addr := strings.ToUpper(proto) + ":" + clusterIP + ":" + port
-	out, err := c.pods.Run(ctx, c.client, "hello", "socat", "-T1", "-", addr)
+	out, err := c.pods.Run(ctx, c.clientPod, "hello", "socat", "-T1", "-", addr)
 	return strings.TrimSpace(out), err
 }
 

@@ -1,0 +1,108 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+var _ Source = (*Kube)(nil)
+
+// Kube watches Services and EndpointSlices with shared informers. While the
+// API server is unreachable the informers keep retrying and the last state
+// stays in force: the datapath is never cleared for lack of news.
+type Kube struct {
+	factory informers.SharedInformerFactory
+	svcs    cache.SharedIndexInformer
+	slices  cache.SharedIndexInformer
+	changes chan struct{}
+	log     *slog.Logger
+}
+
+// ClientConfig is the in-cluster configuration, or kubeconfig's when set.
+func ClientConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("not running in a cluster (%w): pass --kubeconfig or --services-file", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+// NewKube prepares the informers; Start runs them.
+func NewKube(client kubernetes.Interface, log *slog.Logger) *Kube {
+	f := informers.NewSharedInformerFactory(client, 0)
+	k := &Kube{factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
+		changes: make(chan struct{}, 1), log: log}
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { k.signal() },
+		UpdateFunc: func(any, any) { k.signal() },
+		DeleteFunc: func(any) { k.signal() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{k.svcs, k.slices} {
+		inf.AddEventHandler(notify)
+		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			log.Warn("cannot watch the API server; keeping the datapath as it is and retrying", "err", err)
+		})
+	}
+	return k
+}
+
+// signal coalesces events: one pending notification is enough, since a
+// sync reads the whole current state.
+func (k *Kube) signal() {
+	select {
+	case k.changes <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the informers and waits for their first full listing, logging
+// while the API server cannot be reached.
+func (k *Kube) Start(ctx context.Context) error {
+	k.factory.Start(ctx.Done())
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ok := cache.WaitForCacheSync(waitCtx.Done(), k.svcs.HasSynced, k.slices.HasSynced)
+		cancel()
+		if ok {
+			k.log.Info("listed Services and EndpointSlices from the API server")
+			k.signal()
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		k.log.Warn("still waiting for the first list of Services and EndpointSlices from the API server")
+	}
+}
+
+// Changes is signalled when the input may have changed.
+func (k *Kube) Changes() <-chan struct{} { return k.changes }
+
+// Snapshot returns the informers' current state.
+func (k *Kube) Snapshot() (*Snapshot, bool, error) {
+	snap := &Snapshot{}
+	for _, o := range k.svcs.GetStore().List() {
+		snap.Services = append(snap.Services, o.(*corev1.Service))
+	}
+	for _, o := range k.slices.GetStore().List() {
+		snap.EndpointSlices = append(snap.EndpointSlices, o.(*discoveryv1.EndpointSlice))
+	}
+	return snap, true, nil
+}
