@@ -50,3 +50,7 @@ lint: ## gofmt and go vet
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+.PHONY: apiserver
+apiserver: ## build the real kube-apiserver for e2e tests into a cache (once, ~4 min; tests do it when missing)
+	@bash hack/build-apiserver.sh

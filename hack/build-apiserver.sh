@@ -72,8 +72,14 @@ start=$(date +%s)
 # -mod=readonly: go.mod and go.sum are committed and complete; a build never
 # rewrites them, and the module proxy is only asked for the pinned versions.
 # CGO_ENABLED=0, -trimpath: a static, reproducible binary, as upstream ships.
-if ! (cd "$mod" && GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 \
-      go build -trimpath -ldflags "$ldflags" -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver) >"$log" 2>&1; then
+# The build runs in the background so that SIGTERM/SIGINT/SIGHUP (a test
+# that started this script and was stopped) stop it too instead of leaving an
+# orphaned compiler running.
+(cd "$mod" && exec env GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+  go build -trimpath -ldflags "$ldflags" -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver) >"$log" 2>&1 &
+build=$!
+trap 'kill -TERM "$build" 2>/dev/null; wait "$build" 2>/dev/null; rm -f "$tmp"; exit 130' TERM INT HUP
+if ! wait "$build"; then
   echo "build-apiserver: building kube-apiserver $version FAILED; last lines of $log:" >&2
   tail -n 25 "$log" >&2
   echo "build-apiserver: (the build needs the Go module proxy, $(go env GOPROXY), and about 2 GB of disk)" >&2

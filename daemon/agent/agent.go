@@ -33,6 +33,7 @@ type Config struct {
 	BPFFSRoot    string        // where maps, programs and links are pinned
 	Node         services.Node // Addresses empty = the node namespace's global addresses
 	HostOnly     bool          // translate only sockets of the host network namespace
+	DestroyTCP   bool          // also destroy TCP sockets to removed backends (UDP ones always are)
 	Poll         time.Duration // how often the file is checked for changes
 	Resync       time.Duration // full resync, repairing any drift in the maps
 	ListenAddr   string        // /healthz and /metrics; "" = none
@@ -180,6 +181,26 @@ func (a *Agent) sync(snap *source.Snapshot) {
 	}
 	if st.Upserted+st.Deleted > 0 {
 		a.log.Info("synced", "services", st.Services, "backends", st.Backends, "upserted", st.Upserted, "deleted", st.Deleted, "duration", dur)
+	}
+	a.destroyStale(st.Removed)
+}
+
+// destroyStale destroys sockets still connected to removed backends, so a
+// resolver's connected UDP socket does not stay pinned to a dead DNS pod.
+// TCP connections are left to end on their own unless DestroyTCP is set.
+func (a *Agent) destroyStale(removed []reconcile.Removed) {
+	for _, r := range removed {
+		if r.Proto == bpf.TCP && !a.cfg.DestroyTCP {
+			continue
+		}
+		n, err := a.lb.DestroySockets(r.Backend, r.Proto)
+		if err != nil {
+			a.log.Warn("destroying sockets to a removed backend failed", "backend", r.Backend.String(), "proto", r.Proto.String(), "err", err)
+			continue
+		}
+		if n > 0 {
+			a.log.Info("destroyed sockets to a removed backend", "backend", r.Backend.String(), "proto", r.Proto.String(), "sockets", n)
+		}
 	}
 }
 

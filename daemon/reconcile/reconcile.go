@@ -23,6 +23,15 @@ type Maps interface {
 type Stats struct {
 	Services, Backends         int // in the desired state
 	Upserted, Deleted, Skipped int
+	// Removed lists backends that a frontend no longer has (or whose
+	// frontend is gone): sockets still talking to them are stale.
+	Removed []Removed
+}
+
+// Removed is a backend taken out of a frontend.
+type Removed struct {
+	bpf.Backend
+	Proto bpf.Protocol
 }
 
 // Sync makes m hold exactly desired. Upserts come before deletes, so a
@@ -53,6 +62,7 @@ func Sync(m Maps, desired []services.Entry) (Stats, error) {
 			continue
 		}
 		st.Upserted++
+		st.Removed = append(st.Removed, gone(have[e.Frontend], e.Service)...)
 	}
 	for fe := range have {
 		if want[fe] {
@@ -63,8 +73,20 @@ func Sync(m Maps, desired []services.Entry) (Stats, error) {
 			continue
 		}
 		st.Deleted++
+		st.Removed = append(st.Removed, gone(have[fe], bpf.Service{})...)
 	}
 	return st, errors.Join(errs...)
+}
+
+// gone lists the backends of old that next lacks.
+func gone(old, next bpf.Service) []Removed {
+	var out []Removed
+	for _, b := range old.Backends {
+		if !slices.Contains(next.Backends, b) {
+			out = append(out, Removed{Backend: b, Proto: old.Proto})
+		}
+	}
+	return out
 }
 
 // same compares ignoring backend order, which the maps do not keep.

@@ -67,6 +67,16 @@ func TestSyncChangesOnlyWhatDiffers(t *testing.T) {
 	if len(m.calls) != 3 || m.calls[2] != "delete 10.96.0.3" {
 		t.Fatalf("calls %v: deletes must come after upserts", m.calls)
 	}
+	if len(st.Removed) != 0 {
+		t.Fatalf("removed %v: no backend left a frontend", st.Removed)
+	}
+	// Dropping a backend reports it.
+	desired[0].Backends = []bpf.Backend{be("10.0.0.2")}
+	if st, _ := Sync(m, desired); len(st.Removed) != 1 || st.Removed[0].Backend != be("10.0.0.1") || st.Removed[0].Proto != bpf.TCP {
+		t.Fatalf("removed %+v", st.Removed)
+	}
+	desired[0].Backends = []bpf.Backend{be("10.0.0.1"), be("10.0.0.2")}
+	Sync(m, desired)
 	// A second sync is a no-op.
 	m.calls = nil
 	if st, _ := Sync(m, desired); st.Upserted+st.Deleted != 0 || len(m.calls) != 0 {

@@ -46,6 +46,7 @@ Flags:
 	fs.StringVar(&cfg.Node.Zone, "node-zone", "", "this node's zone, for topology hints")
 	fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated node addresses for NodePorts and local ExternalIPs (default: the namespace's global addresses)")
 	fs.BoolVar(&cfg.HostOnly, "host-only", false, "translate only sockets in the host network namespace (pods keep the ClusterIP on the wire, for service meshes)")
+	fs.BoolVar(&cfg.DestroyTCP, "destroy-tcp", false, "also destroy TCP sockets still connected to a removed backend (connected UDP sockets always are)")
 	fs.DurationVar(&cfg.Poll, "poll", time.Second, "how often the services file is checked for changes (file mode)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz and /metrics (empty: none)")

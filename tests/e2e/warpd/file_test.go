@@ -4,6 +4,7 @@
 package warpd_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -208,21 +210,100 @@ func TestClusterIPFromFile(t *testing.T) {
 	})
 }
 
-// Traffic keeps flowing while warpd is down, and a restarted warpd adopts
-// the pinned state.
-func TestRestart(t *testing.T) {
-	c := newCluster(t, "pod1")
-	c.writeServices("pod1")
+// A client keeps making connections through the ClusterIP while warpd is
+// killed and restarted: none of them fails, because the maps and links
+// stay pinned, and the new warpd adopts them.
+func TestRestartWithZeroFailures(t *testing.T) {
+	c := newCluster(t, "pod1", "pod2")
+	c.writeServices("pod1", "pod2")
 	first := c.node.Start(t, c.warpd...)
-	c.waitBackends(1)
+	c.waitBackends(2)
+
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		loop := fmt.Sprintf(`ok=0; for i in $(seq 600); do echo hi | socat -T1 - TCP:%s:80 >/dev/null 2>&1 && ok=$((ok+1)) || echo FAIL $i; done; echo OK $ok`, clusterIP)
+		out, err := c.pods.Run(ctx, c.clientPod, "", "bash", "-c", loop)
+		done <- result{out, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
 	first.Process.Kill()
 	first.Wait()
-	if seen := c.answeredBy("tcp", "80", 10); seen["pod1"] != 10 {
-		t.Fatalf("with warpd down: %v", seen)
-	}
+	time.Sleep(300 * time.Millisecond)
 	c.startWarpd()
+	c.waitBackends(2)
+	r := <-done
+	if r.err != nil || strings.Contains(r.out, "FAIL") || !strings.Contains(r.out, "OK 600") {
+		t.Fatalf("connections across the restart: %v\n%s", r.err, r.out)
+	}
+}
+
+// When a backend leaves a service, a connected UDP socket still talking to
+// it is destroyed, so the application (a resolver) opens a new one instead
+// of staying pinned to a dead pod.
+func TestRemovedBackendKillsConnectedUDP(t *testing.T) {
+	c := newCluster(t, "pod1", "pod2")
+	c.writeServices("pod1", "pod2")
+	c.startWarpd()
+	c.waitBackends(2)
+
+	dir, err := os.Open(c.pods.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command("nsenter", "--net="+c.clientPod.Path, "--", "socat", "-", "UDP:"+clusterIP+":53")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	replies := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			replies <- sc.Text()
+		}
+		close(replies)
+	}()
+	go func() { exited <- cmd.Wait() }()
+	fmt.Fprintln(stdin, "one")
+	var backend string
+	select {
+	case r := <-replies:
+		backend, _, _ = strings.Cut(r, ":")
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer over the connected UDP socket")
+	}
+	// Take the backend this socket is connected to out of the service.
+	other := map[string]string{"pod1": "pod2", "pod2": "pod1"}[backend]
+	c.writeServices(other)
 	c.waitBackends(1)
-	if seen := c.answeredBy("tcp", "80", 10); seen["pod1"] != 10 {
-		t.Fatalf("after the restart: %v", seen)
+	deadline := time.After(5 * time.Second)
+	for {
+		fmt.Fprintln(stdin, "two") // fails (or ends socat) once the socket is destroyed
+		select {
+		case err := <-exited:
+			if err == nil {
+				t.Fatal("socat ended normally; want its socket destroyed")
+			}
+			exited <- err // for the cleanup
+			return
+		case r, ok := <-replies:
+			if ok && strings.HasPrefix(r, backend+":") {
+				t.Logf("still answered by the removed backend (%q); waiting for the destroy", r)
+			}
+		case <-deadline:
+			t.Fatalf("the connected UDP socket to removed backend %s was not destroyed", backend)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
