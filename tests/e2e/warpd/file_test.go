@@ -8,6 +8,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -305,5 +308,48 @@ func TestRemovedBackendKillsConnectedUDP(t *testing.T) {
 			t.Fatalf("the connected UDP socket to removed backend %s was not destroyed", backend)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestHealthAndMetrics(t *testing.T) {
+	c := newCluster(t, "pod1")
+	c.writeServices("pod1")
+	argv := append(slices.Clone(c.warpd[:len(c.warpd)-4]), "--listen", "127.0.0.1:19090", "--poll", "100ms")
+	c.node.Start(t, argv...)
+	c.waitBackends(1)
+	// http.Transport dials on a goroutine of its own, outside the node's
+	// namespace: dial here, inside it, and speak HTTP over that connection.
+	get := func(path string) (int, string) {
+		var conn net.Conn
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := c.node.Do(func() (err error) { conn, err = net.DialTimeout("tcp", "127.0.0.1:19090", time.Second); return err })
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: warpd\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d %s", code, body)
+	}
+	_, metrics := get("/metrics")
+	for _, want := range []string{"warpd_services 2", "warpd_backends 2", "warpd_sync_errors_total 0", "# TYPE warpd_syncs_total counter"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
+		}
 	}
 }
