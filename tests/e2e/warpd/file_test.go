@@ -38,6 +38,7 @@ type cluster struct {
 	bpffs     string
 	file      string
 	podIPs    map[string]string // pod name -> IPv4
+	podIPs6   map[string]string // pod name -> IPv6
 	clientPod *harness.NetNS
 	warpd     []string // argv
 }
@@ -46,15 +47,15 @@ func newCluster(t *testing.T, backends ...string) *cluster {
 	harness.RequireTools(t, "socat", filepath.Join(harness.BinDir(), "warpd"))
 	env := harness.New(t)
 	c := &cluster{t: t, env: env, node: env.NetNS("node"), pods: env.Cgroup("pods"), bpffs: env.BPFFS(),
-		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}}
+		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}, podIPs6: map[string]string{}}
 	veth := env.Plugin(t, "warp-veth").In(c.node)
 	conf := harness.ConfigJSON(t, harness.NetConf("pods", "warp-veth", map[string]any{"cniVersion": "1.1.0",
 		"ipam": map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, "ipam"), "detectConflicts": false,
-			"ranges": [][]map[string]any{{{"subnet": "10.244.1.0/24"}}}}}))
+			"ranges": [][]map[string]any{{{"subnet": "10.244.1.0/24"}}, {{"subnet": "fd00:244:1::/64"}}}}}))
 	for _, name := range append(backends, "client") {
 		pod := env.NetNS(name)
 		res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: pod.Path, IfName: "eth0", Config: conf}))
-		c.podIPs[name] = res.IPs[0].Address.IP.String()
+		c.podIPs[name], c.podIPs6[name] = res.IPs[0].Address.IP.String(), res.IPs[1].Address.IP.String()
 		if name == "client" {
 			c.clientPod = pod
 		} else {
@@ -62,7 +63,7 @@ func newCluster(t *testing.T, backends ...string) *cluster {
 		}
 	}
 	c.warpd = []string{filepath.Join(harness.BinDir(), "warpd"), "--services-file", c.file, "--cgroup-root", c.pods.Path,
-		"--bpffs-root", c.bpffs, "--node-name", "node1", "--listen", "", "--poll", "100ms"}
+		"--bpffs-root", c.bpffs, "--node-name", "node1", "--node-ip", "10.0.0.1", "--listen", "", "--poll", "100ms"}
 	return c
 }
 
