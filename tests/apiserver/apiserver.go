@@ -61,8 +61,9 @@ import (
 // checks that).
 const Version = "v1.34.3"
 
-// ServiceCIDR is the --service-cluster-ip-range of every server.
-const ServiceCIDR = "10.96.0.0/16"
+// ServiceCIDR is the --service-cluster-ip-range of every server: dual-stack,
+// so tests can create IPv6 and dual-stack Services.
+const ServiceCIDR = "10.96.0.0/16,fd00:96::/112"
 
 // EnvBin names the environment variable that overrides where the
 // kube-apiserver binary is (and where hack/build-apiserver.sh puts it).
@@ -110,7 +111,7 @@ func BinaryPath() string {
 
 // Start starts etcd and kube-apiserver on free loopback ports (never the
 // defaults 2379/2380/6443: tests and packages run concurrently) with
-// --service-cluster-ip-range=10.96.0.0/16, token authentication (a random
+// --service-cluster-ip-range=10.96.0.0/16,fd00:96::/112, token authentication (a random
 // admin token in group system:masters) and RBAC, in a private directory. It
 // returns once /readyz is ok and stops both processes at t's cleanup. If the
 // kube-apiserver binary is not built yet, Start builds it first.

@@ -31,9 +31,8 @@ type kubeCluster struct {
 }
 
 func newKubeCluster(t *testing.T, backends ...string) *kubeCluster {
-	c := newCluster(t, backends...)
-	api := apiserver.Start(t)
-	k := &kubeCluster{cluster: c, api: api, client: api.Client(t)}
+	c := newCluster(t, "api", backends...)
+	k := &kubeCluster{cluster: c, api: c.api, client: c.kube}
 	ctx := context.Background()
 	if _, err := k.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package warpd_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +12,13 @@ import (
 // each case dials one frontend and says which backends may answer (none:
 // the frontend must not be translated, so the dial fails).
 func TestServiceSemantics(t *testing.T) {
-	c := newCluster(t, "pod1", "pod2")
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { testServiceSemantics(t, mode) })
+	}
+}
+
+func testServiceSemantics(t *testing.T, mode string) {
+	c := newCluster(t, mode, "pod1", "pod2")
 	doc := fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
@@ -22,6 +27,7 @@ spec:
   clusterIP: 10.96.0.10
   clusterIPs: [10.96.0.10, "fd00:96::10"]
   ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
   externalIPs: [10.0.0.1, 10.0.0.99]
   ports:
   - {name: http, port: 80, protocol: TCP, nodePort: 30080}
@@ -62,9 +68,7 @@ endpoints:
 - {addresses: [%[2]s], conditions: {ready: true}, nodeName: node1}
 - {addresses: [%[3]s], conditions: {ready: true}, nodeName: node2}
 `, backendPort, c.podIPs["pod1"], c.podIPs["pod2"], c.podIPs6["pod1"], c.podIPs6["pod2"])
-	if err := os.WriteFile(c.file, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.apply(doc)
 	c.startWarpd()
 	c.waitBackends(2)
 

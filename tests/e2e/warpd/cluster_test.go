@@ -21,7 +21,12 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/daemon/source"
+	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -41,12 +46,22 @@ type cluster struct {
 	podIPs6   map[string]string // pod name -> IPv6
 	clientPod *harness.NetNS
 	warpd     []string // argv
+
+	// mode is how warpd learns the services: "file" (--services-file) or
+	// "api" (--kubeconfig, a real kube-apiserver); apply feeds both.
+	mode    string
+	api     *apiserver.Server
+	kube    kubernetes.Interface
+	applied map[string]bool
 }
 
-func newCluster(t *testing.T, backends ...string) *cluster {
+// modes are the two services sources every warpd test runs against.
+var modes = []string{"file", "api"}
+
+func newCluster(t *testing.T, mode string, backends ...string) *cluster {
 	harness.RequireTools(t, "socat", filepath.Join(harness.BinDir(), "warpd"))
 	env := harness.New(t)
-	c := &cluster{t: t, env: env, node: env.NetNS("node"), pods: env.Cgroup("pods"), bpffs: env.BPFFS(),
+	c := &cluster{t: t, env: env, node: env.NetNS("node"), pods: env.Cgroup("pods"), bpffs: env.BPFFS(), mode: mode,
 		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}, podIPs6: map[string]string{}}
 	veth := env.Plugin(t, "warp-veth").In(c.node)
 	conf := harness.ConfigJSON(t, harness.NetConf("pods", "warp-veth", map[string]any{"cniVersion": "1.1.0",
@@ -62,9 +77,77 @@ func newCluster(t *testing.T, backends ...string) *cluster {
 			env.EchoServer(pod, name, backendPort)
 		}
 	}
-	c.warpd = []string{filepath.Join(harness.BinDir(), "warpd"), "--services-file", c.file, "--cgroup-root", c.pods.Path,
-		"--bpffs-root", c.bpffs, "--node-name", "node1", "--node-ip", "10.0.0.1", "--listen", "", "--poll", "100ms"}
+	source := []string{"--services-file", c.file}
+	if mode == "api" {
+		c.api = apiserver.Start(t)
+		c.kube = c.api.Client(t)
+		source = []string{"--kubeconfig", c.api.BridgeInto(t, c.node)}
+	}
+	c.warpd = append([]string{filepath.Join(harness.BinDir(), "warpd")}, source...)
+	c.warpd = append(c.warpd, "--cgroup-root", c.pods.Path,
+		"--bpffs-root", c.bpffs, "--node-name", "node1", "--node-ip", "10.0.0.1", "--listen", "", "--poll", "100ms")
 	return c
+}
+
+// apply makes the services source hold exactly the objects of doc: the file
+// is rewritten, or the objects are created, updated and deleted through the
+// API server.
+func (c *cluster) apply(doc string) {
+	c.t.Helper()
+	if c.mode == "file" {
+		if err := os.WriteFile(c.file, []byte(doc), 0o644); err != nil {
+			c.t.Fatal(err)
+		}
+		return
+	}
+	snap, err := source.ParseFile([]byte(doc))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx := context.Background()
+	want := map[string]bool{}
+	for _, svc := range snap.Services {
+		want["svc/"+svc.Namespace+"/"+svc.Name] = true
+		api := c.kube.CoreV1().Services(svc.Namespace)
+		if cur, err := api.Get(ctx, svc.Name, metav1.GetOptions{}); err == nil {
+			svc.ResourceVersion = cur.ResourceVersion
+			_, err = api.Update(ctx, svc, metav1.UpdateOptions{})
+			if err != nil {
+				c.t.Fatal(err)
+			}
+		} else if _, err := api.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	for _, es := range snap.EndpointSlices {
+		want["eps/"+es.Namespace+"/"+es.Name] = true
+		api := c.kube.DiscoveryV1().EndpointSlices(es.Namespace)
+		if cur, err := api.Get(ctx, es.Name, metav1.GetOptions{}); err == nil {
+			es.ResourceVersion = cur.ResourceVersion
+			if _, err := api.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+				c.t.Fatal(err)
+			}
+		} else if _, err := api.Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	for key := range c.applied {
+		if want[key] {
+			continue
+		}
+		kind, rest, _ := strings.Cut(key, "/")
+		ns, name, _ := strings.Cut(rest, "/")
+		var err error
+		if kind == "svc" {
+			err = c.kube.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		} else {
+			err = c.kube.DiscoveryV1().EndpointSlices(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		}
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	c.applied = want
 }
 
 // writeServices writes a TCP+UDP ClusterIP service whose EndpointSlice
@@ -99,9 +182,7 @@ endpoints:
 	if len(backends) == 0 {
 		doc = strings.Replace(doc, "endpoints:\n[]\n", "endpoints: []\n", 1)
 	}
-	if err := os.WriteFile(c.file, []byte(doc), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
+	c.apply(doc)
 }
 
 func (c *cluster) startWarpd() {
@@ -158,8 +239,14 @@ func (c *cluster) answeredBy(proto, port string, n int) map[string]int {
 	return seen
 }
 
-func TestClusterIPFromFile(t *testing.T) {
-	c := newCluster(t, "pod1", "pod2")
+func TestClusterIP(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { testClusterIP(t, mode) })
+	}
+}
+
+func testClusterIP(t *testing.T, mode string) {
+	c := newCluster(t, mode, "pod1", "pod2")
 	c.writeServices("pod1", "pod2")
 	c.startWarpd()
 	c.waitBackends(2)
@@ -193,7 +280,7 @@ func TestClusterIPFromFile(t *testing.T) {
 			t.Fatalf("warpctl lb hooks: %v %s", err, out)
 		}
 	})
-	t.Run("file change is picked up", func(t *testing.T) {
+	t.Run("a changed source is picked up", func(t *testing.T) {
 		c.writeServices("pod2")
 		c.waitBackends(1)
 		if seen := c.answeredBy("tcp", "80", 10); seen["pod2"] != 10 {
@@ -218,7 +305,13 @@ func TestClusterIPFromFile(t *testing.T) {
 // killed and restarted: none of them fails, because the maps and links
 // stay pinned, and the new warpd adopts them.
 func TestRestartWithZeroFailures(t *testing.T) {
-	c := newCluster(t, "pod1", "pod2")
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { testRestartWithZeroFailures(t, mode) })
+	}
+}
+
+func testRestartWithZeroFailures(t *testing.T, mode string) {
+	c := newCluster(t, mode, "pod1", "pod2")
 	c.writeServices("pod1", "pod2")
 	first := c.node.Start(t, c.warpd...)
 	c.waitBackends(2)
@@ -251,7 +344,13 @@ func TestRestartWithZeroFailures(t *testing.T) {
 // it is destroyed, so the application (a resolver) opens a new one instead
 // of staying pinned to a dead pod.
 func TestRemovedBackendKillsConnectedUDP(t *testing.T) {
-	c := newCluster(t, "pod1", "pod2")
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { testRemovedBackendKillsConnectedUDP(t, mode) })
+	}
+}
+
+func testRemovedBackendKillsConnectedUDP(t *testing.T, mode string) {
+	c := newCluster(t, mode, "pod1", "pod2")
 	c.writeServices("pod1", "pod2")
 	c.startWarpd()
 	c.waitBackends(2)
@@ -313,7 +412,7 @@ func TestRemovedBackendKillsConnectedUDP(t *testing.T) {
 }
 
 func TestHealthAndMetrics(t *testing.T) {
-	c := newCluster(t, "pod1")
+	c := newCluster(t, "file", "pod1")
 	c.writeServices("pod1")
 	argv := append(slices.Clone(c.warpd[:len(c.warpd)-4]), "--listen", "127.0.0.1:19090", "--poll", "100ms")
 	c.node.Start(t, argv...)
