@@ -243,6 +243,16 @@ func (a *Agent) serve() (*http.Server, error) {
 		fmt.Fprintf(w, "# HELP warpd_backends Backend slots in the maps.\n# TYPE warpd_backends gauge\nwarpd_backends %d\n", a.last.Backends)
 		fmt.Fprintf(w, "# HELP warpd_syncs_total Sync attempts.\n# TYPE warpd_syncs_total counter\nwarpd_syncs_total %d\n", a.syncs)
 		fmt.Fprintf(w, "# HELP warpd_sync_errors_total Failed sync attempts.\n# TYPE warpd_sync_errors_total counter\nwarpd_sync_errors_total %d\n", a.errs)
+		// Map fill: frontends against the services map's capacity (each
+		// frontend also takes one slot per backend there).
+		sizes := a.lb.Sizes()
+		if sizes.Services > 0 {
+			fmt.Fprintf(w, "# HELP warpd_map_fill_ratio Used share of a map's capacity.\n# TYPE warpd_map_fill_ratio gauge\n")
+			fmt.Fprintf(w, "warpd_map_fill_ratio{map=\"services\"} %g\n", float64(a.last.Services)/float64(sizes.Services))
+		}
+		if sizes.Backends > 0 {
+			fmt.Fprintf(w, "warpd_map_fill_ratio{map=\"backends\"} %g\n", float64(a.last.Backends)/float64(sizes.Backends))
+		}
 		fmt.Fprintf(w, "# HELP warpd_sync_duration_seconds Duration of the last successful sync.\n# TYPE warpd_sync_duration_seconds gauge\nwarpd_sync_duration_seconds %g\n", a.lastDur.Seconds())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -89,6 +89,7 @@ type Server struct {
 	port      int
 	bridges   atomic.Int32
 	etcd, api *proc
+	applied   map[string]bool // objects Apply created, by kind/namespace/name
 }
 
 // BinaryPath returns where the kube-apiserver binary is expected:

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -22,8 +21,12 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/warpnet/warpnet/bpf"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
+	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -105,7 +108,13 @@ type pod struct {
 
 func say(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
 
-func TestDemo(t *testing.T) {
+func TestDemo(t *testing.T) { runTwoNodes(t, "file") }
+
+// TestTwoNodesFromAPIServer is the demo's cluster with each warpd watching a
+// real kube-apiserver instead of a file.
+func TestTwoNodesFromAPIServer(t *testing.T) { runTwoNodes(t, "api") }
+
+func runTwoNodes(t *testing.T, mode string) {
 	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), filepath.Join(harness.BinDir(), "warp-veth"),
 		filepath.Join(harness.BinDir(), "warp-sriov"), filepath.Join(harness.BinDir(), "warpctl"))
 	env := harness.New(t)
@@ -177,12 +186,24 @@ func TestDemo(t *testing.T) {
 	}
 	clients := []*pod{addPod("client-v", "veth", nodes[0]), addPod("client-s", "sriov", nodes[0])}
 
-	say("starting warpd on each node (file mode), with a TCP service %s:80 and a UDP service %s:53", webIP, dnsIP)
-	file := filepath.Join(env.TempDir, "services.yaml")
-	writeServices(t, file, backends)
+	say("starting warpd on each node (%s mode), with a TCP service %s:80 and a UDP service %s:53", mode, webIP, dnsIP)
+	doc := servicesDoc(backends)
+	source := func(*node) []string { return nil }
+	if mode == "file" {
+		file := filepath.Join(env.TempDir, "services.yaml")
+		if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		source = func(*node) []string { return []string{"--services-file", file} }
+	} else {
+		api := apiserver.Start(t)
+		ensureNamespace(t, api, "demo")
+		api.Apply(t, doc)
+		source = func(n *node) []string { return []string{"--kubeconfig", api.BridgeInto(t, n.ns)} }
+	}
 	for _, n := range nodes {
-		n.ns.Start(t, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", n.pods.Path,
-			"--bpffs-root", n.bpffs, "--node-name", n.name, "--listen", "", "--poll", "200ms")
+		argv := append([]string{filepath.Join(harness.BinDir(), "warpd")}, source(n)...)
+		n.ns.Start(t, append(argv, "--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-name", n.name, "--listen", "", "--poll", "200ms")...)
 		waitProgrammed(t, n, len(backends))
 	}
 
@@ -228,7 +249,7 @@ func TestDemo(t *testing.T) {
 	say("done; tearing everything down")
 }
 
-func writeServices(t *testing.T, file string, backends []*pod) {
+func servicesDoc(backends []*pod) string {
 	var eps strings.Builder
 	for _, b := range backends {
 		fmt.Fprintf(&eps, "- {addresses: [%s], conditions: {ready: true}, nodeName: %s}\n", b.ip, b.node.name)
@@ -253,7 +274,12 @@ ports: [{name: p, port: %[5]d, protocol: %[4]s}]
 endpoints:
 %[6]s`, s.name, s.ip, port, s.proto, backendPort, eps.String())
 	}
-	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+	return doc
+}
+
+func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {
+	_, err := api.Client(t).CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -264,7 +290,15 @@ func waitProgrammed(t *testing.T, n *node, backends int) {
 		if lb, err := bpf.OpenLB(n.bpffs, bpf.LBSizes{}); err == nil {
 			svcs, _ := lb.Services()
 			lb.Close()
-			if len(svcs) == 2 && !slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) != backends }) {
+			// Our two frontends, each with every backend (an API server
+			// also serves default/kubernetes, which has no endpoints here).
+			ready := 0
+			for _, s := range svcs {
+				if (s.Addr.String() == webIP || s.Addr.String() == dnsIP) && len(s.Backends) == backends {
+					ready++
+				}
+			}
+			if ready == 2 {
 				return
 			}
 		}

@@ -21,11 +21,9 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/warpnet/warpnet/bpf"
-	"github.com/warpnet/warpnet/daemon/source"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -49,10 +47,9 @@ type cluster struct {
 
 	// mode is how warpd learns the services: "file" (--services-file) or
 	// "api" (--kubeconfig, a real kube-apiserver); apply feeds both.
-	mode    string
-	api     *apiserver.Server
-	kube    kubernetes.Interface
-	applied map[string]bool
+	mode string
+	api  *apiserver.Server
+	kube kubernetes.Interface
 }
 
 // modes are the two services sources every warpd test runs against.
@@ -100,54 +97,7 @@ func (c *cluster) apply(doc string) {
 		}
 		return
 	}
-	snap, err := source.ParseFile([]byte(doc))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	ctx := context.Background()
-	want := map[string]bool{}
-	for _, svc := range snap.Services {
-		want["svc/"+svc.Namespace+"/"+svc.Name] = true
-		api := c.kube.CoreV1().Services(svc.Namespace)
-		if cur, err := api.Get(ctx, svc.Name, metav1.GetOptions{}); err == nil {
-			svc.ResourceVersion = cur.ResourceVersion
-			_, err = api.Update(ctx, svc, metav1.UpdateOptions{})
-			if err != nil {
-				c.t.Fatal(err)
-			}
-		} else if _, err := api.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	for _, es := range snap.EndpointSlices {
-		want["eps/"+es.Namespace+"/"+es.Name] = true
-		api := c.kube.DiscoveryV1().EndpointSlices(es.Namespace)
-		if cur, err := api.Get(ctx, es.Name, metav1.GetOptions{}); err == nil {
-			es.ResourceVersion = cur.ResourceVersion
-			if _, err := api.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-				c.t.Fatal(err)
-			}
-		} else if _, err := api.Create(ctx, es, metav1.CreateOptions{}); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	for key := range c.applied {
-		if want[key] {
-			continue
-		}
-		kind, rest, _ := strings.Cut(key, "/")
-		ns, name, _ := strings.Cut(rest, "/")
-		var err error
-		if kind == "svc" {
-			err = c.kube.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
-		} else {
-			err = c.kube.DiscoveryV1().EndpointSlices(ns).Delete(ctx, name, metav1.DeleteOptions{})
-		}
-		if err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	c.applied = want
+	c.api.Apply(c.t, doc)
 }
 
 // writeServices writes a TCP+UDP ClusterIP service whose EndpointSlice
@@ -447,7 +397,7 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Fatalf("/healthz: %d %s", code, body)
 	}
 	_, metrics := get("/metrics")
-	for _, want := range []string{"warpd_services 2", "warpd_backends 2", "warpd_sync_errors_total 0", "# TYPE warpd_syncs_total counter"} {
+	for _, want := range []string{"warpd_services 2", "warpd_backends 2", "warpd_sync_errors_total 0", "# TYPE warpd_syncs_total counter", `warpd_map_fill_ratio{map="services"} 3.0517578125e-05`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
 		}
