@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/warpnet/warpnet/bpf"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
@@ -49,7 +47,6 @@ type cluster struct {
 	// "api" (--kubeconfig, a real kube-apiserver); apply feeds both.
 	mode string
 	api  *apiserver.Server
-	kube kubernetes.Interface
 }
 
 // modes are the two services sources every warpd test runs against.
@@ -77,7 +74,6 @@ func newCluster(t *testing.T, mode string, backends ...string) *cluster {
 	source := []string{"--services-file", c.file}
 	if mode == "api" {
 		c.api = apiserver.Start(t)
-		c.kube = c.api.Client(t)
 		source = []string{"--kubeconfig", c.api.BridgeInto(t, c.node)}
 	}
 	c.warpd = append([]string{filepath.Join(harness.BinDir(), "warpd")}, source...)

@@ -1,0 +1,130 @@
+package warpd_test
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warpnet/warpnet/bpf"
+)
+
+// epState is one endpoint's conditions in the EndpointSlice.
+type epState struct {
+	pod                         string
+	ready, serving, terminating bool
+}
+
+// applyWeb applies the web service (TCP 80 and UDP 53, optional ClientIP
+// affinity) with endpoints in the given states.
+func (c *cluster) applyWeb(affinitySeconds int, eps ...epState) {
+	var b strings.Builder
+	for _, e := range eps {
+		fmt.Fprintf(&b, "- addresses: [%s]\n  nodeName: node1\n  conditions: {ready: %t, serving: %t, terminating: %t}\n",
+			c.podIPs[e.pod], e.ready, e.serving, e.terminating)
+	}
+	affinity := ""
+	if affinitySeconds > 0 {
+		affinity = fmt.Sprintf("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: %d}}\n", affinitySeconds)
+	}
+	c.apply(fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: %[1]s
+  clusterIPs: [%[1]s]
+%[4]s  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: %[2]d}
+  - {name: dns, port: 53, protocol: UDP, targetPort: %[2]d}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: %[2]d, protocol: TCP}, {name: dns, port: %[2]d, protocol: UDP}]
+endpoints:
+%[3]s`, clusterIP, backendPort, b.String(), affinity))
+}
+
+// waitFor waits until the TCP frontend holds exactly the given pods as
+// backends, with the given affinity timeout.
+func (c *cluster) waitFor(affinity time.Duration, pods ...string) {
+	c.t.Helper()
+	fe := bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
+	var want []string
+	for _, p := range pods {
+		want = append(want, c.podIPs[p])
+	}
+	sort.Strings(want)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var got []string
+		var gotAffinity time.Duration
+		if lb, err := bpf.OpenLB(c.bpffs, bpf.LBSizes{}); err == nil {
+			svcs, _ := lb.Services()
+			lb.Close()
+			for _, s := range svcs {
+				if s.Frontend == fe {
+					gotAffinity = s.AffinityTimeout
+					for _, b := range s.Backends {
+						got = append(got, b.Addr.String())
+					}
+				}
+			}
+		}
+		sort.Strings(got)
+		if fmt.Sprint(got) == fmt.Sprint(want) && gotAffinity == affinity {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%v has backends %v (affinity %v), want %v (%v)", fe, got, gotAffinity, want, affinity)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// EndpointSlice conditions and session affinity, from both sources; with
+// the API server, losing it keeps the datapath.
+func TestEndpointConditionsAndAffinity(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, mode, "pod1", "pod2")
+			c.applyWeb(0, epState{"pod1", true, true, false}, epState{"pod2", true, true, false})
+			c.startWarpd()
+			c.waitFor(0, "pod1", "pod2")
+
+			t.Run("a not-ready endpoint is dropped", func(t *testing.T) {
+				c.applyWeb(0, epState{"pod1", false, false, false}, epState{"pod2", true, true, false})
+				c.waitFor(0, "pod2")
+				if seen := c.answeredBy("tcp", "80", 10); seen["pod2"] != 10 {
+					t.Fatalf("answers %v", seen)
+				}
+			})
+			t.Run("terminating but serving endpoints when none is ready", func(t *testing.T) {
+				c.applyWeb(0, epState{"pod1", false, true, true}, epState{"pod2", false, false, true})
+				c.waitFor(0, "pod1")
+				if seen := c.answeredBy("tcp", "80", 10); seen["pod1"] != 10 {
+					t.Fatalf("answers %v", seen)
+				}
+			})
+			t.Run("ClientIP affinity keeps a client on one backend", func(t *testing.T) {
+				c.applyWeb(60, epState{"pod1", true, true, false}, epState{"pod2", true, true, false})
+				c.waitFor(time.Minute, "pod1", "pod2")
+				if seen := c.answeredBy("tcp", "80", 15); len(seen) != 1 {
+					t.Fatalf("one client must stick to one backend: %v", seen)
+				}
+			})
+			if mode == "api" {
+				t.Run("losing the API server keeps the datapath", func(t *testing.T) {
+					c.api.Stop(t)
+					time.Sleep(500 * time.Millisecond)
+					if seen := c.answeredBy("tcp", "80", 5); seen["pod1"]+seen["pod2"] != 5 {
+						t.Fatalf("answers %v", seen)
+					}
+				})
+			}
+		})
+	}
+}
