@@ -126,12 +126,14 @@ func lbServicesCommand() *command {
 	}
 }
 
-func lbAffinityCommand() *command {
+// lbList is a read-only leaf: it opens the pinned load balancer, reads
+// something, and prints it as JSON (--json) or as a table of header and rows.
+func lbList(name, short string, header []string, read func(*bpf.LB) (v any, rows [][]string, err error)) *command {
 	var f lbFlags
 	return &command{
-		name:  "affinity",
+		name:  name,
 		args:  "[--bpffs-root DIR] [--json]",
-		short: "show session-affinity entries (client namespace, service, backend)",
+		short: short,
 		flags: func(fs *flag.FlagSet) { f = addLBFlags(fs) },
 		run: func(io *cmdIO, _ *flag.FlagSet) error {
 			lb, err := f.open()
@@ -139,90 +141,69 @@ func lbAffinityCommand() *command {
 				return err
 			}
 			defer lb.Close()
-			entries, err := lb.Affinity()
+			v, rows, err := read(lb)
 			if err != nil {
 				return err
 			}
 			if *f.asJSON {
-				if entries == nil {
-					entries = []bpf.AffinityEntry{}
-				}
-				return json.NewEncoder(io.out).Encode(entries)
+				return json.NewEncoder(io.out).Encode(v)
 			}
 			tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NETNS COOKIE\tSERVICE ID\tPROTO\tBACKEND")
-			for _, e := range entries {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", e.NetNSCookie, e.ServiceID, protoName(e.Proto), addrPort(e.Backend.Addr, e.Backend.Port))
+			fmt.Fprintln(tw, strings.Join(header, "\t"))
+			for _, r := range rows {
+				fmt.Fprintln(tw, strings.Join(r, "\t"))
 			}
 			return tw.Flush()
 		},
 	}
+}
+
+func lbAffinityCommand() *command {
+	return lbList("affinity", "show session-affinity entries (client namespace, service, backend)",
+		[]string{"NETNS COOKIE", "SERVICE ID", "PROTO", "BACKEND"},
+		func(lb *bpf.LB) (any, [][]string, error) {
+			entries, err := lb.Affinity()
+			var rows [][]string
+			for _, e := range entries {
+				rows = append(rows, []string{fmt.Sprint(e.NetNSCookie), fmt.Sprint(e.ServiceID), protoName(e.Proto), addrPort(e.Backend.Addr, e.Backend.Port)})
+			}
+			if entries == nil {
+				entries = []bpf.AffinityEntry{}
+			}
+			return entries, rows, err
+		})
 }
 
 func lbRevNATCommand() *command {
-	var f lbFlags
-	return &command{
-		name:  "revnat",
-		args:  "[--bpffs-root DIR] [--json]",
-		short: "show reverse-translation entries (socket cookie, service, backend)",
-		flags: func(fs *flag.FlagSet) { f = addLBFlags(fs) },
-		run: func(io *cmdIO, _ *flag.FlagSet) error {
-			lb, err := f.open()
-			if err != nil {
-				return err
-			}
-			defer lb.Close()
+	return lbList("revnat", "show reverse-translation entries (socket cookie, service, backend)",
+		[]string{"SOCKET COOKIE", "FRONTEND", "PROTO", "BACKEND"},
+		func(lb *bpf.LB) (any, [][]string, error) {
 			entries, err := lb.RevNAT()
-			if err != nil {
-				return err
-			}
-			if *f.asJSON {
-				if entries == nil {
-					entries = []bpf.RevNATEntry{}
-				}
-				return json.NewEncoder(io.out).Encode(entries)
-			}
-			tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOCKET COOKIE\tFRONTEND\tPROTO\tBACKEND")
+			var rows [][]string
 			for _, e := range entries {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", e.Cookie, addrPort(e.Frontend.Addr, e.Frontend.Port), protoName(e.Frontend.Proto), addrPort(e.Backend.Addr, e.Backend.Port))
+				rows = append(rows, []string{fmt.Sprint(e.Cookie), addrPort(e.Frontend.Addr, e.Frontend.Port), protoName(e.Frontend.Proto), addrPort(e.Backend.Addr, e.Backend.Port)})
 			}
-			return tw.Flush()
-		},
-	}
+			if entries == nil {
+				entries = []bpf.RevNATEntry{}
+			}
+			return entries, rows, err
+		})
 }
 
 func lbHooksCommand() *command {
-	var f lbFlags
-	return &command{
-		name:  "hooks",
-		args:  "[--bpffs-root DIR] [--json]",
-		short: "show which cgroups the socket hooks are attached to",
-		flags: func(fs *flag.FlagSet) { f = addLBFlags(fs) },
-		run: func(io *cmdIO, _ *flag.FlagSet) error {
-			lb, err := f.open()
-			if err != nil {
-				return err
-			}
-			defer lb.Close()
+	return lbList("hooks", "show which cgroups the socket hooks are attached to",
+		[]string{"CGROUP", "HOOKS"},
+		func(lb *bpf.LB) (any, [][]string, error) {
 			att, err := lb.Attachments()
-			if err != nil {
-				return err
-			}
-			if *f.asJSON {
-				return json.NewEncoder(io.out).Encode(att)
-			}
-			tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CGROUP\tHOOKS")
 			var cgs []string
 			for cg := range att {
 				cgs = append(cgs, cg)
 			}
 			sort.Strings(cgs)
+			var rows [][]string
 			for _, cg := range cgs {
-				fmt.Fprintf(tw, "%s\t%s\n", cg, strings.Join(att[cg], ","))
+				rows = append(rows, []string{cg, strings.Join(att[cg], ",")})
 			}
-			return tw.Flush()
-		},
-	}
+			return att, rows, err
+		})
 }

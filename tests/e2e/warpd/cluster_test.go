@@ -136,26 +136,34 @@ func (c *cluster) startWarpd() {
 	c.node.Start(c.t, c.warpd...)
 }
 
-// waitBackends waits until the maps hold the TCP frontend with n backends.
-func (c *cluster) waitBackends(n int) {
+// waitLB waits until the pinned maps satisfy ok, failing with what after 20s.
+func (c *cluster) waitLB(what string, ok func([]bpf.Service) bool) {
 	c.t.Helper()
-	want := bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if lb, err := bpf.OpenLB(c.bpffs, bpf.LBSizes{}); err == nil {
 			svcs, _ := lb.Services()
 			lb.Close()
-			for _, s := range svcs {
-				if s.Frontend == want && len(s.Backends) == n {
-					return
-				}
+			if ok(svcs) {
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("warpd did not program %v with %d backends", want, n)
+			c.t.Fatalf("warpd did not program %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// webFrontend is the TCP frontend of the web service.
+var webFrontend = bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
+
+// waitBackends waits until the web service's TCP frontend has n backends.
+func (c *cluster) waitBackends(n int) {
+	c.t.Helper()
+	c.waitLB(fmt.Sprintf("%v with %d backends", webFrontend, n), func(svcs []bpf.Service) bool {
+		return slices.ContainsFunc(svcs, func(s bpf.Service) bool { return s.Frontend == webFrontend && len(s.Backends) == n })
+	})
 }
 
 // dial runs a socat client in the client pod, inside the pods' cgroup.

@@ -2,7 +2,7 @@ package warpd_test
 
 import (
 	"fmt"
-	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -48,41 +48,29 @@ endpoints:
 %[3]s`, clusterIP, backendPort, b.String(), affinity))
 }
 
-// waitFor waits until the TCP frontend holds exactly the given pods as
-// backends, with the given affinity timeout.
+// waitFor waits until the web service's TCP frontend holds exactly the
+// given pods as backends, with the given affinity timeout.
 func (c *cluster) waitFor(affinity time.Duration, pods ...string) {
 	c.t.Helper()
-	fe := bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
 	var want []string
 	for _, p := range pods {
 		want = append(want, c.podIPs[p])
 	}
 	sort.Strings(want)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var got []string
-		var gotAffinity time.Duration
-		if lb, err := bpf.OpenLB(c.bpffs, bpf.LBSizes{}); err == nil {
-			svcs, _ := lb.Services()
-			lb.Close()
-			for _, s := range svcs {
-				if s.Frontend == fe {
-					gotAffinity = s.AffinityTimeout
-					for _, b := range s.Backends {
-						got = append(got, b.Addr.String())
-					}
-				}
+	c.waitLB(fmt.Sprintf("%v with backends %v and affinity %v", webFrontend, want, affinity), func(svcs []bpf.Service) bool {
+		for _, s := range svcs {
+			if s.Frontend != webFrontend || s.AffinityTimeout != affinity {
+				continue
 			}
+			var got []string
+			for _, b := range s.Backends {
+				got = append(got, b.Addr.String())
+			}
+			sort.Strings(got)
+			return slices.Equal(got, want)
 		}
-		sort.Strings(got)
-		if fmt.Sprint(got) == fmt.Sprint(want) && gotAffinity == affinity {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%v has backends %v (affinity %v), want %v (%v)", fe, got, gotAffinity, want, affinity)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // EndpointSlice conditions and session affinity, from both sources; with
