@@ -15,9 +15,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/warpnet/warpnet/tests/harness"
 )
 
 // End-to-end tests in real network namespaces. Every link and packet lives in
@@ -36,20 +37,16 @@ func requireRoot(t *testing.T) {
 	t.Skip("end-to-end test needs root (creates network namespaces)")
 }
 
+// newNS makes a namespace through the test harness, so a killed run's
+// leftovers are swept by the next one, and opens it for netlink work.
 func newNS(t *testing.T) ns.NetNS {
 	t.Helper()
-	n, err := testutils.NewNS()
+	h := harness.New(t).NetNS("dupaddr")
+	n, err := ns.GetNS(h.Path)
 	if err != nil {
-		t.Fatalf("create netns: %v", err)
+		t.Fatalf("open netns: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close netns: %v", err)
-		}
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
+	t.Cleanup(func() { n.Close() })
 	return n
 }
 
@@ -292,6 +289,16 @@ func TestProbeErrors(t *testing.T) {
 
 	t.Run("loopback has no MAC", func(t *testing.T) {
 		pod := newNS(t)
+		// Down, to see that Probe does not bring up what it cannot probe.
+		if err := pod.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetDown(l)
+		}); err != nil {
+			t.Fatal(err)
+		}
 		_, err := Probe(pod.Path(), "lo", netip.MustParseAddr("10.9.9.9"), Options{})
 		if err == nil || errors.Is(err, ErrNoInterface) {
 			t.Fatalf("err = %v, want a no-MAC error", err)
