@@ -329,7 +329,7 @@ func TestAntiSpoof(t *testing.T) {
 			before := tp.counters(d, a)
 			sendRaw(t, a, f.frame)
 			var after Counters
-			waitFor(t, f.name+" to be counted", func() bool {
+			harness.WaitFor(t, f.name+" to be counted", 5*time.Second, func() bool {
 				after = tp.counters(d, a)
 				return after.DropPackets > before.DropPackets || after.PassPackets > before.PassPackets ||
 					after.RedirectPackets > before.RedirectPackets
@@ -353,7 +353,7 @@ func TestAntiSpoof(t *testing.T) {
 		for _, f := range frames {
 			sendRaw(t, a, f.frame)
 		}
-		waitFor(t, "frames to be counted", func() bool {
+		harness.WaitFor(t, "frames to be counted", 5*time.Second, func() bool {
 			after := tp.counters(d, a)
 			return after.PassPackets+after.RedirectPackets >= before.PassPackets+before.RedirectPackets+uint64(len(frames))
 		})

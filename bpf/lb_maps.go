@@ -496,3 +496,15 @@ func (l *LB) HostOnly() (bool, error) {
 	}
 	return cfg.Flags&lbCfgHostOnly != 0, nil
 }
+
+// PinnedServices reads the services pinned under pinDir, opening and closing
+// the load balancer around it (tools and tests poll it); an error while
+// nothing is pinned there yet.
+func PinnedServices(pinDir string) ([]Service, error) {
+	lb, err := OpenLB(pinDir, LBSizes{})
+	if err != nil {
+		return nil, err
+	}
+	defer lb.Close()
+	return lb.Services()
+}

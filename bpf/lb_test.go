@@ -699,7 +699,7 @@ func TestLBPinsAndAttachments(t *testing.T) {
 	if err := os.Remove(gone.Path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the removed cgroup's links to turn defunct", func() bool {
+	harness.WaitFor(t, "the removed cgroup's links to turn defunct", 5*time.Second, func() bool {
 		att, _ := l.Attachments()
 		return len(att["(removed cgroup)"]) == len(lbProgs)
 	})

@@ -243,18 +243,6 @@ func tcpEcho(t *testing.T, a, b *testPod, dst netip.Addr, size int) {
 	}
 }
 
-// waitFor polls cond for up to 5s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func familyName(a netip.Addr) string {
 	if a.Is4() {
 		return "ipv4"

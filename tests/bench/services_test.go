@@ -132,21 +132,10 @@ endpoints: [{addresses: [%s], conditions: {ready: true}}]
 `, ips["server"])), 0o644)
 	node.Start(b, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", pods.Path,
 		"--bpffs-root", bpffs, "--node-name", "node1", "--listen", "")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		lb, err := bpf.OpenLB(bpffs, bpf.LBSizes{})
-		if err == nil {
-			svcs, _ := lb.Services()
-			lb.Close()
-			if slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) == 1 }) {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("warpd did not program the service")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	harness.WaitFor(b, "warpd to program the service", 20*time.Second, func() bool {
+		svcs, _ := bpf.PinnedServices(bpffs)
+		return slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) == 1 })
+	})
 
 	var direct, viaSvc []time.Duration
 	var directTime, svcTime time.Duration

@@ -285,28 +285,18 @@ func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {
 }
 
 func waitProgrammed(t *testing.T, n *node, backends int) {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if lb, err := bpf.OpenLB(n.bpffs, bpf.LBSizes{}); err == nil {
-			svcs, _ := lb.Services()
-			lb.Close()
-			// Our two frontends, each with every backend (an API server
-			// also serves default/kubernetes, which has no endpoints here).
-			ready := 0
-			for _, s := range svcs {
-				if (s.Addr.String() == webIP || s.Addr.String() == dnsIP) && len(s.Backends) == backends {
-					ready++
-				}
-			}
-			if ready == 2 {
-				return
+	harness.WaitFor(t, "warpd on "+n.name+" to program the services", 20*time.Second, func() bool {
+		svcs, _ := bpf.PinnedServices(n.bpffs)
+		// Our two frontends, each with every backend (an API server
+		// also serves default/kubernetes, which has no endpoints here).
+		ready := 0
+		for _, s := range svcs {
+			if (s.Addr.String() == webIP || s.Addr.String() == dnsIP) && len(s.Backends) == backends {
+				ready++
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("warpd on %s did not program the services", n.name)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ready == 2
+	})
 }
 
 func runClientIn(t *testing.T, c *pod, proto, addr string) []answer {

@@ -331,3 +331,16 @@ func installSignalCleanup() {
 		os.Exit(2)
 	}()
 }
+
+// WaitFor polls cond every 20ms until it holds, failing the test with what
+// after timeout. Tests use it instead of sleeping a guessed time.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

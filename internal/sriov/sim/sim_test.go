@@ -50,18 +50,6 @@ func handle(t *testing.T, path string) *netlink.Handle {
 	return h
 }
 
-// waitFor polls cond for up to 10 seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
@@ -357,7 +345,7 @@ func TestVFTrafficBetweenPods(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "del", pod1.Name).CombinedOutput(); err != nil {
 		t.Fatalf("delete pod1: %v %s", err, out)
 	}
-	waitFor(t, "pod1's namespace to be torn down", func() bool {
+	harness.WaitFor(t, "pod1's namespace to be torn down", 10*time.Second, func() bool {
 		_, err := h.LinkByName("sentinel1")
 		return err != nil
 	})
@@ -406,7 +394,7 @@ func TestDestroyAfterNodeGone(t *testing.T) {
 	// The node's teardown is asynchronous; when it runs, deleting the PF veth
 	// takes the VF macvlan in the pod with it.
 	ph := handle(t, pod.Path)
-	waitFor(t, "the VF in the pod to die with the node", func() bool {
+	harness.WaitFor(t, "the VF in the pod to die with the node", 10*time.Second, func() bool {
 		_, err := ph.LinkByName("sim0v0")
 		return err != nil
 	})

@@ -400,7 +400,7 @@ func TestKilledMidAdd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the victim's reservation on disk", func() bool { return len(f.reserved()) == 1 })
+	harness.WaitFor(t, "the victim's reservation on disk", 10*time.Second, func() bool { return len(f.reserved()) == 1 })
 	victimIP := f.reserved()[0]
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
@@ -496,16 +496,5 @@ func TestConflictDetection(t *testing.T) {
 	o, err := f.ipam.Exec(context.Background(), c)
 	if err != nil || o.ExitCode != 0 || !strings.Contains(string(o.Stderr), "conflict detection skipped") {
 		t.Errorf("ADD without the interface: %v %v", err, o)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -52,6 +52,13 @@ type cluster struct {
 // modes are the two services sources every warpd test runs against.
 var modes = []string{"file", "api"}
 
+// forEachMode runs test as a subtest per mode.
+func forEachMode(t *testing.T, test func(t *testing.T, mode string)) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { test(t, mode) })
+	}
+}
+
 func newCluster(t *testing.T, mode string, backends ...string) *cluster {
 	harness.RequireTools(t, "socat", filepath.Join(harness.BinDir(), "warpd"))
 	env := harness.New(t)
@@ -96,23 +103,44 @@ func (c *cluster) apply(doc string) {
 	c.api.Apply(c.t, doc)
 }
 
-// writeServices writes a TCP+UDP ClusterIP service whose EndpointSlice
-// lists the given pods (ready).
+// writeServices applies the web service with the given pods as ready
+// endpoints.
 func (c *cluster) writeServices(backends ...string) {
-	var eps strings.Builder
+	var eps []epState
 	for _, b := range backends {
-		fmt.Fprintf(&eps, "- addresses: [%s]\n  conditions: {ready: true}\n  nodeName: node1\n", c.podIPs[b])
+		eps = append(eps, epState{b, true, true, false})
 	}
-	if len(backends) == 0 {
-		eps.WriteString("[]\n")
+	c.applyWeb(0, eps...)
+}
+
+// epState is one endpoint's conditions in the EndpointSlice.
+type epState struct {
+	pod                         string
+	ready, serving, terminating bool
+}
+
+// applyWeb applies the web service (TCP 80 and UDP 53, optional ClientIP
+// affinity) with endpoints in the given states.
+func (c *cluster) applyWeb(affinitySeconds int, eps ...epState) {
+	var b strings.Builder
+	if len(eps) == 0 {
+		b.WriteString(" []\n")
 	}
-	doc := fmt.Sprintf(`apiVersion: v1
+	for _, e := range eps {
+		fmt.Fprintf(&b, "\n- addresses: [%s]\n  nodeName: node1\n  conditions: {ready: %t, serving: %t, terminating: %t}\n",
+			c.podIPs[e.pod], e.ready, e.serving, e.terminating)
+	}
+	affinity := ""
+	if affinitySeconds > 0 {
+		affinity = fmt.Sprintf("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: %d}}\n", affinitySeconds)
+	}
+	c.apply(fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
 spec:
   clusterIP: %[1]s
   clusterIPs: [%[1]s]
-  ports:
+%[4]s  ports:
   - {name: http, port: 80, protocol: TCP, targetPort: %[2]d}
   - {name: dns, port: 53, protocol: UDP, targetPort: %[2]d}
 ---
@@ -120,15 +148,8 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
-ports:
-- {name: http, port: %[2]d, protocol: TCP}
-- {name: dns, port: %[2]d, protocol: UDP}
-endpoints:
-%[3]s`, clusterIP, backendPort, eps.String())
-	if len(backends) == 0 {
-		doc = strings.Replace(doc, "endpoints:\n[]\n", "endpoints: []\n", 1)
-	}
-	c.apply(doc)
+ports: [{name: http, port: %[2]d, protocol: TCP}, {name: dns, port: %[2]d, protocol: UDP}]
+endpoints:%[3]s`, clusterIP, backendPort, b.String(), affinity))
 }
 
 func (c *cluster) startWarpd() {
@@ -136,23 +157,13 @@ func (c *cluster) startWarpd() {
 	c.node.Start(c.t, c.warpd...)
 }
 
-// waitLB waits until the pinned maps satisfy ok, failing with what after 20s.
+// waitLB waits until the pinned maps satisfy ok.
 func (c *cluster) waitLB(what string, ok func([]bpf.Service) bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if lb, err := bpf.OpenLB(c.bpffs, bpf.LBSizes{}); err == nil {
-			svcs, _ := lb.Services()
-			lb.Close()
-			if ok(svcs) {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("warpd did not program %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	harness.WaitFor(c.t, "warpd to program "+what, 20*time.Second, func() bool {
+		svcs, _ := bpf.PinnedServices(c.bpffs)
+		return ok(svcs)
+	})
 }
 
 // webFrontend is the TCP frontend of the web service.
@@ -194,9 +205,7 @@ func (c *cluster) answeredBy(proto, port string, n int) map[string]int {
 }
 
 func TestClusterIP(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { testClusterIP(t, mode) })
-	}
+	forEachMode(t, testClusterIP)
 }
 
 func testClusterIP(t *testing.T, mode string) {
@@ -259,9 +268,7 @@ func testClusterIP(t *testing.T, mode string) {
 // killed and restarted: none of them fails, because the maps and links
 // stay pinned, and the new warpd adopts them.
 func TestRestartWithZeroFailures(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { testRestartWithZeroFailures(t, mode) })
-	}
+	forEachMode(t, testRestartWithZeroFailures)
 }
 
 func testRestartWithZeroFailures(t *testing.T, mode string) {
@@ -298,9 +305,7 @@ func testRestartWithZeroFailures(t *testing.T, mode string) {
 // it is destroyed, so the application (a resolver) opens a new one instead
 // of staying pinned to a dead pod.
 func TestRemovedBackendKillsConnectedUDP(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { testRemovedBackendKillsConnectedUDP(t, mode) })
-	}
+	forEachMode(t, testRemovedBackendKillsConnectedUDP)
 }
 
 func testRemovedBackendKillsConnectedUDP(t *testing.T, mode string) {

@@ -4,49 +4,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/warpnet/warpnet/bpf"
 )
-
-// epState is one endpoint's conditions in the EndpointSlice.
-type epState struct {
-	pod                         string
-	ready, serving, terminating bool
-}
-
-// applyWeb applies the web service (TCP 80 and UDP 53, optional ClientIP
-// affinity) with endpoints in the given states.
-func (c *cluster) applyWeb(affinitySeconds int, eps ...epState) {
-	var b strings.Builder
-	for _, e := range eps {
-		fmt.Fprintf(&b, "- addresses: [%s]\n  nodeName: node1\n  conditions: {ready: %t, serving: %t, terminating: %t}\n",
-			c.podIPs[e.pod], e.ready, e.serving, e.terminating)
-	}
-	affinity := ""
-	if affinitySeconds > 0 {
-		affinity = fmt.Sprintf("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: %d}}\n", affinitySeconds)
-	}
-	c.apply(fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: %[1]s
-  clusterIPs: [%[1]s]
-%[4]s  ports:
-  - {name: http, port: 80, protocol: TCP, targetPort: %[2]d}
-  - {name: dns, port: 53, protocol: UDP, targetPort: %[2]d}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: %[2]d, protocol: TCP}, {name: dns, port: %[2]d, protocol: UDP}]
-endpoints:
-%[3]s`, clusterIP, backendPort, b.String(), affinity))
-}
 
 // waitFor waits until the web service's TCP frontend holds exactly the
 // given pods as backends, with the given affinity timeout.

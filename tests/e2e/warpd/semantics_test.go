@@ -12,9 +12,7 @@ import (
 // each case dials one frontend and says which backends may answer (none:
 // the frontend must not be translated, so the dial fails).
 func TestServiceSemantics(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { testServiceSemantics(t, mode) })
-	}
+	forEachMode(t, testServiceSemantics)
 }
 
 func testServiceSemantics(t *testing.T, mode string) {
