@@ -293,16 +293,10 @@ func openPinned(pinDir string) (_ *Datapath, err error) {
 	if meta.Magic != metaMagic || meta.Layout != layoutVersion || meta.Build != buildID() {
 		return nil, errors.New("bpf: pins are from another build")
 	}
-	for _, m := range []struct {
-		name string
-		dst  **ebpf.Map
-	}{
-		{xdpMapWarpIfaces, &d.ifaces},
-		{xdpMapWarpIps, &d.ips},
-		{xdpMapWarpEndpoints, &d.endpoints},
-		{xdpMapWarpDevmap, &d.devmap},
-		{xdpMapWarpCounters, &d.counters},
-	} {
+	for _, m := range d.mapSlots() {
+		if m.name == xdpMapWarpMeta {
+			continue // opened above, to check the build first
+		}
 		if *m.dst, err = ebpf.LoadPinnedMap(filepath.Join(mapsDir(pinDir), m.name), nil); err != nil {
 			return nil, err
 		}
@@ -314,6 +308,25 @@ func openPinned(pinDir string) (_ *Datapath, err error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// mapSlot names a map of a collection and the field that holds it.
+type mapSlot struct {
+	name string
+	dst  **ebpf.Map
+}
+
+// mapSlots lists the datapath's maps, so opening pins and taking over a
+// fresh load fill the same fields.
+func (d *Datapath) mapSlots() []mapSlot {
+	return []mapSlot{
+		{xdpMapWarpIfaces, &d.ifaces},
+		{xdpMapWarpIps, &d.ips},
+		{xdpMapWarpEndpoints, &d.endpoints},
+		{xdpMapWarpDevmap, &d.devmap},
+		{xdpMapWarpCounters, &d.counters},
+		{xdpMapWarpMeta, &d.meta},
+	}
 }
 
 // loadAndPin does the first load or an upgrade; the caller holds the
@@ -394,17 +407,7 @@ func loadAndPin(pinDir string) (*Datapath, error) {
 
 	// Hand the pinned objects over; coll.Close closes what is left.
 	d := &Datapath{pinDir: pinDir}
-	for _, x := range []struct {
-		name string
-		dst  **ebpf.Map
-	}{
-		{xdpMapWarpIfaces, &d.ifaces},
-		{xdpMapWarpIps, &d.ips},
-		{xdpMapWarpEndpoints, &d.endpoints},
-		{xdpMapWarpDevmap, &d.devmap},
-		{xdpMapWarpCounters, &d.counters},
-		{xdpMapWarpMeta, &d.meta},
-	} {
+	for _, x := range d.mapSlots() {
 		*x.dst = coll.DetachMap(x.name)
 	}
 	d.host = coll.DetachProgram(hostProgName)

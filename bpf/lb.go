@@ -282,14 +282,8 @@ func readLBMeta(m *ebpf.Map) (lbMeta, error) {
 	return v, nil
 }
 
-func (l *LB) mapSlots() []struct {
-	name string
-	dst  **ebpf.Map
-} {
-	return []struct {
-		name string
-		dst  **ebpf.Map
-	}{
+func (l *LB) mapSlots() []mapSlot {
+	return []mapSlot{
 		{lbMapLbServices, &l.services},
 		{lbMapLbBackends, &l.backends},
 		{lbMapLbRevnat, &l.revnat},
