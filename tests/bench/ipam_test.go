@@ -105,23 +105,9 @@ func (r *ipamRun) sample(i int) {
 }
 
 func (r *ipamRun) check() {
-	if got := countReservations(r.b, r.dataDir); got != r.existing {
+	if got := len(harness.IPAMReservations(r.dataDir, ipamNetwork)); got != r.existing {
 		r.b.Fatalf("%s: %d reservations after the run, want %d", r.plugin.Name, got, r.existing)
 	}
-}
-
-func countReservations(b *testing.B, dataDir string) int {
-	entries, err := os.ReadDir(filepath.Join(dataDir, ipamNetwork))
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := 0
-	for _, e := range entries {
-		if _, err := netip.ParseAddr(e.Name()); err == nil {
-			n++
-		}
-	}
-	return n
 }
 
 // BenchmarkIPAM compares warp-ipam with the reference host-local plugin:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -357,4 +358,18 @@ func WithPrevResult(t testing.TB, conf []byte, r *types100.Result) []byte {
 	json.Unmarshal(b, &prev)
 	m["prevResult"] = prev
 	return ConfigJSON(t, m)
+}
+
+// IPAMReservations lists the addresses reserved on disk for network under
+// dataDir, read straight from the files (one per address, named by it) that
+// warp-ipam and host-local keep there: an oracle independent of the plugin.
+func IPAMReservations(dataDir, network string) []string {
+	entries, _ := os.ReadDir(filepath.Join(dataDir, network))
+	var out []string
+	for _, e := range entries {
+		if _, err := netip.ParseAddr(e.Name()); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }

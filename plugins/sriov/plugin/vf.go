@@ -97,6 +97,21 @@ func restorePF(ops pf.PF, vf sysfs.VF, orig pf.VFState) error {
 	return applyPF(ops, vf, cur, orig)
 }
 
+// hostAndTempNS returns the current (host) namespace and a fresh temporary
+// one, the two ends of every VF move; done closes both.
+func hostAndTempNS() (host, tmp ns.NetNS, done func(), err error) {
+	host, err = ns.GetCurrentNS()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tmp, err = ns.TempNetNS()
+	if err != nil {
+		host.Close()
+		return nil, nil, nil, fmt.Errorf("temporary namespace: %w", err)
+	}
+	return host, tmp, func() { tmp.Close(); host.Close() }, nil
+}
+
 // moveIn moves the VF netdev from the host into the pod as ifName. It goes
 // through a temporary namespace: renaming in the host could clash with a
 // host interface (eth0), and moving first could clash with a pod interface
@@ -106,16 +121,11 @@ func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error 
 	if err != nil {
 		return fmt.Errorf("VF netdev %s is not in the host namespace: %w", hostName, err)
 	}
-	hostNS, err := ns.GetCurrentNS()
+	hostNS, tmp, done, err := hostAndTempNS()
 	if err != nil {
 		return err
 	}
-	defer hostNS.Close()
-	tmp, err := ns.TempNetNS()
-	if err != nil {
-		return fmt.Errorf("temporary namespace: %w", err)
-	}
-	defer tmp.Close()
+	defer done()
 	if err := netlink.LinkSetDown(link); err != nil {
 		return fmt.Errorf("set %s down: %w", hostName, err)
 	}
@@ -197,16 +207,11 @@ func returnToHost(name, hostName string, hostNS ns.NetNS) error {
 // A VF that is no longer in the pod is not an error (its namespace may be
 // gone: a real VF then is back in the host already).
 func moveOut(podNS ns.NetNS, ifName string, orig Original) error {
-	hostNS, err := ns.GetCurrentNS()
+	hostNS, tmp, done, err := hostAndTempNS()
 	if err != nil {
 		return err
 	}
-	defer hostNS.Close()
-	tmp, err := ns.TempNetNS()
-	if err != nil {
-		return fmt.Errorf("temporary namespace: %w", err)
-	}
-	defer tmp.Close()
+	defer done()
 	moved := false
 	err = podNS.Do(func(ns.NetNS) error {
 		l, err := netlink.LinkByName(ifName)

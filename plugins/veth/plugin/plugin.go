@@ -18,12 +18,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/warpnet/warpnet/internal/cnicode"
 	"github.com/warpnet/warpnet/plugins/veth/config"
 )
-
-// ErrAlreadyExists is warpnet's code for an ADD of an attachment that
-// already exists (a second ADD without DEL); warp-ipam uses the same code.
-const ErrAlreadyExists uint = 101
 
 func openPodNS(path string) (ns.NetNS, error) {
 	podNS, err := ns.GetNS(path)
@@ -50,7 +47,7 @@ func Add(args *skel.CmdArgs) (err error) {
 
 	// Refuse before any side effect.
 	if linkExists(att.HostIfName) {
-		return types.NewError(ErrAlreadyExists,
+		return types.NewError(cnicode.AlreadyExists,
 			fmt.Sprintf("host interface %s for container %s %s already exists: a runtime must DEL before it ADDs the same attachment again",
 				att.HostIfName, args.ContainerID, args.IfName), "")
 	}

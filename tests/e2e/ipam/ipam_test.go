@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,17 +69,7 @@ func (f *fixture) add(id string, conf []byte) *current.Result {
 
 // reserved lists the addresses on disk, read directly from the store
 // directory (host-local's format: one file per address).
-func (f *fixture) reserved() []string {
-	f.t.Helper()
-	entries, _ := os.ReadDir(filepath.Join(f.dataDir, network))
-	var out []string
-	for _, e := range entries {
-		if _, err := netip.ParseAddr(e.Name()); err == nil {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
+func (f *fixture) reserved() []string { return harness.IPAMReservations(f.dataDir, network) }
 
 func addrs(r *current.Result) []string {
 	var out []string

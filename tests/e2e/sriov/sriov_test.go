@@ -119,11 +119,8 @@ func (n *node) assertRestored(i int, origLink string, origPF pf.VFState) {
 			}
 		}
 	}
-	entries, _ := os.ReadDir(filepath.Join(n.env.TempDir, "ipam", network))
-	for _, e := range entries {
-		if strings.Count(e.Name(), ".") == 3 || strings.Contains(e.Name(), "::") {
-			n.t.Errorf("address left reserved: %s", e.Name())
-		}
+	if left := harness.IPAMReservations(filepath.Join(n.env.TempDir, "ipam"), network); len(left) != 0 {
+		n.t.Errorf("addresses left reserved: %v", left)
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -101,16 +99,7 @@ func (n *node) hostLinks() []string {
 }
 
 // reserved lists warp-ipam's reservations on disk.
-func (n *node) reserved() []string {
-	entries, _ := os.ReadDir(filepath.Join(n.dataDir, network))
-	var out []string
-	for _, e := range entries {
-		if _, err := netip.ParseAddr(e.Name()); err == nil {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
+func (n *node) reserved() []string { return harness.IPAMReservations(n.dataDir, network) }
 
 func (n *node) assertClean(what string) {
 	n.t.Helper()
