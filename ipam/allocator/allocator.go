@@ -153,9 +153,10 @@ func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
 	return lease, nil
 }
 
-// scan visits the candidate addresses of a range set that the store shows
-// as free, starting after the set's cursor and wrapping around once, until
-// visit returns true. Gateways, exclusions and the subnet's network and
+// scan visits the candidate addresses of a range set, starting after the
+// set's cursor and wrapping around once, until visit returns true. Whether
+// an address is free is the visitor's business: reserving checks it anyway,
+// so ADD reads each candidate's reservation once. Gateways, exclusions and the subnet's network and
 // broadcast addresses are never visited.
 func (a *Allocator) scan(set int, visit func(netip.Addr, config.Range) (bool, error)) (bool, error) {
 	rs := a.cfg.Ranges[set]
@@ -195,13 +196,6 @@ func (a *Allocator) scan(set int, visit func(netip.Addr, config.Range) (bool, er
 				return false, nil
 			}
 			if !a.candidate(ip, r) {
-				continue
-			}
-			_, held, err := a.st.Owner(ip)
-			if err != nil {
-				return false, err
-			}
-			if held {
 				continue
 			}
 			done, err := visit(ip, r)
@@ -313,7 +307,10 @@ func (a *Allocator) Exhausted() ([]int, error) {
 	var full []int
 	err := a.locked(func() error {
 		for set := range a.cfg.Ranges {
-			found, err := a.scan(set, func(netip.Addr, config.Range) (bool, error) { return true, nil })
+			found, err := a.scan(set, func(ip netip.Addr, _ config.Range) (bool, error) {
+				_, held, err := a.st.Owner(ip)
+				return !held, err
+			})
 			if err != nil {
 				return err
 			}
