@@ -21,7 +21,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/warpnet/warpnet/internal/cnicode"
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/dupaddr"
 	"github.com/warpnet/warpnet/ipam/allocator"
 	"github.com/warpnet/warpnet/ipam/config"
@@ -140,7 +140,7 @@ func Check(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("%s holds no address in network %q", key, cfg.Network), "")
 	}
 	if len(held) != len(cfg.Ranges) {
-		return types.NewError(cnicode.CheckMismatch, fmt.Sprintf("%s holds %d addresses but the network has %d range sets", key, len(held), len(cfg.Ranges)), "")
+		return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("%s holds %d addresses but the network has %d range sets", key, len(held), len(cfg.Ranges)), "")
 	}
 	prev, err := prevResultIPs(args.StdinData)
 	if err != nil {
@@ -148,12 +148,12 @@ func Check(args *skel.CmdArgs) error {
 	}
 	for _, ip := range prev {
 		if inRanges(cfg, ip) && !slices.Contains(held, ip) {
-			return types.NewError(cnicode.CheckMismatch, fmt.Sprintf("prevResult: %s is not reserved for %s (it holds %s)", ip, key, held), "")
+			return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("prevResult: %s is not reserved for %s (it holds %s)", ip, key, held), "")
 		}
 	}
 	for _, ip := range held {
 		if prev != nil && !slices.Contains(prev, ip) {
-			return types.NewError(cnicode.CheckMismatch, fmt.Sprintf("prevResult: lacks %s, which is reserved for %s", ip, key), "")
+			return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("prevResult: lacks %s, which is reserved for %s", ip, key), "")
 		}
 	}
 	return nil
@@ -201,19 +201,19 @@ func Status(args *skel.CmdArgs) error {
 	}
 	st, err := openStore(cfg)
 	if err != nil {
-		return types.NewError(cnicode.PluginNotAvailable, err.Error(), "")
+		return types.NewError(cnierr.PluginNotAvailable, err.Error(), "")
 	}
 	defer st.Close()
 	full, err := allocator.New(cfg, st).Exhausted()
 	if err != nil {
-		return types.NewError(cnicode.PluginNotAvailable, "cannot read reservations: "+err.Error(), "")
+		return types.NewError(cnierr.PluginNotAvailable, "cannot read reservations: "+err.Error(), "")
 	}
 	if len(full) > 0 {
 		var sets []string
 		for _, i := range full {
 			sets = append(sets, fmt.Sprintf("%d (%s)", i, cfg.Ranges[i]))
 		}
-		return types.NewError(cnicode.PluginNotAvailable,
+		return types.NewError(cnierr.PluginNotAvailable,
 			fmt.Sprintf("network %q: range set %s has no free address; widen the range, or run GC to free leaked ones", cfg.Network, strings.Join(sets, ", ")), "")
 	}
 	return nil
@@ -273,7 +273,7 @@ func cniError(err error) error {
 	case errors.As(err, &te):
 		return te
 	case errors.Is(err, allocator.ErrAlreadyAllocated):
-		return types.NewError(cnicode.AlreadyExists, err.Error(), "")
+		return types.NewError(cnierr.AlreadyExists, err.Error(), "")
 	case errors.Is(err, allocator.ErrInUse), errors.Is(err, allocator.ErrExhausted),
 		errors.Is(err, allocator.ErrConflict), errors.Is(err, store.ErrLocked):
 		return types.NewError(types.ErrTryAgainLater, err.Error(), "")

@@ -21,7 +21,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/warpnet/warpnet/internal/cnicode"
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/dupaddr"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sysfs"
@@ -93,7 +93,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	} else if ok {
 		switch {
 		case held.key() == me:
-			return types.NewError(cnicode.AlreadyExists, fmt.Sprintf("VF %s is already attached to container %s %s: a runtime must DEL before it ADDs again", vf.PCI, me.ContainerID, me.IfName), "")
+			return types.NewError(cnierr.AlreadyExists, fmt.Sprintf("VF %s is already attached to container %s %s: a runtime must DEL before it ADDs again", vf.PCI, me.ContainerID, me.IfName), "")
 		case netnsExists(held.Netns):
 			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("deviceID: VF %s is held by container %s (%s in %s); it is free once that attachment is deleted",
 				vf.PCI, held.ContainerID, held.IfName, held.Netns), "")

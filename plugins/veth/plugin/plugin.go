@@ -18,7 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/warpnet/warpnet/internal/cnicode"
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/plugins/veth/config"
 )
 
@@ -47,7 +47,7 @@ func Add(args *skel.CmdArgs) (err error) {
 
 	// Refuse before any side effect.
 	if linkExists(att.HostIfName) {
-		return types.NewError(cnicode.AlreadyExists,
+		return types.NewError(cnierr.AlreadyExists,
 			fmt.Sprintf("host interface %s for container %s %s already exists: a runtime must DEL before it ADDs the same attachment again",
 				att.HostIfName, args.ContainerID, args.IfName), "")
 	}
