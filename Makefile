@@ -7,8 +7,11 @@ GO       ?= go
 BIN      := bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/warpnet/warpnet/internal/buildinfo.Version=$(VERSION)
-# Binary name -> main package. Later issues add warp-veth, warp-sriov, warpd, warpctl.
+# Binary name -> main package.
 BINARIES := warp-ipam=./ipam warp-veth=./plugins/veth warp-sriov=./plugins/sriov warpctl=./cmd/warpctl warpd=./daemon/warpd
+# The plugins again, built with crash points (internal/faultpoint) for the
+# crash tests; never installed.
+FAULTPOINT_BINARIES := warp-ipam=./ipam warp-veth=./plugins/veth warp-sriov=./plugins/sriov
 
 # CI (CI=true) must never skip a root-only test: turn skips into failures.
 ifeq ($(CI),true)
@@ -32,6 +35,12 @@ build: ## build every binary into bin/
 		name=$${b%%=*}; pkg=$${b#*=}; \
 		echo "build: $(BIN)/$$name"; \
 		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$$name $$pkg; \
+	done
+	@mkdir -p $(BIN)/faultpoints
+	@set -e; for b in $(FAULTPOINT_BINARIES); do \
+		name=$${b%%=*}; pkg=$${b#*=}; \
+		echo "build: $(BIN)/faultpoints/$$name (crash points, tests only)"; \
+		CGO_ENABLED=0 $(GO) build -tags faultpoints -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/faultpoints/$$name $$pkg; \
 	done
 
 demo: deps build ## two-node simulated cluster: warpd, veth and SR-IOV pods behind ClusterIPs; prints a report, tears down
