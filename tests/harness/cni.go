@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -98,24 +99,80 @@ type Plugin struct {
 	netns *NetNS // run inside this namespace (see In); nil: the caller's
 }
 
-// Plugin resolves a plugin binary: BinDir()/name, else /usr/lib/cni/name,
-// else /opt/cni/bin/name. A missing binary skips the test (fails it when
+// ownPrefix starts the names of warpnet's own plugins: they always come from
+// BinDir, never from the machine's CNI directories, so a test exercises what
+// `make build` produced and not some installed copy.
+const ownPrefix = "warp-"
+
+// Plugin resolves a plugin binary: warpnet's own (warp-*) from BinDir() only,
+// reference plugins (host-local, bridge, ...) from /usr/lib/cni, then
+// /opt/cni/bin. A missing binary skips the test (fails it when
 // WARP_E2E_REQUIRED=1).
 func (e *Env) Plugin(t testing.TB, name string) *Plugin {
+	t.Helper()
+	return e.plugin(t, name, BinDir())
+}
+
+// FaultPlugin is warpnet plugin name built with crash points
+// (internal/faultpoint), from BinDir()/faultpoints; its delegates (warp-ipam)
+// are the crash-point builds too, so one WARP_FAULTPOINT can name a step of
+// either.
+func (e *Env) FaultPlugin(t testing.TB, name string) *Plugin {
+	t.Helper()
+	if !strings.HasPrefix(name, ownPrefix) {
+		t.Fatalf("harness: %q is not a warpnet plugin; only those have crash points", name)
+	}
+	return e.plugin(t, name, filepath.Join(BinDir(), "faultpoints"))
+}
+
+func (e *Env) plugin(t testing.TB, name, bin string) *Plugin {
 	t.Helper()
 	if name == "" || strings.ContainsRune(name, '/') {
 		t.Fatalf("harness: plugin name %q must be a bare file name", name)
 	}
-	bin := BinDir()
+	// CNI_PATH: our build first (delegates such as warp-ipam), then the
+	// reference plugins, which tests may delegate to as well.
 	dirs := append([]string{bin}, systemPluginDirs...)
-	for _, dir := range dirs {
+	search := systemPluginDirs
+	if strings.HasPrefix(name, ownPrefix) {
+		search = []string{bin}
+	}
+	for _, dir := range search {
 		path := filepath.Join(dir, name)
 		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return &Plugin{Name: name, Path: path, CNIPath: strings.Join(dirs, ":"), env: e}
 		}
 	}
-	skipOrFatal(t, "CNI plugin %q not found in %s (run make build)", name, strings.Join(dirs, ", "))
+	skipOrFatal(t, "CNI plugin %q not found in %s (run make build)", name, strings.Join(search, ", "))
 	return nil
+}
+
+// FaultPoints runs call (normally an ADD or DEL) once with crash points
+// logged and returns the points it passed, in order: the steps a crash test
+// must kill the plugin at. The call must succeed.
+func (p *Plugin) FaultPoints(t testing.TB, call Call) []string {
+	t.Helper()
+	log := filepath.Join(p.env.TempDir, fmt.Sprintf("faultpoints-%d.log", time.Now().UnixNano()))
+	call.Env = append(append([]string(nil), call.Env...), "WARP_FAULTPOINT_LOG="+log)
+	p.MustSucceed(t, call)
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatalf("harness: %s passed no crash point (is it a faultpoints build?): %v", p.Path, err)
+	}
+	return strings.Fields(string(data))
+}
+
+// CrashAt runs call with the plugin killed by SIGKILL at crash point point
+// (a delegate's point kills the delegate, and its caller then fails), and
+// fails the test unless the call failed.
+func (p *Plugin) CrashAt(t testing.TB, point string, call Call) *Outcome {
+	t.Helper()
+	call.Env = append(append([]string(nil), call.Env...), "WARP_FAULTPOINT="+point)
+	out := p.mustExec(t, call)
+	if out.ExitCode == 0 {
+		t.Fatalf("harness: %s did not crash at %s:\n%s", p.Name, point, out)
+	}
+	return out
 }
 
 // Call is one invocation of a plugin in the CNI environment protocol. Empty
