@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 )
 
 // Segment is a simulated L2 network between nodes (a "switch"): a bridge in
@@ -48,11 +49,16 @@ func (s *Segment) Gateway(v4 bool) netip.Addr {
 	return p.Addr().Next()
 }
 
-// Host is host number host of the segment's subnet in the family.
+// Host is host number host of the segment's subnet in the family. IPv6
+// hosts read like IPv4 ones: host 50 of fd00:200::/64 is fd00:200::50, as
+// of 10.200.0.0/24 it is 10.200.0.50.
 func (s *Segment) Host(host int, v4 bool) netip.Addr {
 	p := s.V4
 	if !v4 {
 		p = s.V6
+		if n, err := strconv.ParseUint(strconv.Itoa(host), 16, 64); err == nil {
+			host = int(n)
+		}
 	}
 	if !p.IsValid() {
 		return netip.Addr{}
