@@ -212,9 +212,14 @@ func (m *Manager) Sync(nodes []Node) (Status, error) {
 		st.Peers = append(st.Peers, m.planPeer(&p, n, ups, local))
 	}
 
+	// The tunnel device exists while some peer needs it.
+	needTunnel := false
+	for _, r := range p.routes {
+		needTunnel = needTunnel || r.tunnel
+	}
 	var errs []error
 	var dev netlink.Link
-	if m.cfg.Mode != Native && local.link != nil {
+	if needTunnel {
 		if dev, err = m.ensureDevice(local); err != nil {
 			errs = append(errs, err)
 		}

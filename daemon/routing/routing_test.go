@@ -3,6 +3,7 @@ package routing_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,15 +148,25 @@ func TestAutoMixedCluster(t *testing.T) {
 		t.Error("a route in another table was removed")
 	}
 
-	// A node leaves: its routes, neighbour and FDB entry go.
-	st = tp.sync(t, "n1", routing.Auto, tp.nodes[:3])
-	if st.Removed != 2+2+1 {
-		t.Errorf("removing n4 removed %d entries, want 5 (2 routes, 2 neighbours, 1 FDB entry)", st.Removed)
+	// A node leaves: its routes go, and with the last tunnel peer the
+	// tunnel device (with its neighbour and FDB entries).
+	tp.sync(t, "n1", routing.Auto, tp.nodes[:3])
+	if out := n1.Exec(t, "ip", "route", "show", "proto", "119"); strings.Contains(out, "10.244.4.0") || !strings.Contains(out, "10.244.3.0/24") {
+		t.Errorf("routes after n4 left:\n%s", out)
 	}
-	if out := n1.Exec(t, "bridge", "fdb", "show", "dev", "warp-vxlan"); strings.Contains(out, "10.201.0.14") {
-		t.Errorf("FDB still has n4:\n%s", out)
+	if out := n1.Exec(t, "ip", "-o", "link"); strings.Contains(out, "warp-vxlan") {
+		t.Errorf("tunnel device kept without tunnel peers:\n%s", out)
+	}
+	// A peer's address changes: the route follows.
+	moved := slices.Clone(tp.nodes[:3])
+	moved[1].Addrs = []netip.Addr{netip.MustParseAddr("10.200.0.22"), netip.MustParseAddr("fd00:200::22")}
+	tp.ns["n2"].Exec(t, "ip", "addr", "add", "10.200.0.22/24", "dev", "eth0")
+	tp.sync(t, "n1", routing.Auto, moved)
+	if out := n1.Exec(t, "ip", "route", "show", "proto", "119"); !strings.Contains(out, "10.244.2.0/24 via 10.200.0.22") {
+		t.Errorf("route after n2 moved:\n%s", out)
 	}
 }
+
 
 func TestVXLANEverywhere(t *testing.T) {
 	tp := newTopo(t)
