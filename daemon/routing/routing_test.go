@@ -167,7 +167,6 @@ func TestAutoMixedCluster(t *testing.T) {
 	}
 }
 
-
 func TestVXLANEverywhere(t *testing.T) {
 	tp := newTopo(t)
 	for _, n := range tp.nodes {
