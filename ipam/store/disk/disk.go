@@ -5,7 +5,7 @@
 // reservations made by host-local are honoured after switching "type", and
 // the other way round):
 //
-//	lock                    flock(2) target serialising allocators
+//	lock                    flock(2) target serialising allocators (internal/flock)
 //	<ip>                    one file per reserved address: "containerID\r\nifname"
 //	last_reserved_ip.<set>  the allocation cursor of range set <set>
 //	attachments/<key>       warp-ipam's index: the addresses one attachment holds
@@ -23,7 +23,9 @@
 // file and Release removes the address file before the index entry, so the
 // worst leftover is an index entry (possibly torn) naming an address the key
 // does not own, which readers ignore and the next write of that key drops.
-// Temporaries of dead writers are removed by List (run by GC).
+// Temporaries of dead writers are removed by List (run by GC). Each step is
+// a crash point (internal/faultpoint); tests/e2e/ipam kills the plugin at
+// every one and checks that DEL or GC repairs what it left.
 package disk
 
 import (
@@ -35,10 +37,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/faultpoint"
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/ipam/store"
 )
 
@@ -51,16 +54,10 @@ const (
 	ownerLineFeed = "\r\n" // host-local's separator between container ID and ifname
 )
 
-// DefaultLockTimeout bounds how long an allocator waits for the lock. The
-// lock is held for milliseconds per call (conflict probes run outside it),
-// so waiting this long means something is wrong and the runtime should retry.
-const DefaultLockTimeout = 30 * time.Second
-
 // Store is the disk store of one network.
 type Store struct {
-	dir         string
-	lockTimeout time.Duration
-	lock        *os.File
+	dir  string
+	lock *flock.Lock
 }
 
 var _ store.Store = (*Store)(nil)
@@ -71,66 +68,32 @@ func Open(dataDir, network string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, indexDir), 0o755); err != nil {
 		return nil, fmt.Errorf("cannot create the reservation directory (check dataDir): %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := flock.Open(filepath.Join(dir, lockFile))
 	if err != nil {
-		return nil, fmt.Errorf("cannot open the lock file: %w", err)
+		return nil, err
 	}
-	return &Store{dir: dir, lockTimeout: DefaultLockTimeout, lock: f}, nil
+	return &Store{dir: dir, lock: l}, nil
 }
 
 // Dir is the directory holding this network's reservations.
 func (s *Store) Dir() string { return s.dir }
 
-// SetLockTimeout changes how long Lock waits.
-func (s *Store) SetLockTimeout(d time.Duration) { s.lockTimeout = d }
+// SetLockTimeout changes how long Lock waits (flock.DefaultTimeout unless
+// set). The lock is held for milliseconds per call (conflict probes run
+// outside it), so waiting long means something is wrong.
+func (s *Store) SetLockTimeout(d time.Duration) { s.lock.SetTimeout(d) }
 
-// Lock takes the network's exclusive lock. The kernel drops a flock when its
-// holder dies, so a killed plugin never wedges the network.
+// Lock takes the network's exclusive lock; see store.Store for the error
+// after a timeout. The kernel drops a flock when its holder dies, so a
+// killed plugin never wedges the network.
 func (s *Store) Lock() error {
-	fd := int(s.lock.Fd())
-	// Uncontended (the usual case): take it at once, without the thread
-	// handoff the waiting goroutine below costs.
-	if err := flockRetry(fd, syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-		return s.buildIndex()
-	} else if err != syscall.EWOULDBLOCK {
-		return fmt.Errorf("flock %s: %w", s.lock.Name(), err)
-	}
-	// A blocking flock queues fairly in the kernel, unlike polling with
-	// LOCK_NB, which starves processes under a burst of 100 ADDs. The
-	// goroutine gives up the lock at once if we stopped waiting for it.
-	var abandoned atomic.Bool
-	done := make(chan error, 1)
-	go func() {
-		err := flockRetry(fd, syscall.LOCK_EX)
-		if err == nil && abandoned.Load() {
-			_ = flockRetry(fd, syscall.LOCK_UN)
-		}
-		done <- err
-	}()
-	timer := time.NewTimer(s.lockTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("flock %s: %w", s.lock.Name(), err)
-		}
-	case <-timer.C:
-		abandoned.Store(true)
-		return fmt.Errorf("%w (waited %s on %s)", store.ErrLocked, s.lockTimeout, s.lock.Name())
+	if err := s.lock.Lock(); err != nil {
+		return err
 	}
 	return s.buildIndex()
 }
 
-func flockRetry(fd, how int) error {
-	for {
-		err := syscall.Flock(fd, how)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
-}
-
-func (s *Store) Unlock() error { return flockRetry(int(s.lock.Fd()), syscall.LOCK_UN) }
+func (s *Store) Unlock() error { return s.lock.Unlock() }
 
 func (s *Store) Close() error { return s.lock.Close() }
 
@@ -286,6 +249,7 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	if err := s.writeIndex(k, owned); err != nil {
 		return false, err
 	}
+	faultpoint.Hit("warp-ipam.add.after-index")
 	if held {
 		return true, nil
 	}
@@ -294,6 +258,7 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 		return false, err
 	}
 	defer os.Remove(tmp)
+	faultpoint.Hit("warp-ipam.add.after-temp") // a dead writer's temporary: List removes it
 	// link(2) fails if the name exists, which makes the create exclusive
 	// even against a writer that does not take our lock.
 	if err := os.Link(tmp, s.ipPath(ip)); err != nil {
@@ -302,6 +267,7 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 		}
 		return false, err
 	}
+	faultpoint.Hit("warp-ipam.add.after-address")
 	return true, nil
 }
 
@@ -331,8 +297,13 @@ func (s *Store) ReleaseKey(k store.Key) ([]netip.Addr, error) {
 		if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
+		faultpoint.Hit("warp-ipam.del.after-address") // the index still lists it: ByKey ignores it
 	}
-	return owned, s.writeIndex(k, nil)
+	if err := s.writeIndex(k, nil); err != nil {
+		return owned, err
+	}
+	faultpoint.Hit("warp-ipam.del.after-index")
+	return owned, nil
 }
 
 func (s *Store) cursorPath(set int) string {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/ipam/store"
 )
 
@@ -156,7 +157,7 @@ func TestLockTimesOutWhileAnotherHoldsIt(t *testing.T) {
 	}
 	defer other.Close()
 	other.SetLockTimeout(50 * time.Millisecond)
-	if err := other.Lock(); !errors.Is(err, store.ErrLocked) {
-		t.Fatalf("err = %v, want ErrLocked", err)
+	if err := other.Lock(); !errors.Is(err, flock.ErrTimeout) {
+		t.Fatalf("err = %v, want flock.ErrTimeout", err)
 	}
 }
