@@ -430,3 +430,25 @@ func IPAMReservations(dataDir, network string) []string {
 	}
 	return out
 }
+
+// IPAMFiles is what warp-ipam keeps for network under dataDir that belongs
+// to attachments, read straight from disk: address files ("10.0.0.2"), index
+// entries ("attachments/<containerID>:<ifname>") and temporary files, each
+// with its content. The lock, the cursors and the index marker, which belong
+// to the network, are left out. A crash test compares it before and after.
+func IPAMFiles(dataDir, network string) map[string]string {
+	dir := filepath.Join(dataDir, network)
+	out := map[string]string{}
+	for _, sub := range []string{"", "attachments"} {
+		entries, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, e := range entries {
+			name := e.Name()
+			if e.IsDir() || name == "lock" || name == ".v1" || strings.HasPrefix(name, "last_reserved_ip.") {
+				continue
+			}
+			data, _ := os.ReadFile(filepath.Join(dir, sub, name))
+			out[filepath.Join(sub, name)] = string(data)
+		}
+	}
+	return out
+}

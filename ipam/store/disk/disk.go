@@ -23,7 +23,9 @@
 // file and Release removes the address file before the index entry, so the
 // worst leftover is an index entry (possibly torn) naming an address the key
 // does not own, which readers ignore and the next write of that key drops.
-// Temporaries of dead writers are removed by List (run by GC). Each step is
+// A temporary file is named after its attachment, so the DEL of that
+// attachment removes one a dead writer left; List (run by GC) removes them
+// all, since with the lock held no writer is alive to own one. Each step is
 // a crash point (internal/faultpoint); tests/e2e/ipam kills the plugin at
 // every one and checks that DEL or GC repairs what it left.
 package disk
@@ -37,7 +39,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/warpnet/warpnet/internal/faultpoint"
@@ -99,9 +100,15 @@ func (s *Store) Close() error { return s.lock.Close() }
 
 func (s *Store) ipPath(ip netip.Addr) string { return filepath.Join(s.dir, ip.String()) }
 
-func (s *Store) indexPath(k store.Key) string {
-	return filepath.Join(s.dir, indexDir, url.QueryEscape(k.ContainerID)+":"+url.QueryEscape(k.IfName))
+func indexName(k store.Key) string {
+	return url.QueryEscape(k.ContainerID) + ":" + url.QueryEscape(k.IfName)
 }
+
+func (s *Store) indexPath(k store.Key) string { return filepath.Join(s.dir, indexDir, indexName(k)) }
+
+// tempPath is where k's address file is written before it is linked into
+// place. One per attachment is enough: writers hold the lock.
+func (s *Store) tempPath(k store.Key) string { return filepath.Join(s.dir, tmpPrefix+indexName(k)) }
 
 func keyFromIndexName(name string) (store.Key, bool) {
 	id, ifn, ok := strings.Cut(name, ":")
@@ -253,12 +260,13 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	if held {
 		return true, nil
 	}
-	tmp, err := s.writeTemp([]byte(k.ContainerID + ownerLineFeed + k.IfName))
-	if err != nil {
+	tmp := s.tempPath(k)
+	if err := os.WriteFile(tmp, []byte(k.ContainerID+ownerLineFeed+k.IfName), 0o644); err != nil {
+		os.Remove(tmp)
 		return false, err
 	}
 	defer os.Remove(tmp)
-	faultpoint.Hit("warp-ipam.add.after-temp") // a dead writer's temporary: List removes it
+	faultpoint.Hit("warp-ipam.add.after-temp")
 	// link(2) fails if the name exists, which makes the create exclusive
 	// even against a writer that does not take our lock.
 	if err := os.Link(tmp, s.ipPath(ip)); err != nil {
@@ -299,6 +307,10 @@ func (s *Store) ReleaseKey(k store.Key) ([]netip.Addr, error) {
 		}
 		faultpoint.Hit("warp-ipam.del.after-address") // the index still lists it: ByKey ignores it
 	}
+	// A temporary left by a writer that died before linking it.
+	if err := os.Remove(s.tempPath(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return owned, err
+	}
 	if err := s.writeIndex(k, nil); err != nil {
 		return owned, err
 	}
@@ -329,8 +341,8 @@ func (s *Store) SetCursor(set int, ip netip.Addr) error {
 	return os.WriteFile(s.cursorPath(set), []byte(ip.String()), 0o644)
 }
 
-// List reads every address file. It also removes temporary files left by
-// writers that died, which is why GC calls it.
+// List reads every address file. It also removes temporary files, all left
+// by writers that died (we hold the lock), which is why GC calls it.
 func (s *Store) List() ([]store.Reservation, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -340,7 +352,9 @@ func (s *Store) List() ([]store.Reservation, error) {
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, tmpPrefix) {
-			s.removeDeadTemp(name)
+			if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
 			continue
 		}
 		ip, err := netip.ParseAddr(name)
@@ -385,35 +399,4 @@ func (s *Store) Keys() ([]store.Key, error) {
 		}
 	}
 	return keys, nil
-}
-
-// writeTemp writes data to a fresh temporary file in the store directory
-// (same filesystem, so linking it into place is atomic). Its name
-// carries our PID so that List can tell abandoned temporaries apart.
-func (s *Store) writeTemp(data []byte) (string, error) {
-	f, err := os.CreateTemp(s.dir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid()))
-	if err != nil {
-		return "", err
-	}
-	_, werr := f.Write(data)
-	cerr := f.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(f.Name())
-		return "", werr
-	}
-	return f.Name(), nil
-}
-
-func (s *Store) removeDeadTemp(name string) {
-	pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, tmpPrefix), "-")
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid == os.Getpid() {
-		return
-	}
-	if syscall.Kill(pid, 0) == syscall.ESRCH {
-		os.Remove(filepath.Join(s.dir, name))
-	}
 }
