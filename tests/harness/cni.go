@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,8 +149,9 @@ func (e *Env) plugin(t testing.TB, name, bin string) *Plugin {
 }
 
 // FaultPoints runs call (normally an ADD or DEL) once with crash points
-// logged and returns the points it passed, in order: the steps a crash test
-// must kill the plugin at. The call must succeed.
+// logged and returns the points it passed, in order, each once (CrashAt
+// kills at a point's first pass): the steps a crash test must kill the
+// plugin at. The call must succeed.
 func (p *Plugin) FaultPoints(t testing.TB, call Call) []string {
 	t.Helper()
 	log := filepath.Join(p.env.TempDir, fmt.Sprintf("faultpoints-%d.log", time.Now().UnixNano()))
@@ -159,7 +161,13 @@ func (p *Plugin) FaultPoints(t testing.TB, call Call) []string {
 	if err != nil {
 		t.Fatalf("harness: %s passed no crash point (is it a faultpoints build?): %v", p.Path, err)
 	}
-	return strings.Fields(string(data))
+	var points []string
+	for _, point := range strings.Fields(string(data)) {
+		if !slices.Contains(points, point) {
+			points = append(points, point)
+		}
+	}
+	return points
 }
 
 // CrashAt runs call with the plugin killed by SIGKILL at crash point point
