@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,7 +62,7 @@ func buildUnsolicitedNA(src net.HardwareAddr, addr netip.Addr) []byte {
 // be up.
 func Announce(netnsPath, ifName string, addrs []netip.Addr) error {
 	return ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		link, err := netlink.LinkByName(ifName)
+		link, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return fmt.Errorf("dupaddr: announce on %q in %s: %w", ifName, netnsPath, err)
 		}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -96,7 +97,7 @@ func ProbeAll(netnsPath, ifName string, addrs []netip.Addr, opts Options) ([]Res
 // because a socket stays in the namespace it was created in whatever thread
 // uses it.
 func probeCurrentNS(ifName string, addrs []netip.Addr, opts Options) (res []Result, err error) {
-	link, err := netlink.LinkByName(ifName)
+	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/warpnet/warpnet/internal/faultpoint"
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/ipam/config"
 	"github.com/warpnet/warpnet/ipam/store"
 )
@@ -94,8 +96,7 @@ func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 		for set := range a.cfg.Ranges {
 			l, err := a.reserve(key, set)
 			if err != nil {
-				a.rollback(key, leases)
-				return err
+				return rollback.With(err, a.release(key, leases))
 			}
 			leases = append(leases, l)
 		}
@@ -104,10 +105,11 @@ func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 	if err != nil || probe == nil {
 		return leases, err
 	}
+	faultpoint.Hit("warp-ipam.add.before-probe") // reserved, lock released
 	if err := a.resolveConflicts(key, leases, probe); err != nil {
-		_ = a.locked(func() error { a.rollback(key, leases); return nil })
-		return nil, err
+		return nil, rollback.With(err, a.locked(func() error { return a.release(key, leases) }))
 	}
+	faultpoint.Hit("warp-ipam.add.after-probe")
 	return leases, nil
 }
 
@@ -142,7 +144,11 @@ func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
 			return false, err
 		}
 		lease = Lease{Set: set, IP: ip, Range: r}
-		return true, a.st.SetCursor(set, ip)
+		if err := a.st.SetCursor(set, ip); err != nil {
+			return true, err
+		}
+		faultpoint.Hit("warp-ipam.add.after-cursor")
+		return true, nil
 	})
 	if err != nil {
 		return Lease{}, err
@@ -208,21 +214,20 @@ func (a *Allocator) scan(set int, visit func(netip.Addr, config.Range) (bool, er
 }
 
 func (a *Allocator) candidate(ip netip.Addr, r config.Range) bool {
-	if ip == r.Gateway || ip == r.Subnet.Addr() || a.cfg.Excluded(ip) {
-		return false
-	}
-	if ip.Is4() && !r.Subnet.Contains(ip.Next()) { // IPv4 broadcast
-		return false
-	}
-	return true
+	return ip != r.Gateway && !r.NetworkOrBroadcast(ip) && !a.cfg.Excluded(ip)
 }
 
-// rollback releases leases; it runs with the lock held and is best effort,
-// because it only ever runs on a path that already returns an error.
-func (a *Allocator) rollback(key store.Key, leases []Lease) {
+// release frees leases on a path that already fails; it runs with the lock
+// held, keeps going past failures and returns them all, so the caller can
+// report what stayed reserved beside its own error.
+func (a *Allocator) release(key store.Key, leases []Lease) error {
+	var errs []error
 	for _, l := range leases {
-		_ = a.st.Release(key, l.IP)
+		if err := a.st.Release(key, l.IP); err != nil {
+			errs = append(errs, fmt.Errorf("release %s: %w", l.IP, err))
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // resolveConflicts probes the leases and, while another host answers for a

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/warpnet/warpnet/ipam/config"
@@ -247,6 +248,58 @@ func TestGC(t *testing.T) {
 		held, _ := a.Held(key(i))
 		if len(held) != want {
 			t.Errorf("key %d holds %v, want %d addresses", i, held, want)
+		}
+	}
+}
+
+// failingRelease is a store whose Release fails, as a broken disk would.
+type failingRelease struct{ *memstore.Store }
+
+func (failingRelease) Release(store.Key, netip.Addr) error { return errors.New("disk on fire") }
+
+// A rollback that fails is reported beside the error that caused it, and
+// the original error stays recognisable.
+func TestFailedRollbackIsReported(t *testing.T) {
+	cfg := mustConfig(t, `{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"fd00::/126"}]]}`, "")
+	st := failingRelease{memstore.New()}
+	for k := 1; k <= 2; k++ { // fill the IPv6 set
+		if _, err := New(cfg, st).Allocate(key(k), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := New(cfg, st).Allocate(key(99), nil)
+	if !errors.Is(err, ErrExhausted) {
+		t.Fatalf("err = %v, want ErrExhausted", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "rollback failed") || !strings.Contains(msg, "release 10.0.0.4") || !strings.Contains(msg, "disk on fire") {
+		t.Fatalf("err = %q, want the failed release of 10.0.0.4 reported", msg)
+	}
+
+	// The same after conflict detection fails.
+	probe := func([]netip.Addr) ([]Answer, error) { return nil, errors.New("probe broke") }
+	_, err = New(mustConfig(t, `{"ranges":[[{"subnet":"10.1.0.0/24"}]]}`, ""), st).Allocate(key(98), probe)
+	if msg := fmt.Sprint(err); !strings.Contains(msg, "probe broke") || !strings.Contains(msg, "release 10.1.0.2") {
+		t.Fatalf("err = %q, want the probe failure and the failed release", msg)
+	}
+}
+
+// A range that spans its subnet's network and broadcast addresses: dynamic
+// allocation never hands them out, and a fixed request for them is refused
+// by the configuration, so the two paths agree.
+func TestNetworkAndBroadcastNeverHandedOut(t *testing.T) {
+	const ipam = `{"ranges":[[{"subnet":"10.0.0.0/30","rangeStart":"10.0.0.0","rangeEnd":"10.0.0.3","gateway":"10.0.0.1"}],[{"subnet":"fd00::/126","rangeStart":"fd00::"}]]}`
+	st := memstore.New()
+	leases, err := New(mustConfig(t, ipam, ""), st).Allocate(key(1), nil)
+	if err != nil || fmt.Sprint(ips(leases)) != "[10.0.0.2 fd00::2]" {
+		t.Fatalf("got %v %v", ips(leases), err)
+	}
+	if _, err := New(mustConfig(t, ipam, ""), st).Allocate(key(2), nil); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("second allocation: %v, want ErrExhausted (only network, gateway and broadcast are left)", err)
+	}
+	for _, ip := range []string{"10.0.0.0", "10.0.0.3", "fd00::"} {
+		_, err := config.Load([]byte(`{"cniVersion":"1.1.0","name":"t","ipam":`+ipam+`}`), "IP="+ip)
+		if err == nil || !strings.Contains(err.Error(), "network or broadcast") {
+			t.Errorf("fixed request for %s: %v", ip, err)
 		}
 	}
 }

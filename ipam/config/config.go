@@ -11,14 +11,16 @@
 package config
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/warpnet/warpnet/internal/cniargs"
+	"github.com/warpnet/warpnet/internal/cnierr"
 )
 
 // DefaultDataDir is where reservations live unless dataDir says otherwise; it
@@ -43,6 +45,17 @@ func (r Range) Contains(addr netip.Addr) bool {
 	return addr.BitLen() == r.Start.BitLen() && r.Start.Compare(addr) <= 0 && addr.Compare(r.End) <= 0
 }
 
+// NetworkOrBroadcast reports whether addr is the subnet's network address
+// or, for IPv4, its broadcast address. Neither is ever handed out, even when
+// rangeStart or rangeEnd includes it: dynamic allocation skips them and a
+// fixed request for one is refused, so both paths agree.
+func (r Range) NetworkOrBroadcast(addr netip.Addr) bool {
+	if addr == r.Subnet.Addr() {
+		return true
+	}
+	return addr.Is4() && r.Subnet.Contains(addr) && !r.Subnet.Contains(addr.Next())
+}
+
 // RangeSet is the list of ranges one address is drawn from; a pod gets one
 // address per range set (that is how dual-stack is expressed).
 type RangeSet []Range
@@ -64,16 +77,6 @@ func (s RangeSet) String() string {
 		parts[i] = r.Start.String() + "-" + r.End.String()
 	}
 	return strings.Join(parts, ", ")
-}
-
-// IsGateway reports whether addr is the gateway of one of the set's ranges.
-func (s RangeSet) IsGateway(addr netip.Addr) bool {
-	for _, r := range s {
-		if r.Gateway == addr {
-			return true
-		}
-	}
-	return false
 }
 
 // RangeFor returns the range of the set holding addr.
@@ -155,11 +158,6 @@ type netJSON struct {
 	} `json:"args"`
 }
 
-// invalid builds the error for a value that parses but makes no sense.
-func invalid(field, format string, a ...any) *types.Error {
-	return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
-}
-
 // storeJSON is the part of the configuration that locates reservations.
 type storeJSON struct {
 	CNIVersion string `json:"cniVersion"`
@@ -171,39 +169,31 @@ type storeJSON struct {
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments"`
 }
 
-// decode unmarshals stdin into v, naming the offending key on a type error.
-func decode(stdin []byte, v any) error {
-	if err := json.Unmarshal(stdin, v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return types.NewError(types.ErrDecodingFailure,
-				fmt.Sprintf("%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value), "")
-		}
-		return types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON: "+err.Error(), "")
-	}
-	return nil
-}
-
 // LoadStore parses only what locating the reservations needs (network name
 // and dataDir). DEL and GC use it so that an attachment can be released even
 // when the rest of the configuration has since become invalid.
 func LoadStore(stdin []byte) (*Config, error) {
 	var n storeJSON
-	if err := decode(stdin, &n); err != nil {
+	if err := cnierr.Decode(stdin, &n); err != nil {
 		return nil, err
 	}
 	if n.IPAM == nil {
-		return nil, invalid("ipam", "missing: the network configuration has no ipam section")
+		return nil, cnierr.Invalid("ipam", "missing: the network configuration has no ipam section")
 	}
 	if n.Name == "" {
-		return nil, invalid("name", "missing: reservations are kept per network name")
+		return nil, cnierr.Invalid("name", "missing: reservations are kept per network name")
 	}
 	if strings.ContainsAny(n.Name, "/\x00") || n.Name == "." || n.Name == ".." {
-		return nil, invalid("name", "%q cannot be used as a directory name", n.Name)
+		return nil, cnierr.Invalid("name", "%q cannot be used as a directory name", n.Name)
 	}
 	c := &Config{CNIVersion: n.CNIVersion, Network: n.Name, DataDir: n.IPAM.DataDir}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
+	}
+	// A relative path would be resolved against whatever directory the
+	// runtime happens to run the plugin in.
+	if !filepath.IsAbs(c.DataDir) {
+		return nil, cnierr.Invalid("ipam.dataDir", "%q is not an absolute path", c.DataDir)
 	}
 	c.ValidAttachments = append(append([]types.GCAttachment{}, n.ValidAttachments...), n.LegacyAttachments...)
 	return c, nil
@@ -216,7 +206,7 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 		return nil, err
 	}
 	var n netJSON
-	if err := decode(stdin, &n); err != nil {
+	if err := cnierr.Decode(stdin, &n); err != nil {
 		return nil, err
 	}
 	ij := n.IPAM
@@ -233,17 +223,17 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if ij.Subnet != "" {
 		sets = append(sets, namedSet{"ipam", []rangeJSON{ij.rangeJSON}})
 	} else if ij.RangeStart != "" || ij.RangeEnd != "" || ij.Gateway != "" {
-		return nil, invalid("ipam.subnet", "missing: rangeStart/rangeEnd/gateway at the top of ipam need a subnet")
+		return nil, cnierr.Invalid("ipam.subnet", "missing: rangeStart/rangeEnd/gateway at the top of ipam need a subnet")
 	}
 	for i, s := range ij.Ranges {
 		sets = append(sets, namedSet{fmt.Sprintf("ipam.ranges[%d]", i), s})
 	}
 	if len(sets) == 0 {
-		return nil, invalid("ipam.ranges", "missing: give at least one range set, e.g. [[{\"subnet\": \"10.10.0.0/16\"}]]")
+		return nil, cnierr.Invalid("ipam.ranges", "missing: give at least one range set, e.g. [[{\"subnet\": \"10.10.0.0/16\"}]]")
 	}
 	for _, ns := range sets {
 		if len(ns.set) == 0 {
-			return nil, invalid(ns.field, "empty range set")
+			return nil, cnierr.Invalid(ns.field, "empty range set")
 		}
 		var rs RangeSet
 		for j, rj := range ns.set {
@@ -256,7 +246,7 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 				return nil, err
 			}
 			if len(rs) > 0 && rs[0].Subnet.Addr().Is4() != r.Subnet.Addr().Is4() {
-				return nil, invalid(field+".subnet", "%s mixes address families within one range set", r.Subnet)
+				return nil, cnierr.Invalid(field+".subnet", "%s mixes address families within one range set", r.Subnet)
 			}
 			rs = append(rs, r)
 		}
@@ -269,14 +259,14 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	for i, s := range ij.Exclude {
 		p, err := parsePrefixOrAddr(s)
 		if err != nil {
-			return nil, invalid(fmt.Sprintf("ipam.exclude[%d]", i), "%q is neither an IP address nor a CIDR", s)
+			return nil, cnierr.Invalid(fmt.Sprintf("ipam.exclude[%d]", i), "%q is neither an IP address nor a CIDR", s)
 		}
 		c.Exclude = append(c.Exclude, p)
 	}
 
 	for i, r := range ij.Routes {
 		if r == nil || r.Dst.IP == nil {
-			return nil, invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing")
+			return nil, cnierr.Invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing")
 		}
 	}
 	c.Routes = ij.Routes
@@ -284,7 +274,7 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if ij.ResolvConf != "" {
 		dns, err := parseResolvConf(ij.ResolvConf)
 		if err != nil {
-			return nil, invalid("ipam.resolvConf", "%v", err)
+			return nil, cnierr.Invalid("ipam.resolvConf", "%v", err)
 		}
 		c.DNS = *dns
 	}
@@ -297,7 +287,7 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if ij.ProbeTimeout != "" {
 		d, err := time.ParseDuration(ij.ProbeTimeout)
 		if err != nil || d <= 0 || d > 10*time.Second {
-			return nil, invalid("ipam.probeTimeout", "%q must be a duration between 1ms and 10s, e.g. \"200ms\"", ij.ProbeTimeout)
+			return nil, cnierr.Invalid("ipam.probeTimeout", "%q must be a duration between 1ms and 10s, e.g. \"200ms\"", ij.ProbeTimeout)
 		}
 		c.ProbeTimeout = d
 	}
@@ -310,20 +300,23 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 
 func parseRange(field string, rj rangeJSON) (Range, error) {
 	if rj.Subnet == "" {
-		return Range{}, invalid(field+".subnet", "missing")
+		return Range{}, cnierr.Invalid(field+".subnet", "missing")
 	}
 	p, err := netip.ParsePrefix(rj.Subnet)
 	if err != nil {
-		return Range{}, invalid(field+".subnet", "%q is not a CIDR", rj.Subnet)
+		return Range{}, cnierr.Invalid(field+".subnet", "%q is not a CIDR", rj.Subnet)
 	}
 	if p.Addr().Is4In6() {
-		return Range{}, invalid(field+".subnet", "%q: use plain IPv4 notation", rj.Subnet)
+		return Range{}, cnierr.Invalid(field+".subnet", "%q: use plain IPv4 notation", rj.Subnet)
 	}
 	if p != p.Masked() {
-		return Range{}, invalid(field+".subnet", "%s has host bits set; the network address is %s", p, p.Masked())
+		return Range{}, cnierr.Invalid(field+".subnet", "%s has host bits set; the network address is %s", p, p.Masked())
+	}
+	if p.Bits() == 0 {
+		return Range{}, cnierr.Invalid(field+".subnet", "%s covers every address (loopback, multicast, the node's own); give the pods' subnet", p)
 	}
 	if p.Bits() > p.Addr().BitLen()-2 {
-		return Range{}, invalid(field+".subnet", "%s is too small to allocate from (at most /%d)", p, p.Addr().BitLen()-2)
+		return Range{}, cnierr.Invalid(field+".subnet", "%s is too small to allocate from (at most /%d)", p, p.Addr().BitLen()-2)
 	}
 	r := Range{Subnet: p}
 	addr := func(name, s string, def netip.Addr) (netip.Addr, error) {
@@ -332,11 +325,11 @@ func parseRange(field string, rj rangeJSON) (Range, error) {
 		}
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return a, invalid(field+"."+name, "%q is not an IP address", s)
+			return a, cnierr.Invalid(field+"."+name, "%q is not an IP address", s)
 		}
 		a = a.Unmap()
 		if !p.Contains(a) {
-			return a, invalid(field+"."+name, "%s is not in subnet %s", a, p)
+			return a, cnierr.Invalid(field+"."+name, "%s is not in subnet %s", a, p)
 		}
 		return a, nil
 	}
@@ -350,7 +343,7 @@ func parseRange(field string, rj rangeJSON) (Range, error) {
 		return r, err
 	}
 	if r.End.Less(r.Start) {
-		return r, invalid(field+".rangeEnd", "%s is before rangeStart %s", r.End, r.Start)
+		return r, cnierr.Invalid(field+".rangeEnd", "%s is before rangeStart %s", r.End, r.Start)
 	}
 	return r, nil
 }
@@ -389,7 +382,7 @@ func checkOverlaps(sets []RangeSet) error {
 				continue
 			}
 			if !(x.r.End.Less(y.r.Start) || y.r.End.Less(x.r.Start)) {
-				return invalid("ipam.ranges", "range %d.%d (%s-%s) overlaps range %d.%d (%s-%s)",
+				return cnierr.Invalid("ipam.ranges", "range %d.%d (%s-%s) overlaps range %d.%d (%s-%s)",
 					x.set, x.idx, x.r.Start, x.r.End, y.set, y.idx, y.r.Start, y.r.End)
 			}
 		}
@@ -416,43 +409,45 @@ func parsePrefixOrAddr(s string) (netip.Prefix, error) {
 // parseRequested collects fixed addresses from every source the runtime may
 // use, and matches each to its range set.
 func (c *Config) parseRequested(n *netJSON, envArgs string) error {
-	type req struct{ field, value string }
+	type req struct {
+		field string
+		addr  netip.Addr
+	}
 	var reqs []req
-	if envArgs != "" {
-		for _, kv := range strings.Split(envArgs, ";") {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %q is not KEY=VALUE", kv), "")
-			}
-			if k == "IP" {
-				for _, s := range strings.Split(v, ",") {
-					reqs = append(reqs, req{"CNI_ARGS IP", s})
-				}
-			}
-		}
+	args, err := cniargs.Parse(envArgs)
+	if err != nil {
+		return err
 	}
+	for _, a := range args.IP {
+		reqs = append(reqs, req{"CNI_ARGS IP", a})
+	}
+	type jsonIP struct{ field, value string }
+	var fromJSON []jsonIP
 	if n.Args != nil && n.Args.CNI != nil {
-		for i, s := range n.Args.CNI.IPs {
-			reqs = append(reqs, req{fmt.Sprintf("args.cni.ips[%d]", i), s})
+		for i, v := range n.Args.CNI.IPs {
+			fromJSON = append(fromJSON, jsonIP{fmt.Sprintf("args.cni.ips[%d]", i), v})
 		}
 	}
-	for i, s := range n.RuntimeConfig.IPs {
-		reqs = append(reqs, req{fmt.Sprintf("runtimeConfig.ips[%d]", i), s})
+	for i, v := range n.RuntimeConfig.IPs {
+		fromJSON = append(fromJSON, jsonIP{fmt.Sprintf("runtimeConfig.ips[%d]", i), v})
+	}
+	for _, j := range fromJSON {
+		s := strings.TrimSpace(j.value)
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			s = s[:i] // the ips capability carries a prefix length; the range decides it
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return cnierr.Invalid(j.field, "%q is not an IP address", j.value)
+		}
+		reqs = append(reqs, req{j.field, a.Unmap()})
 	}
 	if len(reqs) == 0 {
 		return nil
 	}
 	c.Requested = map[int]netip.Addr{}
 	for _, r := range reqs {
-		s := strings.TrimSpace(r.value)
-		if i := strings.IndexByte(s, '/'); i >= 0 {
-			s = s[:i] // the ips capability carries a prefix length; the range decides it
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return invalid(r.field, "%q is not an IP address", r.value)
-		}
-		a = a.Unmap()
+		a := r.addr
 		set := -1
 		for i, rs := range c.Ranges {
 			if rs.Contains(a) {
@@ -460,16 +455,20 @@ func (c *Config) parseRequested(n *netJSON, envArgs string) error {
 				break
 			}
 		}
+		if set < 0 {
+			return cnierr.Invalid(r.field, "%s is not inside any configured range (%s)", a, c.describeRanges())
+		}
+		rng, _ := c.Ranges[set].RangeFor(a)
 		switch {
-		case set < 0:
-			return invalid(r.field, "%s is not inside any configured range (%s)", a, c.describeRanges())
-		case c.Ranges[set].IsGateway(a):
-			return invalid(r.field, "%s is the gateway of its range", a)
+		case rng.Gateway == a:
+			return cnierr.Invalid(r.field, "%s is the gateway of its range", a)
+		case rng.NetworkOrBroadcast(a):
+			return cnierr.Invalid(r.field, "%s is the network or broadcast address of subnet %s", a, rng.Subnet)
 		case c.Excluded(a):
-			return invalid(r.field, "%s is listed in ipam.exclude", a)
+			return cnierr.Invalid(r.field, "%s is listed in ipam.exclude", a)
 		}
 		if prev, dup := c.Requested[set]; dup && prev != a {
-			return invalid(r.field, "%s and %s are both in range set %d; a pod gets one address per range set", prev, a, set)
+			return cnierr.Invalid(r.field, "%s and %s are both in range set %d; a pod gets one address per range set", prev, a, set)
 		}
 		c.Requested[set] = a
 	}

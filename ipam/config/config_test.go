@@ -99,6 +99,13 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{"requested gateway", `{"ranges":[[{"subnet":"10.0.0.0/24"}]]}`, `,"args":{"cni":{"ips":["10.0.0.1"]}}`, "", types.ErrInvalidNetworkConfig, "args.cni.ips[0]"},
 		{"two in one set", `{"ranges":[[{"subnet":"10.0.0.0/24"}]]}`, `,"args":{"cni":{"ips":["10.0.0.3","10.0.0.4"]}}`, "", types.ErrInvalidNetworkConfig, "args.cni.ips[1]"},
 		{"malformed CNI_ARGS", `{"ranges":[[{"subnet":"10.0.0.0/24"}]]}`, "", "IP", types.ErrInvalidEnvironmentVariables, "CNI_ARGS"},
+		{"unknown CNI_ARGS key", `{"ranges":[[{"subnet":"10.0.0.0/24"}]]}`, "", "COLOUR=red", types.ErrInvalidEnvironmentVariables, "COLOUR"},
+		{"CNI_ARGS IP not an address", `{"ranges":[[{"subnet":"10.0.0.0/24"}]]}`, "", "IgnoreUnknown=1;IP=ten", types.ErrInvalidEnvironmentVariables, "IP=ten"},
+		{"relative dataDir", `{"ranges":[[{"subnet":"10.0.0.0/24"}]],"dataDir":"state/ipam"}`, "", "", types.ErrInvalidNetworkConfig, "ipam.dataDir"},
+		{"every IPv4 address", `{"ranges":[[{"subnet":"0.0.0.0/0"}]]}`, "", "", types.ErrInvalidNetworkConfig, "ipam.ranges[0][0].subnet"},
+		{"every IPv6 address", `{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"::/0"}]]}`, "", "", types.ErrInvalidNetworkConfig, "ipam.ranges[1][0].subnet"},
+		{"requested network address", `{"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.0"}]]}`, `,"runtimeConfig":{"ips":["10.0.0.0/24"]}`, "", types.ErrInvalidNetworkConfig, "runtimeConfig.ips[0]"},
+		{"requested broadcast address", `{"ranges":[[{"subnet":"10.0.0.0/24","rangeEnd":"10.0.0.255"}]]}`, "", "IP=10.0.0.255", types.ErrInvalidNetworkConfig, "CNI_ARGS IP"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,7 +122,7 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 }
 
 func TestMissingIPAMOrName(t *testing.T) {
-	for _, in := range []string{`{"name":"n"}`, `{"ipam":{}}`, `{"name":"../x","ipam":{}}`, `not json`} {
+	for _, in := range []string{`{"name":"n"}`, `{"ipam":{}}`, `{"name":"../x","ipam":{}}`, `not json`, `{"name":"n","ipam":{"dataDir":"rel"}}`} {
 		if _, err := LoadStore([]byte(in)); err == nil {
 			t.Errorf("%s: accepted", in)
 		}

@@ -4,7 +4,6 @@
 package plugin
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +22,9 @@ import (
 
 	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/dupaddr"
+	"github.com/warpnet/warpnet/internal/faultpoint"
+	"github.com/warpnet/warpnet/internal/flock"
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/ipam/allocator"
 	"github.com/warpnet/warpnet/ipam/config"
 	"github.com/warpnet/warpnet/ipam/store"
@@ -40,7 +42,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if isPluginNS, nerr := ns.CheckNetNS(args.Netns); nerr != nil {
 		return nerr
 	} else if isPluginNS {
-		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: is the plugin's own network namespace; pass the pod's", "")
+		return cnierr.New(types.ErrInvalidNetNS, "CNI_NETNS: is the plugin's own network namespace; pass the pod's")
 	}
 	st, err := openStore(cfg)
 	if err != nil {
@@ -58,12 +60,14 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cniError(err)
 	}
-	defer func() {
-		if err != nil {
-			_, _ = alloc.Release(key)
-		}
-	}()
-	return types.PrintResult(buildResult(cfg, leases), cfg.CNIVersion)
+	var undo rollback.Stack
+	defer undo.OnError(&err)
+	undo.Push("release the addresses of "+key.String(), func() error { _, err := alloc.Release(key); return err })
+	if err := types.PrintResult(buildResult(cfg, leases), cfg.CNIVersion); err != nil {
+		return cnierr.Internal(err)
+	}
+	faultpoint.Hit("warp-ipam.add.after-result")
+	return nil
 }
 
 func buildResult(cfg *config.Config, leases []allocator.Lease) *current.Result {
@@ -125,7 +129,7 @@ func Check(args *skel.CmdArgs) error {
 	}
 	key := store.Key{ContainerID: args.ContainerID, IfName: args.IfName}
 	if !storeExists(cfg) {
-		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("%s holds no address in network %q", key, cfg.Network), "")
+		return cnierr.New(types.ErrUnknownContainer, "%s holds no address in network %q", key, cfg.Network)
 	}
 	st, err := openStore(cfg)
 	if err != nil {
@@ -137,10 +141,10 @@ func Check(args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	if len(held) == 0 {
-		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("%s holds no address in network %q", key, cfg.Network), "")
+		return cnierr.New(types.ErrUnknownContainer, "%s holds no address in network %q", key, cfg.Network)
 	}
 	if len(held) != len(cfg.Ranges) {
-		return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("%s holds %d addresses but the network has %d range sets", key, len(held), len(cfg.Ranges)), "")
+		return cnierr.New(cnierr.CheckMismatch, "%s holds %d addresses but the network has %d range sets", key, len(held), len(cfg.Ranges))
 	}
 	prev, err := prevResultIPs(args.StdinData)
 	if err != nil {
@@ -148,12 +152,12 @@ func Check(args *skel.CmdArgs) error {
 	}
 	for _, ip := range prev {
 		if inRanges(cfg, ip) && !slices.Contains(held, ip) {
-			return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("prevResult: %s is not reserved for %s (it holds %s)", ip, key, held), "")
+			return cnierr.New(cnierr.CheckMismatch, "prevResult: %s is not reserved for %s (it holds %s)", ip, key, held)
 		}
 	}
 	for _, ip := range held {
 		if prev != nil && !slices.Contains(prev, ip) {
-			return types.NewError(cnierr.CheckMismatch, fmt.Sprintf("prevResult: lacks %s, which is reserved for %s", ip, key), "")
+			return cnierr.New(cnierr.CheckMismatch, "prevResult: lacks %s, which is reserved for %s", ip, key)
 		}
 	}
 	return nil
@@ -161,18 +165,18 @@ func Check(args *skel.CmdArgs) error {
 
 func prevResultIPs(stdin []byte) ([]netip.Addr, error) {
 	conf := &types.PluginConf{}
-	if err := json.Unmarshal(stdin, conf); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON: "+err.Error(), "")
+	if err := cnierr.Decode(stdin, conf); err != nil {
+		return nil, err
 	}
 	if conf.RawPrevResult == nil {
 		return nil, nil
 	}
 	if err := version.ParsePrevResult(conf); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, cnierr.New(types.ErrDecodingFailure, "prevResult: %v", err)
 	}
 	res, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+		return nil, cnierr.New(types.ErrDecodingFailure, "prevResult: %v", err)
 	}
 	ips := []netip.Addr{}
 	for _, ipc := range res.IPs {
@@ -201,20 +205,20 @@ func Status(args *skel.CmdArgs) error {
 	}
 	st, err := openStore(cfg)
 	if err != nil {
-		return types.NewError(cnierr.PluginNotAvailable, err.Error(), "")
+		return cnierr.New(cnierr.PluginNotAvailable, "%v", err)
 	}
 	defer st.Close()
 	full, err := allocator.New(cfg, st).Exhausted()
 	if err != nil {
-		return types.NewError(cnierr.PluginNotAvailable, "cannot read reservations: "+err.Error(), "")
+		return cnierr.New(cnierr.PluginNotAvailable, "cannot read reservations: %v", err)
 	}
 	if len(full) > 0 {
 		var sets []string
 		for _, i := range full {
 			sets = append(sets, fmt.Sprintf("%d (%s)", i, cfg.Ranges[i]))
 		}
-		return types.NewError(cnierr.PluginNotAvailable,
-			fmt.Sprintf("network %q: range set %s has no free address; widen the range, or run GC to free leaked ones", cfg.Network, strings.Join(sets, ", ")), "")
+		return cnierr.New(cnierr.PluginNotAvailable,
+			"network %q: range set %s has no free address; widen the range, or run GC to free leaked ones", cfg.Network, strings.Join(sets, ", "))
 	}
 	return nil
 }
@@ -236,7 +240,7 @@ func GC(args *skel.CmdArgs) error {
 		fmt.Fprintf(os.Stderr, "warp-ipam: GC released %s held by %s\n", r.IP, r.Key)
 	}
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, "GC released "+fmt.Sprint(len(freed))+" addresses but failed on some: "+err.Error(), "")
+		return cnierr.New(types.ErrIOFailure, "GC released %d addresses but failed on some: %v", len(freed), err)
 	}
 	return nil
 }
@@ -261,23 +265,22 @@ func storeExists(cfg *config.Config) bool {
 func openStore(cfg *config.Config) (*disk.Store, error) {
 	st, err := disk.Open(cfg.DataDir, cfg.Network)
 	if err != nil {
-		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("ipam.dataDir: %v", err), "")
+		return nil, cnierr.New(types.ErrIOFailure, "ipam.dataDir: %v", err)
 	}
 	return st, nil
 }
 
-// cniError maps allocator and store errors to CNI error codes.
+// cniError gives allocator and store errors their CNI codes.
 func cniError(err error) error {
-	var te *types.Error
 	switch {
-	case errors.As(err, &te):
-		return te
+	case errors.As(err, new(*types.Error)):
+		return cnierr.Internal(err)
 	case errors.Is(err, allocator.ErrAlreadyAllocated):
-		return types.NewError(cnierr.AlreadyExists, err.Error(), "")
+		return cnierr.New(cnierr.AlreadyExists, "%v", err)
 	case errors.Is(err, allocator.ErrInUse), errors.Is(err, allocator.ErrExhausted),
-		errors.Is(err, allocator.ErrConflict), errors.Is(err, store.ErrLocked):
-		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+		errors.Is(err, allocator.ErrConflict), errors.Is(err, flock.ErrTimeout):
+		return cnierr.New(types.ErrTryAgainLater, "%v", err)
 	default:
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
+		return cnierr.New(types.ErrIOFailure, "%v", err)
 	}
 }

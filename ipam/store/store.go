@@ -5,7 +5,6 @@
 package store
 
 import (
-	"errors"
 	"net/netip"
 )
 
@@ -24,14 +23,12 @@ type Reservation struct {
 	Key Key
 }
 
-// ErrLocked is returned by Lock when another allocator held the lock for too
-// long; the caller should try again later.
-var ErrLocked = errors.New("reservation store is locked by another allocator")
-
 // Store holds the reservations of one network. Every method except Lock and
 // Close must be called with the lock held, so a read followed by a write is
 // consistent across concurrent plugin processes.
 type Store interface {
+	// Lock waits a bounded time; when another allocator held the lock
+	// all along, its error wraps flock.ErrTimeout (try again later).
 	Lock() error
 	Unlock() error
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,8 +149,9 @@ func (e *Env) plugin(t testing.TB, name, bin string) *Plugin {
 }
 
 // FaultPoints runs call (normally an ADD or DEL) once with crash points
-// logged and returns the points it passed, in order: the steps a crash test
-// must kill the plugin at. The call must succeed.
+// logged and returns the points it passed, in order, each once (CrashAt
+// kills at a point's first pass): the steps a crash test must kill the
+// plugin at. The call must succeed.
 func (p *Plugin) FaultPoints(t testing.TB, call Call) []string {
 	t.Helper()
 	log := filepath.Join(p.env.TempDir, fmt.Sprintf("faultpoints-%d.log", time.Now().UnixNano()))
@@ -159,7 +161,13 @@ func (p *Plugin) FaultPoints(t testing.TB, call Call) []string {
 	if err != nil {
 		t.Fatalf("harness: %s passed no crash point (is it a faultpoints build?): %v", p.Path, err)
 	}
-	return strings.Fields(string(data))
+	var points []string
+	for _, point := range strings.Fields(string(data)) {
+		if !slices.Contains(points, point) {
+			points = append(points, point)
+		}
+	}
+	return points
 }
 
 // CrashAt runs call with the plugin killed by SIGKILL at crash point point
@@ -426,6 +434,28 @@ func IPAMReservations(dataDir, network string) []string {
 	for _, e := range entries {
 		if _, err := netip.ParseAddr(e.Name()); err == nil {
 			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// IPAMFiles is what warp-ipam keeps for network under dataDir that belongs
+// to attachments, read straight from disk: address files ("10.0.0.2"), index
+// entries ("attachments/<containerID>:<ifname>") and temporary files, each
+// with its content. The lock, the cursors and the index marker, which belong
+// to the network, are left out. A crash test compares it before and after.
+func IPAMFiles(dataDir, network string) map[string]string {
+	dir := filepath.Join(dataDir, network)
+	out := map[string]string{}
+	for _, sub := range []string{"", "attachments"} {
+		entries, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, e := range entries {
+			name := e.Name()
+			if e.IsDir() || name == "lock" || name == ".v1" || strings.HasPrefix(name, "last_reserved_ip.") {
+				continue
+			}
+			data, _ := os.ReadFile(filepath.Join(dir, sub, name))
+			out[filepath.Join(sub, name)] = string(data)
 		}
 	}
 	return out

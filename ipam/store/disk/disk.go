@@ -5,7 +5,7 @@
 // reservations made by host-local are honoured after switching "type", and
 // the other way round):
 //
-//	lock                    flock(2) target serialising allocators
+//	lock                    flock(2) target serialising allocators (internal/flock)
 //	<ip>                    one file per reserved address: "containerID\r\nifname"
 //	last_reserved_ip.<set>  the allocation cursor of range set <set>
 //	attachments/<key>       warp-ipam's index: the addresses one attachment holds
@@ -23,7 +23,11 @@
 // file and Release removes the address file before the index entry, so the
 // worst leftover is an index entry (possibly torn) naming an address the key
 // does not own, which readers ignore and the next write of that key drops.
-// Temporaries of dead writers are removed by List (run by GC).
+// A temporary file is named after its attachment, so the DEL of that
+// attachment removes one a dead writer left; List (run by GC) removes them
+// all, since with the lock held no writer is alive to own one. Each step is
+// a crash point (internal/faultpoint); tests/e2e/ipam kills the plugin at
+// every one and checks that DEL or GC repairs what it left.
 package disk
 
 import (
@@ -35,10 +39,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/faultpoint"
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/ipam/store"
 )
 
@@ -51,16 +55,10 @@ const (
 	ownerLineFeed = "\r\n" // host-local's separator between container ID and ifname
 )
 
-// DefaultLockTimeout bounds how long an allocator waits for the lock. The
-// lock is held for milliseconds per call (conflict probes run outside it),
-// so waiting this long means something is wrong and the runtime should retry.
-const DefaultLockTimeout = 30 * time.Second
-
 // Store is the disk store of one network.
 type Store struct {
-	dir         string
-	lockTimeout time.Duration
-	lock        *os.File
+	dir  string
+	lock *flock.Lock
 }
 
 var _ store.Store = (*Store)(nil)
@@ -71,74 +69,46 @@ func Open(dataDir, network string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, indexDir), 0o755); err != nil {
 		return nil, fmt.Errorf("cannot create the reservation directory (check dataDir): %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := flock.Open(filepath.Join(dir, lockFile))
 	if err != nil {
-		return nil, fmt.Errorf("cannot open the lock file: %w", err)
+		return nil, err
 	}
-	return &Store{dir: dir, lockTimeout: DefaultLockTimeout, lock: f}, nil
+	return &Store{dir: dir, lock: l}, nil
 }
 
 // Dir is the directory holding this network's reservations.
 func (s *Store) Dir() string { return s.dir }
 
-// SetLockTimeout changes how long Lock waits.
-func (s *Store) SetLockTimeout(d time.Duration) { s.lockTimeout = d }
+// SetLockTimeout changes how long Lock waits (flock.DefaultTimeout unless
+// set). The lock is held for milliseconds per call (conflict probes run
+// outside it), so waiting long means something is wrong.
+func (s *Store) SetLockTimeout(d time.Duration) { s.lock.SetTimeout(d) }
 
-// Lock takes the network's exclusive lock. The kernel drops a flock when its
-// holder dies, so a killed plugin never wedges the network.
+// Lock takes the network's exclusive lock; see store.Store for the error
+// after a timeout. The kernel drops a flock when its holder dies, so a
+// killed plugin never wedges the network.
 func (s *Store) Lock() error {
-	fd := int(s.lock.Fd())
-	// Uncontended (the usual case): take it at once, without the thread
-	// handoff the waiting goroutine below costs.
-	if err := flockRetry(fd, syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-		return s.buildIndex()
-	} else if err != syscall.EWOULDBLOCK {
-		return fmt.Errorf("flock %s: %w", s.lock.Name(), err)
-	}
-	// A blocking flock queues fairly in the kernel, unlike polling with
-	// LOCK_NB, which starves processes under a burst of 100 ADDs. The
-	// goroutine gives up the lock at once if we stopped waiting for it.
-	var abandoned atomic.Bool
-	done := make(chan error, 1)
-	go func() {
-		err := flockRetry(fd, syscall.LOCK_EX)
-		if err == nil && abandoned.Load() {
-			_ = flockRetry(fd, syscall.LOCK_UN)
-		}
-		done <- err
-	}()
-	timer := time.NewTimer(s.lockTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("flock %s: %w", s.lock.Name(), err)
-		}
-	case <-timer.C:
-		abandoned.Store(true)
-		return fmt.Errorf("%w (waited %s on %s)", store.ErrLocked, s.lockTimeout, s.lock.Name())
+	if err := s.lock.Lock(); err != nil {
+		return err
 	}
 	return s.buildIndex()
 }
 
-func flockRetry(fd, how int) error {
-	for {
-		err := syscall.Flock(fd, how)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
-}
-
-func (s *Store) Unlock() error { return flockRetry(int(s.lock.Fd()), syscall.LOCK_UN) }
+func (s *Store) Unlock() error { return s.lock.Unlock() }
 
 func (s *Store) Close() error { return s.lock.Close() }
 
 func (s *Store) ipPath(ip netip.Addr) string { return filepath.Join(s.dir, ip.String()) }
 
-func (s *Store) indexPath(k store.Key) string {
-	return filepath.Join(s.dir, indexDir, url.QueryEscape(k.ContainerID)+":"+url.QueryEscape(k.IfName))
+func indexName(k store.Key) string {
+	return url.QueryEscape(k.ContainerID) + ":" + url.QueryEscape(k.IfName)
 }
+
+func (s *Store) indexPath(k store.Key) string { return filepath.Join(s.dir, indexDir, indexName(k)) }
+
+// tempPath is where k's address file is written before it is linked into
+// place. One per attachment is enough: writers hold the lock.
+func (s *Store) tempPath(k store.Key) string { return filepath.Join(s.dir, tmpPrefix+indexName(k)) }
 
 func keyFromIndexName(name string) (store.Key, bool) {
 	id, ifn, ok := strings.Cut(name, ":")
@@ -286,14 +256,17 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	if err := s.writeIndex(k, owned); err != nil {
 		return false, err
 	}
+	faultpoint.Hit("warp-ipam.add.after-index")
 	if held {
 		return true, nil
 	}
-	tmp, err := s.writeTemp([]byte(k.ContainerID + ownerLineFeed + k.IfName))
-	if err != nil {
+	tmp := s.tempPath(k)
+	if err := os.WriteFile(tmp, []byte(k.ContainerID+ownerLineFeed+k.IfName), 0o644); err != nil {
+		os.Remove(tmp)
 		return false, err
 	}
 	defer os.Remove(tmp)
+	faultpoint.Hit("warp-ipam.add.after-temp")
 	// link(2) fails if the name exists, which makes the create exclusive
 	// even against a writer that does not take our lock.
 	if err := os.Link(tmp, s.ipPath(ip)); err != nil {
@@ -302,6 +275,7 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 		}
 		return false, err
 	}
+	faultpoint.Hit("warp-ipam.add.after-address")
 	return true, nil
 }
 
@@ -331,8 +305,17 @@ func (s *Store) ReleaseKey(k store.Key) ([]netip.Addr, error) {
 		if err := os.Remove(s.ipPath(ip)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
+		faultpoint.Hit("warp-ipam.del.after-address") // the index still lists it: ByKey ignores it
 	}
-	return owned, s.writeIndex(k, nil)
+	// A temporary left by a writer that died before linking it.
+	if err := os.Remove(s.tempPath(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return owned, err
+	}
+	if err := s.writeIndex(k, nil); err != nil {
+		return owned, err
+	}
+	faultpoint.Hit("warp-ipam.del.after-index")
+	return owned, nil
 }
 
 func (s *Store) cursorPath(set int) string {
@@ -358,8 +341,8 @@ func (s *Store) SetCursor(set int, ip netip.Addr) error {
 	return os.WriteFile(s.cursorPath(set), []byte(ip.String()), 0o644)
 }
 
-// List reads every address file. It also removes temporary files left by
-// writers that died, which is why GC calls it.
+// List reads every address file. It also removes temporary files, all left
+// by writers that died (we hold the lock), which is why GC calls it.
 func (s *Store) List() ([]store.Reservation, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -369,7 +352,9 @@ func (s *Store) List() ([]store.Reservation, error) {
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, tmpPrefix) {
-			s.removeDeadTemp(name)
+			if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
 			continue
 		}
 		ip, err := netip.ParseAddr(name)
@@ -414,35 +399,4 @@ func (s *Store) Keys() ([]store.Key, error) {
 		}
 	}
 	return keys, nil
-}
-
-// writeTemp writes data to a fresh temporary file in the store directory
-// (same filesystem, so linking it into place is atomic). Its name
-// carries our PID so that List can tell abandoned temporaries apart.
-func (s *Store) writeTemp(data []byte) (string, error) {
-	f, err := os.CreateTemp(s.dir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid()))
-	if err != nil {
-		return "", err
-	}
-	_, werr := f.Write(data)
-	cerr := f.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(f.Name())
-		return "", werr
-	}
-	return f.Name(), nil
-}
-
-func (s *Store) removeDeadTemp(name string) {
-	pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, tmpPrefix), "-")
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid == os.Getpid() {
-		return
-	}
-	if syscall.Kill(pid, 0) == syscall.ESRCH {
-		os.Remove(filepath.Join(s.dir, name))
-	}
 }

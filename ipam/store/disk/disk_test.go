@@ -5,10 +5,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/ipam/store"
 )
 
@@ -114,18 +114,33 @@ func TestInterruptedReserveIsIgnored(t *testing.T) {
 	}
 }
 
+// A writer killed before it linked its temporary file into place leaves it
+// behind: the DEL of that attachment removes it, and List (GC) removes any,
+// since no live writer can own one while we hold the lock.
 func TestTempFilesOfDeadWritersAreRemoved(t *testing.T) {
 	s := open(t, t.TempDir())
-	dead := filepath.Join(s.Dir(), ".tmp-999999999-x")
-	mine := filepath.Join(s.Dir(), ".tmp-"+strconv.Itoa(os.Getpid())+"-x")
-	os.WriteFile(dead, nil, 0o600)
-	os.WriteFile(mine, nil, 0o600)
-	s.List()
-	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
-		t.Error("temp file of a dead writer survived")
+	mine := s.tempPath(k1)
+	other := s.tempPath(k2)
+	oldStyle := filepath.Join(s.Dir(), ".tmp-999999999-x") // named by PID, as earlier versions did
+	for _, p := range []string{mine, other, oldStyle} {
+		os.WriteFile(p, []byte("c\r\neth0"), 0o644)
 	}
-	if _, err := os.Stat(mine); err != nil {
-		t.Error("temp file of a live writer was removed")
+	if _, err := s.ReleaseKey(k1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(mine); !errors.Is(err, os.ErrNotExist) {
+		t.Error("DEL left its attachment's temporary file")
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Error("DEL removed another attachment's temporary file")
+	}
+	if all, err := s.List(); err != nil || len(all) != 0 {
+		t.Fatalf("List = %v, %v", all, err)
+	}
+	for _, p := range []string{other, oldStyle} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("List left %s", p)
+		}
 	}
 }
 
@@ -156,7 +171,7 @@ func TestLockTimesOutWhileAnotherHoldsIt(t *testing.T) {
 	}
 	defer other.Close()
 	other.SetLockTimeout(50 * time.Millisecond)
-	if err := other.Lock(); !errors.Is(err, store.ErrLocked) {
-		t.Fatalf("err = %v, want ErrLocked", err)
+	if err := other.Lock(); !errors.Is(err, flock.ErrTimeout) {
+		t.Fatalf("err = %v, want flock.ErrTimeout", err)
 	}
 }

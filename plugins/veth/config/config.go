@@ -4,11 +4,11 @@ package config
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/warpnet/warpnet/internal/cnierr"
 )
 
 // DefaultBPFFSRoot is where the XDP programs and maps are pinned, shared by
@@ -39,7 +39,7 @@ func (x *XDP) UnmarshalJSON(b []byte) error {
 		AntiSpoof *bool `json:"antiSpoof"`
 	}
 	if err := json.Unmarshal(b, &obj); err != nil {
-		return errors.New(`expected true, false or {"redirect": bool, "antiSpoof": bool}`)
+		return &cnierr.FieldError{Field: "xdp", Msg: `expected true, false or {"redirect": bool, "antiSpoof": bool}`}
 	}
 	*x = XDP{Enabled: true, Redirect: obj.Redirect == nil || *obj.Redirect, AntiSpoof: obj.AntiSpoof == nil || *obj.AntiSpoof}
 	return nil
@@ -53,38 +53,25 @@ type NetConf struct {
 	BPFFSRoot string `json:"bpffsRoot"`
 }
 
-func invalid(field, format string, a ...any) *types.Error {
-	return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
-}
-
 // Load parses stdin, applies defaults and validates.
 func Load(stdin []byte) (*NetConf, error) {
 	n := &NetConf{}
-	if err := json.Unmarshal(stdin, n); err != nil {
-		var te *json.UnmarshalTypeError
-		var se *json.SyntaxError
-		switch {
-		case errors.As(err, &te):
-			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value), "")
-		case errors.As(err, &se):
-			return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON: "+err.Error(), "")
-		default: // XDP's own error
-			return nil, types.NewError(types.ErrDecodingFailure, "xdp: "+err.Error(), "")
-		}
+	if err := cnierr.Decode(stdin, n); err != nil {
+		return nil, err
 	}
 	if n.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&n.PluginConf); err != nil {
-			return nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
+			return nil, cnierr.New(types.ErrDecodingFailure, "prevResult: %v", err)
 		}
 	}
-	if n.IPAM.Type == "" {
-		return nil, invalid("ipam", `missing: warp-veth needs an IPAM plugin, e.g. "ipam": {"type": "warp-ipam", ...}`)
+	if err := checkIPAM(n.IPAM.Type); err != nil {
+		return nil, err
 	}
 	if n.MTU == 0 {
 		n.MTU = DefaultMTU
 	}
 	if n.MTU < 68 || n.MTU > 65535 {
-		return nil, invalid("mtu", "%d is out of range (68-65535)", n.MTU)
+		return nil, cnierr.Invalid("mtu", "%d is out of range (68-65535)", n.MTU)
 	}
 	if n.XDP == nil {
 		// Off unless asked for: on veth, XDP costs more than it saves
@@ -96,4 +83,40 @@ func Load(stdin []byte) (*NetConf, error) {
 		n.BPFFSRoot = DefaultBPFFSRoot
 	}
 	return n, nil
+}
+
+// LoadDel parses only what DEL needs: the IPAM plugin that releases the
+// addresses and the bpffs root where XDP state is pinned. Every other key is
+// ignored, so a pod is still cleaned up when the rest of its configuration
+// has since become invalid (the runtime retries a failing DEL while the veth,
+// its routes and its addresses stay). Keys DEL does not read keep their
+// defaults in the result.
+func LoadDel(stdin []byte) (*NetConf, error) {
+	var d struct {
+		CNIVersion string `json:"cniVersion"`
+		Name       string `json:"name"`
+		IPAM       struct {
+			Type string `json:"type"`
+		} `json:"ipam"`
+		BPFFSRoot string `json:"bpffsRoot"`
+	}
+	if err := cnierr.Decode(stdin, &d); err != nil {
+		return nil, err
+	}
+	if err := checkIPAM(d.IPAM.Type); err != nil {
+		return nil, err
+	}
+	n := &NetConf{MTU: DefaultMTU, XDP: &XDP{}, BPFFSRoot: d.BPFFSRoot}
+	n.CNIVersion, n.Name, n.IPAM.Type = d.CNIVersion, d.Name, d.IPAM.Type
+	if n.BPFFSRoot == "" {
+		n.BPFFSRoot = DefaultBPFFSRoot
+	}
+	return n, nil
+}
+
+func checkIPAM(pluginType string) error {
+	if pluginType == "" {
+		return cnierr.Invalid("ipam", `missing: warp-veth needs an IPAM plugin, e.g. "ipam": {"type": "warp-ipam", ...}`)
+	}
+	return nil
 }

@@ -54,3 +54,32 @@ func TestInvalid(t *testing.T) {
 		}
 	}
 }
+
+// DEL reads only the IPAM type and bpffsRoot: keys it does not need may be
+// broken, the ones it needs may not.
+func TestLoadDelToleratesTheRest(t *testing.T) {
+	for _, rest := range []string{`,"mtu":"abc"`, `,"xdp":"yes"`, `,"xdp":{"redirect":7}`, `,"mtu":20`, `,"prevResult":"junk"`} {
+		n, err := LoadDel([]byte(`{"cniVersion":"1.1.0","name":"n","ipam":{"type":"warp-ipam","ranges":"garbage"},"bpffsRoot":"/sys/fs/bpf/x"` + rest + `}`))
+		if err != nil {
+			t.Fatalf("%s: %v", rest, err)
+		}
+		if n.IPAM.Type != "warp-ipam" || n.BPFFSRoot != "/sys/fs/bpf/x" || n.Name != "n" {
+			t.Errorf("%s: got %+v", rest, n)
+		}
+	}
+	if n, err := LoadDel([]byte(`{"ipam":{"type":"x"}}`)); err != nil || n.BPFFSRoot != DefaultBPFFSRoot {
+		t.Errorf("defaults: %+v %v", n, err)
+	}
+	for in, field := range map[string]string{
+		`{"ipam":{}}`:                         "ipam",
+		`{"ipam":"warp-ipam"}`:                "ipam",
+		`{"ipam":{"type":"x"},"bpffsRoot":7}`: "bpffsRoot",
+		`{"ipam":`:                            "JSON",
+	} {
+		_, err := LoadDel([]byte(in))
+		var te *types.Error
+		if !errors.As(err, &te) || !strings.Contains(te.Msg, field) {
+			t.Errorf("%s: got %v, want an error naming %s", in, err, field)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
@@ -45,7 +46,7 @@ func createPair(att Attachment, ifName string, mtu int, podNS ns.NetNS) error {
 // neighbour entry resolves to the host end's MAC. extra are further
 // destinations to route the same way (the IPAM result's routes).
 func configurePod(ifName string, att Attachment, ips []netip.Addr, extra []*types.Route) (int, error) {
-	link, err := netlink.LinkByName(ifName)
+	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return 0, fmt.Errorf("find %s in the pod: %w", ifName, err)
 	}
@@ -128,7 +129,7 @@ func family(ip netip.Addr) int {
 // for its own pod. It also enables forwarding in the node namespace, which
 // routed pods need for everything but pod-to-node traffic.
 func configureHost(att Attachment, ips []netip.Addr) (int, error) {
-	link, err := netlink.LinkByName(att.HostIfName)
+	link, err := netlinksafe.LinkByName(att.HostIfName)
 	if err != nil {
 		return 0, fmt.Errorf("find host end %s: %w", att.HostIfName, err)
 	}
@@ -171,7 +172,7 @@ func enableForwarding(ips []netip.Addr) error {
 
 // deleteLink removes a link by name; a missing link is not an error.
 func deleteLink(name string) error {
-	link, err := netlink.LinkByName(name)
+	link, err := netlinksafe.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -186,6 +187,6 @@ func deleteLink(name string) error {
 }
 
 func linkExists(name string) bool {
-	_, err := netlink.LinkByName(name)
+	_, err := netlinksafe.LinkByName(name)
 	return err == nil
 }

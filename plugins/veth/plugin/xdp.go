@@ -7,9 +7,13 @@ import (
 	"os"
 	"slices"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/internal/cnierr"
+	"github.com/warpnet/warpnet/internal/faultpoint"
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/plugins/veth/config"
 )
 
@@ -24,9 +28,9 @@ func endpointOf(conf *config.NetConf, att Attachment, hostIndex int, ips []netip
 // the pinned maps, and attaches the datapath program to the host end. The
 // order matters: a veth drops redirected frames silently unless its peer
 // runs XDP, so other pods may only be redirected to this one (its map entry)
-// once the pod end has its program. On error the map entries are removed;
-// the programs go with the link, which Add deletes.
-func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr) (err error) {
+// once the pod end has its program. The map entries' undo goes on Add's
+// stack; the programs go with the link.
+func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr, undo *rollback.Stack) error {
 	dp, err := bpf.Open(conf.BPFFSRoot)
 	if err != nil {
 		return fmt.Errorf("%w (bpffsRoot %s)", err, conf.BPFFSRoot)
@@ -35,19 +39,19 @@ func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.Net
 	if err := podNS.Do(func(ns.NetNS) error { return dp.AttachPod(podIndex) }); err != nil {
 		return fmt.Errorf("attach to the pod end: %w", err)
 	}
+	faultpoint.Hit("warp-veth.add.after-xdp-pod")
 	// AddEndpoint resolves the host ifindex for the redirect map in the
 	// calling namespace: the node's, where the plugin runs.
 	if err := dp.AddEndpoint(endpointOf(conf, att, hostIndex, ips)); err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			_ = dp.RemoveEndpoint(att.Owner)
-		}
-	}()
+	// The undo runs after dp is closed: it opens the pins again.
+	undo.Push("remove the XDP endpoint", func() error { return detachXDP(conf, att) })
+	faultpoint.Hit("warp-veth.add.after-xdp-endpoint")
 	if err := dp.AttachHost(hostIndex); err != nil {
 		return fmt.Errorf("attach to %s: %w", att.HostIfName, err)
 	}
+	faultpoint.Hit("warp-veth.add.after-xdp-host")
 	return nil
 }
 
@@ -68,25 +72,25 @@ func detachXDP(conf *config.NetConf, att Attachment) error {
 func checkXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr) error {
 	dp, err := bpf.Open(conf.BPFFSRoot)
 	if err != nil {
-		return checkErr("xdp: %v", err)
+		return cnierr.New(types.ErrInternal, "xdp: %v", err)
 	}
 	defer dp.Close()
 	if ok, err := dp.Attached(hostIndex, false); err != nil || !ok {
-		return checkErr("xdp: the datapath program is not attached to %s (%v)", att.HostIfName, err)
+		return cnierr.New(types.ErrInternal, "xdp: the datapath program is not attached to %s (%v)", att.HostIfName, err)
 	}
 	var podOK bool
 	if err := podNS.Do(func(ns.NetNS) (err error) { podOK, err = dp.Attached(podIndex, true); return err }); err != nil || !podOK {
-		return checkErr("xdp: the pod end's program is not attached (%v)", err)
+		return cnierr.New(types.ErrInternal, "xdp: the pod end's program is not attached (%v)", err)
 	}
 	ep, ok, err := dp.Endpoint(att.Owner)
 	if err != nil || !ok {
-		return checkErr("xdp: no endpoint registered for %s (%v)", att.HostIfName, err)
+		return cnierr.New(types.ErrInternal, "xdp: no endpoint registered for %s (%v)", att.HostIfName, err)
 	}
 	want := endpointOf(conf, att, hostIndex, ips)
 	slices.SortFunc(ep.IPs, netip.Addr.Compare)
 	slices.SortFunc(want.IPs, netip.Addr.Compare)
 	if ep.HostIfIndex != want.HostIfIndex || !slices.Equal(ep.IPs, want.IPs) || ep.Features != want.Features {
-		return checkErr("xdp: endpoint %+v differs from the expected %+v", ep, want)
+		return cnierr.New(types.ErrInternal, "xdp: endpoint %+v differs from the expected %+v", ep, want)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ package ipam_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -228,31 +228,73 @@ func TestCheck(t *testing.T) {
 	f.ipam.MustFail(t, f.call("CHECK", "c1", f.conf(v4, prev(res))), types.ErrUnknownContainer)
 }
 
+// Every spec version from 0.1.0 on: ADD's result in that version's shape
+// (0.1.0/0.2.0: "ip4"/"ip6" objects; 0.3.x: "ips" with "version"; 1.x:
+// "ips" without), and DEL.
 func TestSpecVersions(t *testing.T) {
 	f := newFixture(t)
+	versions := []string{"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 	out := f.ipam.MustSucceed(t, harness.Call{Command: "VERSION", Config: []byte(`{"cniVersion":"1.1.0"}`)})
 	var vi struct {
 		Supported []string `json:"supportedVersions"`
 	}
 	json.Unmarshal(out, &vi)
-	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+	for _, v := range versions {
 		if !slices.Contains(vi.Supported, v) {
 			t.Fatalf("VERSION lacks %s: %s", v, out)
 		}
 	}
-	for i, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
-		out := f.ipam.MustSucceed(t, f.call("ADD", fmt.Sprintf("v%d", i), f.conf(v4, map[string]any{"cniVersion": v})))
-		var r struct {
-			CNIVersion string `json:"cniVersion"`
-			IPs        []struct {
-				Address string `json:"address"`
-				Version string `json:"version"`
-			} `json:"ips"`
-		}
-		json.Unmarshal(out, &r)
-		if r.CNIVersion != v || len(r.IPs) != 1 || (v < "1.0.0") != (r.IPs[0].Version == "4") {
-			t.Errorf("cniVersion %s: result %s", v, out)
-		}
+	dual := map[string]any{
+		"ranges": [][]map[string]any{{{"subnet": "10.50.0.0/24"}}, {{"subnet": "fd50::/64"}}},
+		"routes": []map[string]any{{"dst": "10.96.0.0/12"}},
+	}
+	for i, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			id := fmt.Sprintf("v%d", i)
+			conf := f.conf(dual, map[string]any{"cniVersion": v})
+			out := f.ipam.MustSucceed(t, f.call("ADD", id, conf))
+			var r struct {
+				CNIVersion string `json:"cniVersion"`
+				IP4        *struct {
+					IP      string `json:"ip"`
+					Gateway string `json:"gateway"`
+					Routes  []struct {
+						Dst string `json:"dst"`
+					} `json:"routes"`
+				} `json:"ip4"`
+				IP6 *struct {
+					IP string `json:"ip"`
+				} `json:"ip6"`
+				IPs []struct {
+					Address string  `json:"address"`
+					Version *string `json:"version"`
+				} `json:"ips"`
+				Routes []struct {
+					Dst string `json:"dst"`
+				} `json:"routes"`
+			}
+			if err := json.Unmarshal(out, &r); err != nil || r.CNIVersion != v {
+				t.Fatalf("result %s: %v", out, err)
+			}
+			switch {
+			case v < "0.3.0":
+				if r.IP4 == nil || r.IP6 == nil || r.IPs != nil ||
+					!strings.HasPrefix(r.IP4.IP, "10.50.0.") || r.IP4.Gateway != "10.50.0.1" ||
+					!strings.HasPrefix(r.IP6.IP, "fd50::") || len(r.IP4.Routes) != 1 || r.IP4.Routes[0].Dst != "10.96.0.0/12" {
+					t.Fatalf("want ip4 (with gateway and routes) and ip6: %s", out)
+				}
+			default:
+				if r.IP4 != nil || len(r.IPs) != 2 || !strings.HasPrefix(r.IPs[0].Address, "10.50.0.") ||
+					len(r.Routes) != 1 || (v < "1.0.0") != (r.IPs[0].Version != nil) {
+					t.Fatalf("want ips (with version before 1.0.0) and routes: %s", out)
+				}
+			}
+			before := len(f.reserved())
+			f.ipam.MustSucceed(t, f.call("DEL", id, conf))
+			if after := len(f.reserved()); after != before-2 {
+				t.Fatalf("DEL released %d addresses, want 2", before-after)
+			}
+		})
 	}
 }
 
@@ -376,65 +418,104 @@ func TestConcurrentAdds(t *testing.T) {
 	}
 }
 
-// A plugin killed in the middle of ADD leaves a state that DEL or GC
-// repairs, and never blocks the next ADD.
-func TestKilledMidAdd(t *testing.T) {
+// The README says conflict probes run outside the store lock, so a slow
+// probe does not hold up other pods' ADDs. Proved by order, not by timing:
+// ADD #1 sits in a probe nobody answers (probeTimeout 10s); ADD #2 on the
+// same network completes while #1 has not yet passed the end of its probe.
+func TestConflictProbesRunOutsideTheLock(t *testing.T) {
 	f := newFixture(t)
-	// Conflict detection on an interface nobody answers on keeps the ADD
-	// busy after it has written its reservation: kill it there.
-	peer := f.env.NetNS("peer")
-	f.env.Veth(f.pod, "eth0", peer, "p0")
-	slow := cloneWith(v4, map[string]any{"probeTimeout": "5s"})
-	cmd, err := f.ipam.Start(f.call("ADD", "victim", f.conf(slow, nil)))
+	f.env.Veth(f.pod, "eth0", f.env.NetNS("peer"), "p0")
+	log := filepath.Join(f.env.TempDir, "probe-points")
+	slow := f.call("ADD", "slow", f.conf(cloneWith(v4, map[string]any{"probeTimeout": "10s"}), nil))
+	slow.Env = []string{"WARP_FAULTPOINT_LOG=" + log}
+	cmd, err := f.env.FaultPlugin(t, "warp-ipam").Start(slow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	harness.WaitFor(t, "the victim's reservation on disk", 10*time.Second, func() bool { return len(f.reserved()) == 1 })
-	victimIP := f.reserved()[0]
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-
-	// The next ADD is not blocked, and does not get the victim's address.
-	fast := f.conf(cloneWith(v4, map[string]any{"detectConflicts": false}), nil)
-	if res := f.add("next", fast); res.IPs[0].Address.IP.String() == victimIP {
-		t.Fatalf("next ADD got the victim's %s", victimIP)
+	passed := func(point string) bool {
+		data, _ := os.ReadFile(log)
+		return slices.Contains(strings.Fields(string(data)), point)
 	}
-	// The runtime's DEL after the failed ADD repairs it.
-	f.ipam.MustSucceed(t, f.call("DEL", "victim", fast))
-	if got := f.reserved(); len(got) != 1 {
-		t.Fatalf("after DEL of the victim: %v", got)
-	}
+	harness.WaitFor(t, "ADD #1 to reserve its address and start probing", time.Minute, func() bool {
+		return passed("warp-ipam.add.before-probe")
+	})
 
-	// Kills at arbitrary points: whatever is left, GC releases it all and
-	// leaves no temporary files behind.
-	for i := 0; i < 30; i++ {
-		cmd, err := f.ipam.Start(f.call("ADD", fmt.Sprintf("k%d", i), fast))
-		if err != nil {
-			t.Fatal(err)
+	fast := f.add("fast", f.conf(cloneWith(v4, map[string]any{"detectConflicts": false}), nil))
+	if passed("warp-ipam.add.after-probe") {
+		t.Fatal("ADD #1 finished probing before ADD #2 completed: the probe held the lock")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ADD #1: %v\n%s", err, harness.Output(cmd))
+	}
+	if !passed("warp-ipam.add.after-probe") {
+		t.Fatal("ADD #1 ended without finishing its probe")
+	}
+	if got := f.reserved(); len(got) != 2 || !slices.Contains(got, strings.Split(addrs(fast)[0], "/")[0]) {
+		t.Fatalf("reserved %v, want both ADDs' addresses (#2 got %v)", got, addrs(fast))
+	}
+}
+
+// Fault 7: addresses dynamic allocation never hands out cannot be requested
+// either, and configurations that cannot be right are refused with code 7
+// naming the key, leaving nothing behind.
+func TestRefusesUnusableAddressesAndPaths(t *testing.T) {
+	f := newFixture(t)
+	// Ranges that span their subnets' network and broadcast addresses.
+	spanning := map[string]any{"ranges": [][]map[string]any{
+		{{"subnet": "10.50.0.0/30", "rangeStart": "10.50.0.0", "rangeEnd": "10.50.0.3"}},
+		{{"subnet": "fd50::/126", "rangeStart": "fd50::"}},
+	}}
+	conf := f.conf(spanning, nil)
+	for _, tc := range []struct{ name, ip, args, field string }{
+		{"IPv4 network address", "10.50.0.0/30", "", "runtimeConfig.ips[0]"},
+		{"IPv4 broadcast address", "", "IP=10.50.0.3", "CNI_ARGS IP"},
+		{"IPv6 subnet-router anycast address", "fd50::/126", "", "runtimeConfig.ips[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := f.call("ADD", "fixed", conf)
+			if tc.ip != "" {
+				c.Config = f.conf(spanning, map[string]any{"runtimeConfig": map[string]any{"ips": []string{tc.ip}}})
+			}
+			c.Args = tc.args
+			e := f.ipam.MustFail(t, c, types.ErrInvalidNetworkConfig)
+			if !strings.Contains(e.Msg, tc.field) || !strings.Contains(e.Msg, "network or broadcast") {
+				t.Errorf("message %q does not name %s and say why", e.Msg, tc.field)
+			}
+			if got := f.reserved(); len(got) != 0 {
+				t.Fatalf("refused ADD left %v", got)
+			}
+		})
+	}
+	// Dynamic allocation agrees: the only usable pair is .2 and ::2.
+	if got := fmt.Sprint(addrs(f.add("dyn", conf))); got != "[10.50.0.2/30 fd50::2/126]" {
+		t.Fatalf("dynamic ADD got %s", got)
+	}
+	f.ipam.MustFail(t, f.call("ADD", "dyn2", conf), types.ErrTryAgainLater)
+
+	// A relative dataDir would land wherever the runtime's cwd is; every
+	// verb refuses it and creates nothing there.
+	rel := fmt.Sprintf("warp-ipam-relative-%s", f.env.Prefix)
+	relConf := harness.ConfigJSON(t, harness.NetConf(network, "warp-veth", map[string]any{"cniVersion": "1.1.0",
+		"ipam": cloneWith(v4, map[string]any{"type": "warp-ipam", "dataDir": rel})}))
+	for _, verb := range []string{"ADD", "DEL", "CHECK", "STATUS", "GC"} {
+		if e := f.ipam.MustFail(t, f.call(verb, "c1", relConf), types.ErrInvalidNetworkConfig); !strings.Contains(e.Msg, "ipam.dataDir") {
+			t.Errorf("%s: message %q does not name ipam.dataDir", verb, e.Msg)
 		}
-		time.Sleep(time.Duration(i%6) * 500 * time.Microsecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
 	}
-	f.add("survivor", fast)
-	keep := []map[string]string{{"containerID": "next", "ifname": "eth0"}, {"containerID": "survivor", "ifname": "eth0"}}
-	f.ipam.MustSucceed(t, harness.Call{Command: "GC", Config: f.conf(v4, map[string]any{"cni.dev/valid-attachments": keep})})
+	if _, err := os.Stat(rel); !errors.Is(err, os.ErrNotExist) {
+		os.RemoveAll(rel)
+		t.Fatalf("a refused call created %s relative to the cwd", rel)
+	}
+
+	// A range of every address.
+	for _, subnet := range []string{"0.0.0.0/0", "::/0"} {
+		c := f.call("ADD", "all", f.conf(map[string]any{"ranges": [][]map[string]any{{{"subnet": subnet}}}}, nil))
+		if e := f.ipam.MustFail(t, c, types.ErrInvalidNetworkConfig); !strings.Contains(e.Msg, "ipam.ranges[0][0].subnet") {
+			t.Errorf("%s: message %q does not name the subnet", subnet, e.Msg)
+		}
+	}
 	if got := f.reserved(); len(got) != 2 {
-		t.Fatalf("after GC: %v", got)
-	}
-	entries, _ := os.ReadDir(filepath.Join(f.dataDir, network))
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".tmp-") {
-			t.Errorf("temporary file left: %s", e.Name())
-		}
-	}
-	idx, _ := os.ReadDir(filepath.Join(f.dataDir, network, "attachments"))
-	if len(idx) != 3 { // next, survivor, and the index marker
-		var names []string
-		for _, e := range idx {
-			names = append(names, e.Name())
-		}
-		t.Errorf("index entries after GC: %v", names)
+		t.Fatalf("reserved %v, want only dyn's two addresses", got)
 	}
 }
 

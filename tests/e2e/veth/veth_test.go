@@ -8,14 +8,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
+	"github.com/warpnet/warpnet/plugins/veth/plugin"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -84,7 +87,7 @@ func (n *node) hostLinks() []string {
 	n.t.Helper()
 	var names []string
 	err := n.ns.Do(func() error {
-		links, err := netlink.LinkList()
+		links, err := netlinksafe.LinkList()
 		for _, l := range links {
 			if strings.HasPrefix(l.Attrs().Name, "warp") {
 				names = append(names, l.Attrs().Name)
@@ -98,17 +101,75 @@ func (n *node) hostLinks() []string {
 	return names
 }
 
+// hostRoutes lists the node's host routes (/32, /128) in the main table,
+// except lo's (the node's own addresses): the routes warp-veth adds towards
+// its pods.
+func (n *node) hostRoutes() []string {
+	n.t.Helper()
+	var out []string
+	err := n.ns.Do(func() error {
+		lo, err := netlinksafe.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		routes, err := netlinksafe.RouteList(nil, netlink.FAMILY_ALL)
+		for _, r := range routes {
+			if r.Dst != nil && r.LinkIndex != lo.Attrs().Index {
+				if ones, bits := r.Dst.Mask.Size(); ones == bits {
+					out = append(out, r.Dst.String())
+				}
+			}
+		}
+		return err
+	})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return out
+}
+
+// podLinks lists the links in a pod namespace other than lo.
+func podLinks(t *testing.T, pod *harness.NetNS) []string {
+	t.Helper()
+	var names []string
+	err := pod.Do(func() error {
+		links, err := netlinksafe.LinkList()
+		for _, l := range links {
+			if l.Attrs().Name != "lo" {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
 // reserved lists warp-ipam's reservations on disk.
 func (n *node) reserved() []string { return harness.IPAMReservations(n.dataDir, network) }
 
+// assertClean checks that no attachment left anything on the node: host
+// ends, host routes, or warp-ipam's files (addresses, index, temporaries).
 func (n *node) assertClean(what string) {
 	n.t.Helper()
 	if l := n.hostLinks(); len(l) != 0 {
 		n.t.Errorf("%s: host links left: %v", what, l)
 	}
-	if r := n.reserved(); len(r) != 0 {
-		n.t.Errorf("%s: addresses left reserved: %v", what, r)
+	if r := n.hostRoutes(); len(r) != 0 {
+		n.t.Errorf("%s: host routes left: %v", what, r)
 	}
+	if f := harness.IPAMFiles(n.dataDir, network); len(f) != 0 {
+		n.t.Errorf("%s: warp-ipam files left: %v", what, f)
+	}
+}
+
+// hostAddrIn reports whether v is a /32 or /128 inside subnet.
+func hostAddrIn(v any, subnet string) bool {
+	s, _ := v.(string)
+	p, err := netip.ParsePrefix(s)
+	return err == nil && p.IsSingleIP() && netip.MustParsePrefix(subnet).Contains(p.Addr())
 }
 
 func podIP(t *testing.T, r *current.Result, v6 bool) string {
@@ -211,6 +272,53 @@ func TestDelIsIdempotentAndTolerant(t *testing.T) {
 	n.assertClean("after DEL of a vanished pod")
 }
 
+// Fault 4: a configuration edited after ADD so that it no longer parses
+// (a runtime keeps the old pod's DEL with the new file) must not keep the
+// pod's veth, routes, XDP entries and addresses forever while the runtime
+// retries DEL: DEL reads only the IPAM section and bpffsRoot.
+func TestDelAfterConfigBecameInvalid(t *testing.T) {
+	n := newNode(t)
+	dp := n.datapath()
+	for i, broken := range []map[string]any{
+		{"mtu": "abc"},
+		{"xdp": "yes"},
+		{"xdp": map[string]any{"redirect": 7}, "mtu": 20},
+	} {
+		t.Run(fmt.Sprint(broken), func(t *testing.T) {
+			id, pod := fmt.Sprintf("c%d", i), n.env.NetNS(fmt.Sprintf("pod%d", i))
+			n.add(id, pod, n.conf(map[string]any{"xdp": true}))
+			owner := plugin.Derive(id, "eth0").Owner
+			if _, ok, _ := dp.Endpoint(owner); !ok {
+				t.Fatal("no XDP endpoint after ADD")
+			}
+			bad := n.conf(broken)
+			n.veth.MustFail(t, n.call("ADD", "other", n.env.NetNS(fmt.Sprintf("other%d", i)), bad), types.ErrDecodingFailure)
+			n.veth.MustSucceed(t, n.call("DEL", id, pod, bad))
+			n.assertClean("DEL with " + string(bad))
+			if l := podLinks(t, pod); len(l) != 0 {
+				t.Errorf("pod links left: %v", l)
+			}
+			if _, ok, _ := dp.Endpoint(owner); ok {
+				t.Error("XDP endpoint left")
+			}
+			n.veth.MustSucceed(t, n.call("DEL", id, pod, bad))
+		})
+	}
+	// What DEL does need must still be valid, and the error names it.
+	for _, tc := range []struct {
+		field string
+		conf  []byte
+		code  uint
+	}{
+		{"ipam", n.conf(map[string]any{"ipam": map[string]any{}}), types.ErrInvalidNetworkConfig},
+		{"bpffsRoot", n.conf(map[string]any{"bpffsRoot": 7}), types.ErrDecodingFailure},
+	} {
+		if e := n.veth.MustFail(t, n.call("DEL", "c0", nil, tc.conf), tc.code); !strings.Contains(e.Msg, tc.field) {
+			t.Errorf("message %q does not name %s", e.Msg, tc.field)
+		}
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	n := newNode(t)
 	pod := n.env.NetNS("pod")
@@ -294,29 +402,49 @@ func TestOtherIPAM(t *testing.T) {
 	n.assertClean("host-local")
 }
 
+// Every spec version from 0.1.0 on: ADD's result in that version's shape
+// (0.1.0/0.2.0: "ip4"/"ip6" objects without interfaces; 0.3.x and later:
+// "interfaces" and "ips"), CHECK from 0.4.0, and DEL.
 func TestVerbsAndVersions(t *testing.T) {
 	n := newNode(t)
+	versions := []string{"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 	out := n.veth.MustSucceed(t, harness.Call{Command: "VERSION", Config: []byte(`{"cniVersion":"1.1.0"}`)})
-	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		if !strings.Contains(string(out), v) {
+	for _, v := range versions {
+		if !strings.Contains(string(out), `"`+v+`"`) {
 			t.Fatalf("VERSION lacks %s: %s", v, out)
 		}
 	}
-	for i, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+	for i, v := range versions {
 		t.Run(v, func(t *testing.T) {
 			pod := n.env.NetNS(fmt.Sprintf("v%d", i))
 			conf := n.conf(map[string]any{"cniVersion": v})
 			stdout := n.veth.MustSucceed(t, n.call("ADD", "ver", pod, conf))
-			var m map[string]any
-			json.Unmarshal(conf, &m)
-			var prev map[string]any
-			json.Unmarshal(stdout, &prev)
-			if prev["cniVersion"] != v {
-				t.Fatalf("result version %v", prev["cniVersion"])
+			var res map[string]any
+			json.Unmarshal(stdout, &res)
+			if res["cniVersion"] != v {
+				t.Fatalf("result version %v: %s", res["cniVersion"], stdout)
 			}
-			m["prevResult"] = prev
-			n.veth.MustSucceed(t, n.call("CHECK", "ver", pod, harness.ConfigJSON(t, m)))
+			if v < "0.3.0" {
+				ip4, _ := res["ip4"].(map[string]any)
+				ip6, _ := res["ip6"].(map[string]any)
+				if ip4 == nil || ip6 == nil || !hostAddrIn(ip4["ip"], "10.60.0.0/24") || ip4["gateway"] != "169.254.1.1" ||
+					!hostAddrIn(ip6["ip"], "fd60::/64") || ip6["gateway"] != "fe80::1" || res["interfaces"] != nil {
+					t.Fatalf("want ip4 and ip6 with the /32 and /128 and the link-local gateway: %s", stdout)
+				}
+			} else if ips, _ := res["ips"].([]any); len(ips) != 2 || len(res["interfaces"].([]any)) != 2 {
+				t.Fatalf("want two interfaces and two ips: %s", stdout)
+			}
+			if v >= "0.4.0" {
+				var m map[string]any
+				json.Unmarshal(conf, &m)
+				m["prevResult"] = res
+				n.veth.MustSucceed(t, n.call("CHECK", "ver", pod, harness.ConfigJSON(t, m)))
+			}
 			n.veth.MustSucceed(t, n.call("DEL", "ver", pod, conf))
+			n.assertClean("DEL in " + v)
+			if l := podLinks(t, pod); len(l) != 0 {
+				t.Fatalf("pod links left: %v", l)
+			}
 		})
 	}
 	n.assertClean("after the versions")

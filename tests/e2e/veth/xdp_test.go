@@ -52,8 +52,9 @@ func (n *node) counters(dp *bpf.Datapath, hostIndex int) bpf.Counters {
 }
 
 // sendFrom sends one UDP datagram from src (an address the pod may or may
-// not own) inside pod to dst, and reports whether an echo came back.
-func sendFrom(t *testing.T, pod *harness.NetNS, src, dst string) bool {
+// not own) inside pod to dst; the echo, if any, arrives on the returned
+// connection.
+func sendFrom(t *testing.T, pod *harness.NetNS, src, dst string) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	if err := pod.Do(func() (err error) {
@@ -62,14 +63,29 @@ func sendFrom(t *testing.T, pod *harness.NetNS, src, dst string) bool {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	t.Cleanup(func() { conn.Close() })
 	if _, err := conn.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 64)
-	_, err := conn.Read(buf)
+	return conn
+}
+
+// echoed reports whether an answer arrives on conn within wait. Wait long
+// when an answer is expected; when none is, first wait for the event that
+// proves the datagram's fate (a counter), so that a short wait suffices.
+func echoed(conn *net.UDPConn, wait time.Duration) bool {
+	conn.SetReadDeadline(time.Now().Add(wait))
+	_, err := conn.Read(make([]byte, 64))
 	return err == nil
+}
+
+// waitCounters waits until the host end's counters satisfy cond.
+func waitCounters(t *testing.T, dp *bpf.Datapath, hostIndex int, what string, cond func(bpf.Counters) bool) {
+	t.Helper()
+	harness.WaitFor(t, what, 10*time.Second, func() bool {
+		c, err := dp.Counters(hostIndex)
+		return err == nil && cond(c)
+	})
 }
 
 func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
@@ -117,16 +133,15 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 
 	t.Run("spoofed source IP is dropped and counted", func(t *testing.T) {
 		dst := net.JoinHostPort(podIP(t, r2, false), fmt.Sprint(port))
-		if !sendFrom(t, pod1, podIP(t, r1, false), dst) {
+		if !echoed(sendFrom(t, pod1, podIP(t, r1, false), dst), 10*time.Second) {
 			t.Fatal("the pod's own address does not get through")
 		}
 		pod1.Exec(t, "ip", "addr", "add", "10.60.0.250/32", "dev", "eth0")
 		before := n.counters(dp, h1)
-		if sendFrom(t, pod1, "10.60.0.250", dst) {
+		conn := sendFrom(t, pod1, "10.60.0.250", dst)
+		waitCounters(t, dp, h1, "the drop counter to grow", func(c bpf.Counters) bool { return c.DropPackets > before.DropPackets })
+		if echoed(conn, time.Second) {
 			t.Fatal("a datagram from a spoofed source got an answer")
-		}
-		if after := n.counters(dp, h1); after.DropPackets <= before.DropPackets {
-			t.Fatalf("drop counter did not grow: %+v -> %+v", before, after)
 		}
 	})
 
@@ -134,11 +149,10 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 		pod1.Exec(t, "ip", "link", "set", "eth0", "address", "0a:de:ad:be:ef:01")
 		defer pod1.Exec(t, "ip", "link", "set", "eth0", "address", r1.Interfaces[1].Mac)
 		before := n.counters(dp, h1)
-		if sendFrom(t, pod1, podIP(t, r1, false), net.JoinHostPort(podIP(t, r2, false), fmt.Sprint(port))) {
+		conn := sendFrom(t, pod1, podIP(t, r1, false), net.JoinHostPort(podIP(t, r2, false), fmt.Sprint(port)))
+		waitCounters(t, dp, h1, "the drop counter to grow", func(c bpf.Counters) bool { return c.DropPackets > before.DropPackets })
+		if echoed(conn, time.Second) {
 			t.Fatal("a datagram with a spoofed MAC got an answer")
-		}
-		if after := n.counters(dp, h1); after.DropPackets <= before.DropPackets {
-			t.Fatalf("drop counter did not grow: %+v -> %+v", before, after)
 		}
 	})
 
@@ -177,7 +191,8 @@ func TestXDPFeatureSwitches(t *testing.T) {
 	pod1.Exec(t, "ip", "addr", "add", "10.60.0.250/32", "dev", "eth0")
 	before = n.counters(dp, h1)
 	sendFrom(t, pod1, "10.60.0.250", dst)
-	if after := n.counters(dp, h1); after.DropPackets != before.DropPackets || after.PassPackets <= before.PassPackets {
+	waitCounters(t, dp, h1, "the pass counter to grow", func(c bpf.Counters) bool { return c.PassPackets > before.PassPackets })
+	if after := n.counters(dp, h1); after.DropPackets != before.DropPackets {
 		t.Fatalf("with antiSpoof off: %+v -> %+v", before, after)
 	}
 
