@@ -1,10 +1,10 @@
-// Package cluster_test runs warpnet as a cluster's primary network: four
+// Package network_test runs warpnet as a cluster's primary network: four
 // simulated nodes against a real API server, each with its own warpd, and
 // nothing wired by hand between them. Three nodes share an underlay L2
 // segment (native routes), the fourth sits on another subnet behind a router
 // (VXLAN). Pods get their addresses from their node's spec.podCIDRs through
 // warp-ipam's "podCIDR" range and their MTU from warpd's node facts.
-package cluster_test
+package network_test
 
 import (
 	"context"
