@@ -46,6 +46,13 @@ func newNode(t *testing.T, vfs int, dpdk ...int) *node {
 	return n
 }
 
+// with is the node for a subtest: failures go to t.
+func (n *node) with(t *testing.T) *node {
+	m := *n
+	m.t = t
+	return &m
+}
+
 func (n *node) conf(fields map[string]any) []byte {
 	base := map[string]any{
 		"cniVersion": "1.1.0",
@@ -307,6 +314,15 @@ func TestBadDeviceIDs(t *testing.T) {
 			}
 		})
 	}
+	for _, args := range []string{"MAC", "MAC=0a:00:00:00:00:01;COLOR=blue"} {
+		t.Run("CNI_ARGS "+args, func(t *testing.T) {
+			c := n.call("ADD", "bad", pod, n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI}))
+			c.Args = args
+			if e := n.sriov.MustFail(t, c, types.ErrInvalidEnvironmentVariables); !strings.Contains(e.Msg, "CNI_ARGS") {
+				t.Errorf("message %q does not name CNI_ARGS", e.Msg)
+			}
+		})
+	}
 	bad := []struct{ field, conf string }{
 		{"vlan", `{"vlan": 5000}`}, {"vlanQoS", `{"vlanQoS": 9, "vlan": 3}`}, {"vlanProto", `{"vlan": 3, "vlanProto": "802.1x"}`},
 		{"mac", `{"mac": "01:00:5e:00:00:01"}`}, {"spoofchk", `{"spoofchk": "maybe"}`}, {"trust", `{"trust": 1}`},
@@ -381,4 +397,59 @@ func TestFailedAddRollsBack(t *testing.T) {
 		}
 		n.assertRestored(0, origLink, origPF)
 	})
+}
+
+// DEL cleans up after the configuration has become invalid (it reads only
+// dataDir and the IPAM type; the rest comes from its cache), and also when
+// nothing was attached.
+func TestDelWithInvalidConfig(t *testing.T) {
+	n := newNode(t, 1)
+	pod := n.env.NetNS("pod")
+	origLink, origPF := n.hostVF(0), n.pfState(0)
+	n.add("c1", pod, n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": 7, "mtu": 1400}))
+	// Invalid for ADD: code 6 naming the key.
+	if e := n.sriov.MustFail(t, n.call("ADD", "c2", n.env.NetNS("other"), n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": "x"})),
+		types.ErrDecodingFailure); !strings.Contains(e.Msg, "vlan") {
+		t.Errorf("message %q does not name vlan", e.Msg)
+	}
+	broken := n.conf(map[string]any{"deviceID": 7, "vlan": "x", "mtu": "abc", "trust": 1, "prevResult": "garbage"})
+	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, broken))
+	n.assertRestored(0, origLink, origPF)
+	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, broken))
+	n.sriov.MustSucceed(t, n.call("DEL", "never", pod, broken))
+}
+
+// CNI 0.1.0 and 0.2.0 runtimes get results in their format (ip4/ip6, no
+// interfaces) and can DEL.
+func TestOldSpecVersions(t *testing.T) {
+	n := newNode(t, 1)
+	origLink, origPF := n.hostVF(0), n.pfState(0)
+	for _, v := range []string{"0.1.0", "0.2.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := n.with(t)
+			pod := n.env.NetNS("pod" + strings.ReplaceAll(v, ".", ""))
+			conf := n.conf(map[string]any{"cniVersion": v, "deviceID": n.pf.VFs[0].PCI, "vlan": 5})
+			out := n.sriov.MustSucceed(t, n.call("ADD", "c1", pod, conf))
+			var res struct {
+				CNIVersion string               `json:"cniVersion"`
+				IP4        *struct{ IP string } `json:"ip4"`
+				IP6        *struct{ IP string } `json:"ip6"`
+				Interfaces json.RawMessage      `json:"interfaces"`
+			}
+			if err := json.Unmarshal(out, &res); err != nil {
+				t.Fatal(err)
+			}
+			if res.CNIVersion != v || res.IP4 == nil || !strings.HasPrefix(res.IP4.IP, "192.168.50.") || res.IP6 == nil || !strings.HasPrefix(res.IP6.IP, "fd50::") || res.Interfaces != nil {
+				t.Fatalf("%s result: %s", v, out)
+			}
+			if got := n.pfState(0); got.VLAN != 5 {
+				t.Errorf("PF side %+v", got)
+			}
+			if out := pod.Exec(t, "ip", "addr", "show", "net1"); !strings.Contains(out, res.IP4.IP) || !strings.Contains(out, res.IP6.IP) {
+				t.Errorf("pod addresses: %s, want %s and %s", out, res.IP4.IP, res.IP6.IP)
+			}
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.assertRestored(0, origLink, origPF)
+		})
+	}
 }
