@@ -36,7 +36,6 @@ import (
 // resolve finds the VF, mapping sysfs errors to configuration errors that
 // name deviceID (whose form config.Load has checked).
 func resolve(pci string) (sysfs.VF, error) {
-	sysfs.UseEnv()
 	vf, err := sysfs.Resolve(pci)
 	switch {
 	case err == nil:

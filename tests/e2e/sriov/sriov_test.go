@@ -276,21 +276,35 @@ func TestTwoPodsOnTwoVFsTalk(t *testing.T) {
 	}
 }
 
-// The pod's namespace is gone before DEL (a simulated VF dies with it; a
-// real one returns to the host): DEL still restores the PF side and frees
-// the address and the records.
+// The pod's namespace is gone before DEL: DEL still restores the PF side
+// and frees the address and the records. A real VF has come back to the
+// host by itself, with the pod's name, MAC and MTU: DEL finds it there and
+// restores it too. A simulated one that was not returned died with the
+// namespace.
 func TestDelAfterPodNamespaceIsGone(t *testing.T) {
-	n := newNode(t, 2)
-	pod := n.env.NetNS("pod")
-	origPF := n.pfState(1)
-	conf := n.conf(map[string]any{"deviceID": n.pf.VFs[1].PCI, "vlan": 5, "trust": "on"})
-	n.add("c1", pod, conf)
-	if _, err := n.ns.Run(t.Context(), "ip", "netns", "delete", pod.Name); err != nil {
-		t.Fatal(err)
+	for _, returned := range []bool{true, false} {
+		t.Run(map[bool]string{true: "VF returned", false: "VF died"}[returned], func(t *testing.T) {
+			n := newNode(t, 2)
+			pod := n.env.NetNS("pod")
+			origLink, origPF := n.hostVF(1), n.pfState(1)
+			conf := n.conf(map[string]any{"deviceID": n.pf.VFs[1].PCI, "vlan": 5, "trust": "on", "mac": "0a:00:00:00:00:05", "mtu": 1400})
+			n.add("c1", pod, conf)
+			if returned {
+				n.gone(pod)
+				if got := n.hostVF(1); got != n.pf.VFs[1].Netdev+" 0a:00:00:00:00:05 1400" {
+					t.Fatalf("returned VF: %q", got)
+				}
+			} else {
+				if _, err := n.ns.Run(t.Context(), "ip", "netns", "delete", pod.Name); err != nil {
+					t.Fatal(err)
+				}
+				origLink = ""
+			}
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", nil, conf))
+			n.assertRestored(1, origLink, origPF)
+		})
 	}
-	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
-	n.sriov.MustSucceed(t, n.call("DEL", "c1", nil, conf))
-	n.assertRestored(1, "", origPF) // the simulated netdev died with the namespace
 }
 
 func TestBadDeviceIDs(t *testing.T) {
