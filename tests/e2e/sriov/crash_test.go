@@ -47,10 +47,23 @@ func (n *node) gcCall(keep ...string) harness.Call {
 	return n.call("GC", "", nil, n.conf(map[string]any{"cni.dev/valid-attachments": valid}))
 }
 
-// crashConf changes every setting, so that a half-done step shows.
-func (n *node) crashConf() []byte {
-	return n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": 7, "mac": "0a:00:00:00:00:07", "trust": "on",
-		"spoofchk": "off", "max_tx_rate": 100, "mtu": 1400})
+// rig is what a crash test of VF 0 needs: the crash-point build of
+// warp-sriov, the VF as it was, and a configuration that changes every
+// setting, so that a half-done step shows.
+type rig struct {
+	fp       *harness.Plugin
+	origLink string
+	origPF   pf.VFState
+	conf     []byte
+}
+
+func (n *node) rig(t *testing.T) rig {
+	return rig{
+		fp:       n.env.FaultPlugin(t, "warp-sriov").In(n.ns),
+		origLink: n.hostVF(0), origPF: n.pfState(0),
+		conf: n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": 7, "mac": "0a:00:00:00:00:07", "trust": "on",
+			"spoofchk": "off", "max_tx_rate": 100, "mtu": 1400}),
+	}
 }
 
 // A crash at each step of ADD, then one of the three ways the node learns
@@ -62,11 +75,9 @@ func (n *node) crashConf() []byte {
 //     the VF's own settings, not the crashed ADD's), then the late DEL of
 //     the crashed attachment and the DEL of the new one.
 func TestCrashAtEveryAddStep(t *testing.T) {
-	modes(t, 1, func(t *testing.T, n *node) {
-		mode := map[bool]string{false: "netdev", true: "dpdk"}[n.pf.VFs[0].DPDK()]
-		fp := n.env.FaultPlugin(t, "warp-sriov").In(n.ns)
-		origLink, origPF := n.hostVF(0), n.pfState(0)
-		conf := n.crashConf()
+	modes(t, 1, func(t *testing.T, n *node, mode string) {
+		r := n.rig(t)
+		fp, origLink, origPF, conf := r.fp, r.origLink, r.origPF, r.conf
 		probe := n.env.NetNS("probe")
 		all := points(t, fp, n.call("ADD", "probe", probe, conf), ownPoints["ADD "+mode])
 		n.sriov.MustSucceed(t, n.call("DEL", "probe", probe, conf))
@@ -111,11 +122,9 @@ func TestCrashAtEveryAddStep(t *testing.T) {
 // A crash at each step of DEL (and of GC) is repaired by the retried DEL
 // (or GC), or by a GC.
 func TestCrashAtEveryReleaseStep(t *testing.T) {
-	modes(t, 1, func(t *testing.T, n *node) {
-		mode := map[bool]string{false: "netdev", true: "dpdk"}[n.pf.VFs[0].DPDK()]
-		fp := n.env.FaultPlugin(t, "warp-sriov").In(n.ns)
-		origLink, origPF := n.hostVF(0), n.pfState(0)
-		conf := n.crashConf()
+	modes(t, 1, func(t *testing.T, n *node, mode string) {
+		r := n.rig(t)
+		fp, origLink, origPF, conf := r.fp, r.origLink, r.origPF, r.conf
 		del := func(id string, pod *harness.NetNS) harness.Call { return n.call("DEL", id, pod, conf) }
 		probe := n.env.NetNS("probe")
 		n.add("probe", probe, conf)

@@ -9,14 +9,14 @@ import (
 
 // modes runs a test once with a netdev VF and once with a DPDK VF, each on
 // a fresh node with VF 0 of that kind.
-func modes(t *testing.T, vfs int, test func(t *testing.T, n *node)) {
+func modes(t *testing.T, vfs int, test func(t *testing.T, n *node, mode string)) {
 	for _, mode := range []string{"netdev", "dpdk"} {
 		t.Run(mode, func(t *testing.T) {
 			var dpdk []int
 			if mode == "dpdk" {
 				dpdk = []int{0}
 			}
-			test(t, newNode(t, vfs, dpdk...))
+			test(t, newNode(t, vfs, dpdk...), mode)
 		})
 	}
 }
@@ -29,7 +29,7 @@ func modes(t *testing.T, vfs int, test func(t *testing.T, n *node)) {
 // after B's DEL the VF is as it was before A: a later pod that sets no VLAN
 // does not land in A's VLAN.
 func TestTakeoverKeepsPristineState(t *testing.T) {
-	modes(t, 1, func(t *testing.T, n *node) {
+	modes(t, 1, func(t *testing.T, n *node, _ string) {
 		vf := n.pf.VFs[0]
 		origLink, origPF := n.hostVF(0), n.pfState(0)
 		podA, podB, podC := n.env.NetNS("a"), n.env.NetNS("b"), n.env.NetNS("c")
