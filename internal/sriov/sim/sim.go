@@ -79,6 +79,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sysfs"
 )
@@ -307,19 +308,12 @@ func Create(spec Spec) (*PF, error) {
 		}
 	}
 
-	var undo []func() error
+	// Undo only what this call made: a link or namespace that was in the
+	// way belongs to someone else.
+	var undo rollback.Stack
+	undo.Push("remove the simulator's files", p.removeFiles)
 	if err := p.build(&undo); err != nil {
-		// Undo only what this call made: a link or namespace that was in the
-		// way belongs to someone else.
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		errs = append(errs, p.removeFiles())
-		if cerr := errors.Join(errs...); cerr != nil {
-			err = fmt.Errorf("%w (and cleaning up: %v)", err, cerr)
-		}
-		return nil, err
+		return nil, rollback.With(err, undo.Run())
 	}
 	return p, nil
 }
@@ -337,8 +331,8 @@ func (p *PF) describe() ([]byte, error) {
 }
 
 // build creates the links, the tree and the state file; Destroy undoes it.
-// It appends to undo a function for every object it created.
-func (p *PF) build(undo *[]func() error) error {
+// It pushes onto undo the removal of every object it created.
+func (p *PF) build(undo *rollback.Stack) error {
 	node, err := openNetNS(p.NodeNetns)
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)
@@ -358,7 +352,7 @@ func (p *PF) build(undo *[]func() error) error {
 	if _, err := createNamedNetNS(filepath.Base(p.UnderlayNetns)); err != nil {
 		return fmt.Errorf("sim: underlay namespace: %w", err)
 	}
-	*undo = append(*undo, func() error { return deleteNamedNetNS(p.UnderlayNetns) })
+	undo.Push("delete the underlay namespace", func() error { return deleteNamedNetNS(p.UnderlayNetns) })
 	ul, err := netns.GetFromPath(p.UnderlayNetns)
 	if err != nil {
 		return fmt.Errorf("sim: open underlay namespace: %w", err)
@@ -380,7 +374,7 @@ func (p *PF) build(undo *[]func() error) error {
 		return fmt.Errorf("sim: create PF veth %s (peer %s in %s): %w", p.PFName, p.UnderlayPort, p.UnderlayNetns, err)
 	}
 	// Deleting the PF deletes its peer and every macvlan on it.
-	*undo = append(*undo, p.deleteLinks)
+	undo.Push("delete the PF veth", p.deleteLinks)
 	pfLink, err := h.LinkByName(p.PFName)
 	if err != nil {
 		return fmt.Errorf("sim: PF %s: %w", p.PFName, err)
