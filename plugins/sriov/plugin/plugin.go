@@ -367,7 +367,7 @@ func Check(args *skel.CmdArgs) error {
 	}
 	if !rec.VF.DPDK() {
 		if err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error { return checkLink(args.IfName, prev) }); err != nil {
-			return err
+			return cnierr.Internal(err)
 		}
 	}
 	if conf.IPAM.Type != "" {

@@ -17,6 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
 	"github.com/warpnet/warpnet/tests/harness"
@@ -218,6 +219,21 @@ func TestNetdevModeAppliesAndRestoresEverything(t *testing.T) {
 		t.Errorf("pod addresses: %s", out)
 	}
 	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)))
+	// Drift on the PF side, or an address gone in the pod: code 102.
+	rec := pf.Recorder(n.pf.StateFile)
+	if err := rec.SetVLAN(n.pf.PFName, 0, 101, 3, "802.1ad"); err != nil {
+		t.Fatal(err)
+	}
+	if e := n.sriov.MustFail(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)), cnierr.CheckMismatch); !strings.Contains(e.Msg, "PF-side") {
+		t.Errorf("CHECK message %q", e.Msg)
+	}
+	if err := rec.SetVLAN(n.pf.PFName, 0, 100, 3, "802.1ad"); err != nil {
+		t.Fatal(err)
+	}
+	pod.Exec(t, "ip", "addr", "del", "192.168.50.2/24", "dev", "net1")
+	if e := n.sriov.MustFail(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)), cnierr.CheckMismatch); !strings.Contains(e.Msg, "192.168.50.2") {
+		t.Errorf("CHECK message %q", e.Msg)
+	}
 
 	// DEL works without the original stdin: no deviceID, nothing but
 	// name and dataDir.

@@ -4,7 +4,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
+	"github.com/warpnet/warpnet/tests/harness"
 )
 
 // modes runs a test once with a netdev VF and once with a DPDK VF, each on
@@ -52,6 +54,11 @@ func TestTakeoverKeepsPristineState(t *testing.T) {
 			if got := link(t, podB, "net1"); got != inPod(origLink) {
 				t.Errorf("B's netdev is %q, want the VF's own MAC and MTU: %q", got, inPod(origLink))
 			}
+		}
+
+		// A's CHECK sees that the VF is no longer A's.
+		if e := n.sriov.MustFail(t, n.call("CHECK", "a", podA, harness.WithPrevResult(t, confA, resA)), cnierr.CheckMismatch); !containsAll(e.Msg, vf.PCI, "no longer held") {
+			t.Errorf("A's CHECK: %q", e.Msg)
 		}
 
 		// A's late DEL reaches the guard: A's cache is still there, the
