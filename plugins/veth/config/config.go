@@ -9,11 +9,9 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
-)
 
-// DefaultBPFFSRoot is where the XDP programs and maps are pinned, shared by
-// every plugin invocation and the node daemon.
-const DefaultBPFFSRoot = "/sys/fs/bpf/warpnet"
+	"github.com/warpnet/warpnet/bpf/pinset"
+)
 
 // DefaultMTU is used when mtu is not set.
 const DefaultMTU = 1500
@@ -93,7 +91,7 @@ func Load(stdin []byte) (*NetConf, error) {
 		n.XDP = &XDP{}
 	}
 	if n.BPFFSRoot == "" {
-		n.BPFFSRoot = DefaultBPFFSRoot
+		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
 }
