@@ -207,15 +207,7 @@ func (o Object) CheckPinned(spec *ebpf.CollectionSpec) error {
 // ErrNotPinned or ErrOtherBuild (or another failure); objs is left empty.
 // It never loads, pins or locks anything.
 func (o Object) OpenCurrent(objs any) error {
-	meta, err := ebpf.LoadPinnedMap(o.MapPin(o.Meta), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%s: %w", o.Dir, ErrNotPinned)
-	}
-	if err != nil {
-		return err
-	}
-	m, err := ReadMeta(meta)
-	meta.Close()
+	m, err := o.pinnedMeta(nil)
 	if err != nil {
 		return err
 	}
@@ -233,15 +225,7 @@ func (o Object) OpenCurrent(objs any) error {
 // Program fields are left nil: a program pin cannot be opened read-only.
 func (o Object) OpenMaps(objs any, readOnly bool) error {
 	opts := &ebpf.LoadPinOptions{ReadOnly: readOnly}
-	meta, err := ebpf.LoadPinnedMap(o.MapPin(o.Meta), opts)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%s: %w", o.Dir, ErrNotPinned)
-	}
-	if err != nil {
-		return err
-	}
-	m, err := ReadMeta(meta)
-	meta.Close()
+	m, err := o.pinnedMeta(opts)
 	if err != nil {
 		return err
 	}
@@ -259,6 +243,20 @@ func (o Object) OpenMaps(objs any, readOnly bool) error {
 		}
 	}
 	return openFields(maps, func(f field) (any, error) { return ebpf.LoadPinnedMap(o.MapPin(f.name), opts) })
+}
+
+// pinnedMeta reads the pinned metadata; none is an error wrapping
+// ErrNotPinned.
+func (o Object) pinnedMeta(opts *ebpf.LoadPinOptions) (Meta, error) {
+	meta, err := ebpf.LoadPinnedMap(o.MapPin(o.Meta), opts)
+	if errors.Is(err, os.ErrNotExist) {
+		return Meta{}, fmt.Errorf("%s: %w", o.Dir, ErrNotPinned)
+	}
+	if err != nil {
+		return Meta{}, err
+	}
+	defer meta.Close()
+	return ReadMeta(meta)
 }
 
 // openPins fills every map and program field of objs from its pin.

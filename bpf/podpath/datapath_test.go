@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -734,15 +735,7 @@ func TestOpenConcurrent(t *testing.T) {
 		pinDir + "/maps":  {"warp_counters", "warp_devmap", "warp_endpoints", "warp_ifaces", "warp_ips", "warp_meta"},
 		pinDir + "/progs": {hostProgName, podProgName},
 	} {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		if !slices.Equal(names, want) {
+		if names := harness.PinNames(t, dir); !slices.Equal(names, want) {
 			t.Errorf("%s holds %v, want %v", dir, names, want)
 		}
 	}
@@ -1040,4 +1033,24 @@ func TestOpenIncompatible(t *testing.T) {
 			t.Fatalf("want pinset.ErrIncompatible about the layout, got %v", err)
 		}
 	})
+}
+
+// TestOpenLeavesNoDirs: a failed Open removes the directories it created,
+// and OpenExisting creates nothing.
+func TestOpenLeavesNoDirs(t *testing.T) {
+	e := harness.New(t)
+	plain := filepath.Join(e.TempDir, "plain")
+	if _, err := Open(filepath.Join(plain, "warpnet")); err == nil || !strings.Contains(err.Error(), "not on a bpf filesystem") {
+		t.Fatalf("Open on a plain directory: %v", err)
+	}
+	if _, err := os.Stat(plain); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed Open left %s: %v", plain, err)
+	}
+	pinDir := topo.PinDir(e)
+	if _, err := OpenExisting(pinDir); !errors.Is(err, pinset.ErrNotPinned) {
+		t.Errorf("OpenExisting with nothing pinned: %v", err)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("OpenExisting created %s: %v", pinDir, err)
+	}
 }

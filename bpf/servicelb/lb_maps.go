@@ -394,20 +394,9 @@ func (l *LB) GC() (int, error) {
 	}
 	defer release()
 	services, backends := l.objs.LbServices, l.objs.LbBackends
-	headers := map[lbSvcKey]lbSvc{}
-	slots := map[lbSvcKey]uint32{}
-	var k lbSvcKey
-	var v lbSvc
-	it := services.Iterate()
-	for it.Next(&k, &v) {
-		if k.Slot == 0 && k.Gen == 0 {
-			headers[k] = v
-		} else {
-			slots[k] = v.BackendId
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("servicelb: read lb_services: %w", err)
+	headers, slots, err := l.readServices()
+	if err != nil {
+		return 0, err
 	}
 	var stale []any
 	used := map[uint32]bool{}
@@ -454,17 +443,9 @@ func (l *LB) GC() (int, error) {
 	return n, nil
 }
 
-// Services returns the services the maps hold, ordered by frontend: what
-// the programs act on now. The node daemon reconciles against it after a
-// restart; warpctl shows it.
-func (l *LB) Services() ([]Service, error) {
-	release, err := l.obj.Lock(false)
-	if err != nil {
-		return nil, fmt.Errorf("servicelb: %w", err)
-	}
-	defer release()
-	headers := map[lbSvcKey]lbSvc{}
-	slots := map[lbSvcKey]uint32{}
+// readServices reads lb_services: the headers, and the slots' backend ids.
+func (l *LB) readServices() (headers map[lbSvcKey]lbSvc, slots map[lbSvcKey]uint32, err error) {
+	headers, slots = map[lbSvcKey]lbSvc{}, map[lbSvcKey]uint32{}
 	var k lbSvcKey
 	var v lbSvc
 	it := l.objs.LbServices.Iterate()
@@ -476,7 +457,23 @@ func (l *LB) Services() ([]Service, error) {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("servicelb: read lb_services: %w", err)
+		return nil, nil, fmt.Errorf("servicelb: read lb_services: %w", err)
+	}
+	return headers, slots, nil
+}
+
+// Services returns the services the maps hold, ordered by frontend: what
+// the programs act on now. The node daemon reconciles against it after a
+// restart; warpctl shows it.
+func (l *LB) Services() ([]Service, error) {
+	release, err := l.obj.Lock(false)
+	if err != nil {
+		return nil, fmt.Errorf("servicelb: %w", err)
+	}
+	defer release()
+	headers, slots, err := l.readServices()
+	if err != nil {
+		return nil, err
 	}
 	out := make([]Service, 0, len(headers))
 	for k, h := range headers {

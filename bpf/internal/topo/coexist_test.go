@@ -2,7 +2,6 @@ package topo_test
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -13,19 +12,6 @@ import (
 	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/tests/harness"
 )
-
-func ls(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
-}
 
 // TestBothDatapathsOneRoot: the XDP pod datapath and the service load
 // balancer share a bpffs root without touching each other's pins, and a
@@ -40,7 +26,7 @@ func TestBothDatapathsOneRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lb.Close()
-	lbMaps := ls(t, filepath.Join(servicelb.Dir(root), "maps"))
+	lbMaps := harness.PinNames(t, filepath.Join(servicelb.Dir(root), "maps"))
 
 	// Only the load balancer is pinned: nothing to open, nothing created.
 	if _, err := podpath.OpenExisting(root); !errors.Is(err, pinset.ErrNotPinned) {
@@ -49,7 +35,7 @@ func TestBothDatapathsOneRoot(t *testing.T) {
 	if _, err := podpath.OpenReadOnly(root); !errors.Is(err, pinset.ErrNotPinned) {
 		t.Fatalf("OpenReadOnly on a load-balancer-only root: %v, want ErrNotPinned", err)
 	}
-	if got := ls(t, root); !slices.Equal(got, []string{"lb"}) {
+	if got := harness.PinNames(t, root); !slices.Equal(got, []string{"lb"}) {
 		t.Fatalf("root holds %v after looking for XDP state, want [lb]", got)
 	}
 
@@ -58,10 +44,10 @@ func TestBothDatapathsOneRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp.Close()
-	if got := ls(t, root); !slices.Equal(got, []string{"lb", "maps", "progs"}) {
+	if got := harness.PinNames(t, root); !slices.Equal(got, []string{"lb", "maps", "progs"}) {
 		t.Errorf("root holds %v", got)
 	}
-	if got := ls(t, filepath.Join(servicelb.Dir(root), "maps")); !slices.Equal(got, lbMaps) {
+	if got := harness.PinNames(t, filepath.Join(servicelb.Dir(root), "maps")); !slices.Equal(got, lbMaps) {
 		t.Errorf("lb/maps holds %v, was %v", got, lbMaps)
 	}
 	for _, open := range []func() error{

@@ -232,14 +232,14 @@ func TestDELLoadsNoXDP(t *testing.T) {
 				}
 				lb.Close()
 			}
-			before := ls(t, n.bpffs)
+			before := harness.PinNames(t, n.bpffs)
 			pod := n.env.NetNS("pod")
 			conf := n.conf(nil) // no "xdp": off
 			n.add("c1", pod, conf)
 			n.veth.MustSucceed(t, n.call("DEL", "c1", pod, conf))
 			n.veth.MustSucceed(t, n.call("DEL", "c1", pod, conf))
 			n.assertClean("DEL")
-			if after := ls(t, n.bpffs); !slices.Equal(after, before) {
+			if after := harness.PinNames(t, n.bpffs); !slices.Equal(after, before) {
 				t.Errorf("DEL of a pod without XDP changed %s: %v -> %v", n.bpffs, before, after)
 			}
 			for _, d := range []string{"maps", "progs"} {
@@ -249,19 +249,6 @@ func TestDELLoadsNoXDP(t *testing.T) {
 			}
 		})
 	}
-}
-
-func ls(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
