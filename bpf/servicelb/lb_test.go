@@ -801,7 +801,7 @@ func TestLBOpenConcurrent(t *testing.T) {
 		r.l.Close()
 	}
 	if len(ids) != 1 {
-		t.Errorf("concurrent OpenLBs ended with different maps: %v", ids)
+		t.Errorf("concurrent Opens ended with different maps: %v", ids)
 	}
 }
 
@@ -874,7 +874,7 @@ func TestLBDestroySockets(t *testing.T) {
 }
 
 // TestLBUpgrade: pins of an "older build" (other program instances,
-// another build ID) are upgraded in place by OpenLB: the links switch to the
+// another build ID) are upgraded in place by Open: the links switch to the
 // new programs atomically, under a stream of connects, and the maps stay.
 func TestLBUpgrade(t *testing.T) {
 	le := newLBEnv(t)
