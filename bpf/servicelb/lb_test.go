@@ -162,7 +162,7 @@ const (
 	bePort  = 8080
 )
 
-// lbEnv is the routed topology of topo_test.go with three pods: pod0 runs
+// lbEnv is the routed topology of internal/topo with three pods: pod0 runs
 // the clients, pod1 and pod2 echo servers ("pod1:<msg>"); the node has
 // unreachable routes for the service ranges, so an untranslated connect
 // fails fast and nothing leaves the test's namespaces. The LB is attached

@@ -9,7 +9,7 @@ import (
 
 // helperEnv makes the test binary, re-executed, a helper process: a
 // client in a cgroup (lb_client_test.go) or a process killed at a crash
-// point (gc_test.go).
+// point (crash_test.go).
 const helperEnv = "WARP_SERVICELB_TEST_HELPER"
 
 func TestMain(m *testing.M) {
