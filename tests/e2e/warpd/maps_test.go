@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -97,5 +99,32 @@ func TestMapSizeChangeRebuildsWithZeroFailures(t *testing.T) {
 	c.waitBackends(2)
 	if seen := c.answeredBy("tcp", "80", 20); seen["pod1"] == 0 || seen["pod2"] == 0 {
 		t.Errorf("after the rebuild: answers %v", seen)
+	}
+}
+
+// warpd's periodic resync removes map entries no service refers to, such
+// as those an update cut short by a crash leaves behind.
+func TestResyncCollectsGarbage(t *testing.T) {
+	c := newCluster(t, "file", "pod1")
+	c.writeServices("pod1")
+	c.node.Start(t, append(slices.Clone(c.warpd), "--resync", "200ms")...)
+	c.waitBackends(1)
+	// A backend no slot refers to, written behind warpd's back.
+	backends, err := ebpf.LoadPinnedMap(filepath.Join(servicelb.Dir(c.bpffs), "maps", "lb_backends"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backends.Close()
+	const orphan = uint32(0xdead)
+	if err := backends.Put(orphan, make([]byte, backends.ValueSize())); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitFor(t, "the resync to remove the orphaned backend", 20*time.Second, func() bool {
+		var v []byte
+		return errors.Is(backends.Lookup(orphan, &v), ebpf.ErrKeyNotExist)
+	})
+	c.waitBackends(1)
+	if seen := c.answeredBy("tcp", "80", 5); seen["pod1"] != 5 {
+		t.Errorf("after the collection: answers %v", seen)
 	}
 }
