@@ -1,5 +1,7 @@
 // Command warpctl is warpnet's operator and developer tool.
 //
+//	warpctl lb services|affinity|revnat|hooks [--bpffs-root DIR] [--json]
+//	warpctl xdp endpoints [--bpffs-root DIR] [--json]
 //	warpctl sim sriov create --netns /run/netns/NODE --dir DIR --vfs 4 [--dpdk 3] [--pf sim0] [--bus 0000:3b]
 //	warpctl sim sriov show --dir DIR [--json | --env]
 //	warpctl sim sriov destroy --dir DIR
@@ -23,7 +25,7 @@ func rootCommand() *command {
 		long: `warpctl operates warpnet and the simulators its tests and demos run on.
 
 Exit status: 0 on success, 1 when a command fails, 2 for a usage error.`,
-		subs: []*command{lbCommand(), simCommand()},
+		subs: []*command{lbCommand(), xdpCommand(), simCommand()},
 	}
 }
 

@@ -18,10 +18,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
+	"github.com/warpnet/warpnet/internal/l4"
 	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
@@ -37,14 +38,14 @@ type Config struct {
 	Poll         time.Duration // how often the file is checked for changes
 	Resync       time.Duration // full resync, repairing any drift in the maps
 	ListenAddr   string        // /healthz and /metrics; "" = none
-	Sizes        bpf.LBSizes
+	Sizes        servicelb.Sizes
 }
 
 // Agent runs one warpd.
 type Agent struct {
 	cfg Config
 	log *slog.Logger
-	lb  *bpf.LB
+	lb  *servicelb.LB
 
 	src source.Source
 
@@ -92,9 +93,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		cfg.Node.Addresses = addrs
 	}
-	lb, err := bpf.OpenLB(cfg.BPFFSRoot, cfg.Sizes)
+	lb, err := servicelb.Open(cfg.BPFFSRoot, cfg.Sizes)
 	if err != nil {
 		return nil, fmt.Errorf("load the socket load balancer (bpffs root %s): %w", cfg.BPFFSRoot, err)
+	}
+	if why := lb.Staged(); why != "" {
+		log.Warn("rebuilding the load balancer's maps; the pinned ones serve until the first sync", "why", why)
 	}
 	if err := lb.SetHostOnly(cfg.HostOnly); err != nil {
 		lb.Close()
@@ -166,6 +170,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if snap != nil && (changed || force) {
 			a.sync(snap)
 		}
+		if force {
+			a.gc()
+		}
 	}
 }
 
@@ -174,6 +181,10 @@ func (a *Agent) sync(snap *source.Snapshot) {
 	desired := services.Translate(snap.Services, snap.EndpointSlices, a.cfg.Node)
 	st, err := reconcile.Sync(a.lb, desired)
 	dur := time.Since(start)
+	if err == nil && a.lb.Staged() != "" {
+		// The rebuilt maps hold every service now: switch to them.
+		err = a.lb.Commit()
+	}
 	a.record(st, err, dur)
 	if err != nil {
 		a.log.Error("sync failed in part; will retry", "err", err, "upserted", st.Upserted, "deleted", st.Deleted)
@@ -190,7 +201,7 @@ func (a *Agent) sync(snap *source.Snapshot) {
 // TCP connections are left to end on their own unless DestroyTCP is set.
 func (a *Agent) destroyStale(removed []reconcile.Removed) {
 	for _, r := range removed {
-		if r.Proto == bpf.TCP && !a.cfg.DestroyTCP {
+		if r.Proto == l4.TCP && !a.cfg.DestroyTCP {
 			continue
 		}
 		n, err := a.lb.DestroySockets(r.Backend, r.Proto)
@@ -201,6 +212,15 @@ func (a *Agent) destroyStale(removed []reconcile.Removed) {
 		if n > 0 {
 			a.log.Info("destroyed sockets to a removed backend", "backend", r.Backend.String(), "proto", r.Proto.String(), "sockets", n)
 		}
+	}
+}
+
+// gc removes map entries that interrupted updates left behind.
+func (a *Agent) gc() {
+	if n, err := a.lb.GC(); err != nil {
+		a.log.Warn("collecting stale map entries failed", "err", err)
+	} else if n > 0 {
+		a.log.Info("collected stale map entries", "entries", n)
 	}
 }
 

@@ -8,15 +8,16 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/services"
+	"github.com/warpnet/warpnet/internal/l4"
 )
 
-// Maps is the part of bpf.LB the reconciler needs.
+// Maps is the part of servicelb.LB the reconciler needs.
 type Maps interface {
-	Services() ([]bpf.Service, error)
-	Upsert(bpf.Service) error
-	Delete(bpf.Frontend) error
+	Services() ([]servicelb.Service, error)
+	Upsert(servicelb.Service) error
+	Delete(servicelb.Frontend) error
 }
 
 // Stats says what a sync changed.
@@ -30,8 +31,8 @@ type Stats struct {
 
 // Removed is a backend taken out of a frontend.
 type Removed struct {
-	bpf.Backend
-	Proto bpf.Protocol
+	servicelb.Backend
+	Proto l4.Protocol
 }
 
 // Sync makes m hold exactly desired. Upserts come before deletes, so a
@@ -43,11 +44,11 @@ func Sync(m Maps, desired []services.Entry) (Stats, error) {
 	if err != nil {
 		return st, fmt.Errorf("read the service maps: %w", err)
 	}
-	have := map[bpf.Frontend]bpf.Service{}
+	have := map[servicelb.Frontend]servicelb.Service{}
 	for _, s := range current {
 		have[s.Frontend] = s
 	}
-	want := map[bpf.Frontend]bool{}
+	want := map[servicelb.Frontend]bool{}
 	var errs []error
 	for _, e := range desired {
 		want[e.Frontend] = true
@@ -73,13 +74,13 @@ func Sync(m Maps, desired []services.Entry) (Stats, error) {
 			continue
 		}
 		st.Deleted++
-		st.Removed = append(st.Removed, gone(have[fe], bpf.Service{})...)
+		st.Removed = append(st.Removed, gone(have[fe], servicelb.Service{})...)
 	}
 	return st, errors.Join(errs...)
 }
 
 // gone lists the backends of old that next lacks.
-func gone(old, next bpf.Service) []Removed {
+func gone(old, next servicelb.Service) []Removed {
 	var out []Removed
 	for _, b := range old.Backends {
 		if !slices.Contains(next.Backends, b) {
@@ -90,7 +91,7 @@ func gone(old, next bpf.Service) []Removed {
 }
 
 // same compares ignoring backend order, which the maps do not keep.
-func same(a, b bpf.Service) bool {
+func same(a, b servicelb.Service) bool {
 	if a.ID != b.ID || a.AffinityTimeout != b.AffinityTimeout || len(a.Backends) != len(b.Backends) {
 		return false
 	}

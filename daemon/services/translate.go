@@ -15,7 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
-	"github.com/warpnet/warpnet/bpf"
+	bpf "github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/internal/l4"
 )
 
 // ProxyNameLabel marks services handled by another proxy; like kube-proxy,
@@ -66,7 +67,7 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 				continue
 			}
 			protoName := "tcp"
-			if proto == bpf.UDP {
+			if proto == l4.UDP {
 				protoName = "udp"
 			}
 			name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), protoName)
@@ -112,12 +113,12 @@ func skip(svc *corev1.Service) bool {
 		svc.Labels[ProxyNameLabel] != ""
 }
 
-func protocol(p corev1.Protocol) (bpf.Protocol, bool) {
+func protocol(p corev1.Protocol) (l4.Protocol, bool) {
 	switch p {
 	case corev1.ProtocolTCP, "":
-		return bpf.TCP, true
+		return l4.TCP, true
 	case corev1.ProtocolUDP:
-		return bpf.UDP, true
+		return l4.UDP, true
 	}
 	return 0, false // SCTP passes through untranslated
 }

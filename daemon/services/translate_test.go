@@ -10,7 +10,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/internal/l4"
 )
 
 // Builders keep each case to the fields it is about.
@@ -74,7 +74,7 @@ func render(entries []Entry) string {
 			bs = append(bs, netip.AddrPortFrom(b.Addr, b.Port).String())
 		}
 		proto := "tcp"
-		if e.Proto == bpf.UDP {
+		if e.Proto == l4.UDP {
 			proto = "udp"
 		}
 		line := fmt.Sprintf("%s/%s -> [%s]", netip.AddrPortFrom(e.Addr, e.Port), proto, strings.Join(bs, " "))

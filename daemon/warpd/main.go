@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/daemon/agent"
 	"github.com/warpnet/warpnet/internal/buildinfo"
 )
@@ -41,7 +41,7 @@ Flags:
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server (default: in-cluster configuration)")
 	fs.StringVar(&cfg.ServicesFile, "services-file", "", "standalone mode: YAML file of v1 Services and discovery.k8s.io/v1 EndpointSlices (reloaded on change) instead of the API server")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory whose sockets are translated (default: the cgroup2 mount)")
-	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", bpf.DefaultPinDir, "bpffs directory for pinned maps, programs and links")
+	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", pinset.DefaultRoot, "bpffs directory for pinned maps, programs and links")
 	fs.StringVar(&cfg.Node.Name, "node-name", agent.Hostname(), "this node's name, for internalTrafficPolicy Local (default: $NODE_NAME or the hostname)")
 	fs.StringVar(&cfg.Node.Zone, "node-zone", "", "this node's zone, for topology hints")
 	fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated node addresses for NodePorts and local ExternalIPs (default: the namespace's global addresses)")

@@ -15,7 +15,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -133,8 +133,8 @@ endpoints: [{addresses: [%s], conditions: {ready: true}}]
 	node.Start(b, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", pods.Path,
 		"--bpffs-root", bpffs, "--node-name", "node1", "--listen", "")
 	harness.WaitFor(b, "warpd to program the service", 20*time.Second, func() bool {
-		svcs, _ := bpf.PinnedServices(bpffs)
-		return slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) == 1 })
+		svcs, _ := servicelb.PinnedServices(bpffs)
+		return slices.ContainsFunc(svcs, func(s servicelb.Service) bool { return len(s.Backends) == 1 })
 	})
 
 	var direct, viaSvc []time.Duration

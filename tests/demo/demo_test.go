@@ -24,7 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
@@ -286,7 +286,7 @@ func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {
 
 func waitProgrammed(t *testing.T, n *node, backends int) {
 	harness.WaitFor(t, "warpd on "+n.name+" to program the services", 20*time.Second, func() bool {
-		svcs, _ := bpf.PinnedServices(n.bpffs)
+		svcs, _ := servicelb.PinnedServices(n.bpffs)
 		// Our two frontends, each with every backend (an API server
 		// also serves default/kubernetes, which has no endpoints here).
 		ready := 0

@@ -8,12 +8,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/internal/cnierr"
 )
-
-// DefaultBPFFSRoot is where the XDP programs and maps are pinned, shared by
-// every plugin invocation and the node daemon.
-const DefaultBPFFSRoot = "/sys/fs/bpf/warpnet"
 
 // DefaultMTU is used when mtu is not set.
 const DefaultMTU = 1500
@@ -80,7 +77,7 @@ func Load(stdin []byte) (*NetConf, error) {
 		n.XDP = &XDP{}
 	}
 	if n.BPFFSRoot == "" {
-		n.BPFFSRoot = DefaultBPFFSRoot
+		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
 }
@@ -109,7 +106,7 @@ func LoadDel(stdin []byte) (*NetConf, error) {
 	n := &NetConf{MTU: DefaultMTU, XDP: &XDP{}, BPFFSRoot: d.BPFFSRoot}
 	n.CNIVersion, n.Name, n.IPAM.Type = d.CNIVersion, d.Name, d.IPAM.Type
 	if n.BPFFSRoot == "" {
-		n.BPFFSRoot = DefaultBPFFSRoot
+		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
 }

@@ -21,7 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/internal/l4"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -158,22 +159,22 @@ func (c *cluster) startWarpd() {
 }
 
 // waitLB waits until the pinned maps satisfy ok.
-func (c *cluster) waitLB(what string, ok func([]bpf.Service) bool) {
+func (c *cluster) waitLB(what string, ok func([]servicelb.Service) bool) {
 	c.t.Helper()
 	harness.WaitFor(c.t, "warpd to program "+what, 20*time.Second, func() bool {
-		svcs, _ := bpf.PinnedServices(c.bpffs)
+		svcs, _ := servicelb.PinnedServices(c.bpffs)
 		return ok(svcs)
 	})
 }
 
 // webFrontend is the TCP frontend of the web service.
-var webFrontend = bpf.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: bpf.TCP}
+var webFrontend = servicelb.Frontend{Addr: netip.MustParseAddr(clusterIP), Port: 80, Proto: l4.TCP}
 
 // waitBackends waits until the web service's TCP frontend has n backends.
 func (c *cluster) waitBackends(n int) {
 	c.t.Helper()
-	c.waitLB(fmt.Sprintf("%v with %d backends", webFrontend, n), func(svcs []bpf.Service) bool {
-		return slices.ContainsFunc(svcs, func(s bpf.Service) bool { return s.Frontend == webFrontend && len(s.Backends) == n })
+	c.waitLB(fmt.Sprintf("%v with %d backends", webFrontend, n), func(svcs []servicelb.Service) bool {
+		return slices.ContainsFunc(svcs, func(s servicelb.Service) bool { return s.Frontend == webFrontend && len(s.Backends) == n })
 	})
 }
 

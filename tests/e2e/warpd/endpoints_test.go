@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 )
 
 // waitFor waits until the web service's TCP frontend holds exactly the
@@ -19,7 +19,7 @@ func (c *cluster) waitFor(affinity time.Duration, pods ...string) {
 		want = append(want, c.podIPs[p])
 	}
 	sort.Strings(want)
-	c.waitLB(fmt.Sprintf("%v with backends %v and affinity %v", webFrontend, want, affinity), func(svcs []bpf.Service) bool {
+	c.waitLB(fmt.Sprintf("%v with backends %v and affinity %v", webFrontend, want, affinity), func(svcs []servicelb.Service) bool {
 		for _, s := range svcs {
 			if s.Frontend != webFrontend || s.AffinityTimeout != affinity {
 				continue
