@@ -21,6 +21,7 @@ var _ Source = (*Kube)(nil)
 // API server is unreachable the informers keep retrying and the last state
 // stays in force: the datapath is never cleared for lack of news.
 type Kube struct {
+	host    string
 	factory informers.SharedInformerFactory
 	svcs    cache.SharedIndexInformer
 	slices  cache.SharedIndexInformer
@@ -44,10 +45,11 @@ func ClientConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// NewKube prepares the informers; Start runs them.
-func NewKube(client kubernetes.Interface, log *slog.Logger) *Kube {
+// NewKube prepares the informers; Start runs them. host names the API
+// server in logs and warpd's status.
+func NewKube(client kubernetes.Interface, host string, log *slog.Logger) *Kube {
 	f := informers.NewSharedInformerFactory(client, 0)
-	k := &Kube{factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
+	k := &Kube{host: host, factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
 		changes: make(chan struct{}, 1), log: log}
 	notify := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.signal() },
@@ -95,7 +97,10 @@ func (k *Kube) Start(ctx context.Context) error {
 // Changes is signalled when the input may have changed.
 func (k *Kube) Changes() <-chan struct{} { return k.changes }
 
-// Snapshot returns the informers' current state.
+func (k *Kube) String() string { return "API server " + k.host }
+
+// Snapshot returns the informers' current state (shared with the informers:
+// read only).
 func (k *Kube) Snapshot() (*Snapshot, bool, error) {
 	snap := &Snapshot{}
 	for _, o := range k.svcs.GetStore().List() {
