@@ -9,14 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"net/url"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/warpnet/warpnet/bpf"
 	"github.com/warpnet/warpnet/daemon/reconcile"
@@ -75,11 +73,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		client, err := kubernetes.NewForConfig(rc)
-		if err != nil {
-			return nil, fmt.Errorf("API client: %w", err)
+		if src, err = source.NewKube(rc, log); err != nil {
+			return nil, err
 		}
-		src = source.NewKube(client, redact(rc.Host), log)
 	}
 	if cfg.CgroupRoot == "" {
 		root, err := mountinfo.Cgroup2()
@@ -110,14 +106,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot, "source", src.String(),
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
 	return &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}, nil
-}
-
-// redact keeps only the scheme and host of an API server URL.
-func redact(host string) string {
-	if u, err := url.Parse(host); err == nil && u.Host != "" {
-		return u.Scheme + "://" + u.Host
-	}
-	return host
 }
 
 // nodeAddresses lists the global unicast addresses of the current network
