@@ -183,10 +183,10 @@ func (a *Agent) sync(ctx context.Context, snap *source.Snapshot) {
 		a.log.Info("shutdown interrupted a sync; the next warpd finishes it", "upserted", st.Upserted, "deleted", st.Deleted, "of", len(desired))
 	case err != nil:
 		a.log.Error("sync failed in part; the rest is done, and it is retried at the next resync", "err", err,
-			"upserted", st.Upserted, "deleted", st.Deleted, "resync", a.cfg.Resync)
+			"upserted", st.Upserted, "deleted", st.Deleted, "resync", a.cfg.Resync.String())
 	case st.Upserted+st.Deleted > 0:
 		a.log.Info("synced", "services", st.Services, "backends", st.Backends, "upserted", st.Upserted, "deleted", st.Deleted,
-			"unchanged", st.Skipped, "duration", dur)
+			"unchanged", st.Skipped, "duration", dur.String())
 	}
 }
 

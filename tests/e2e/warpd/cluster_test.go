@@ -50,6 +50,7 @@ type cluster struct {
 	file      string
 	podIPs    map[string]string // pod name -> IPv4
 	podIPs6   map[string]string // pod name -> IPv6
+	podNS     map[string]*harness.NetNS
 	clientPod *harness.NetNS
 	warpd     []string     // argv
 	http      *http.Client // dials inside the node's namespace
@@ -74,7 +75,7 @@ func newCluster(t *testing.T, mode string, backends ...string) *cluster {
 	harness.RequireTools(t, "socat", filepath.Join(harness.BinDir(), "warpd"))
 	env := harness.New(t)
 	c := &cluster{t: t, env: env, node: env.NetNS("node"), pods: env.Cgroup("pods"), bpffs: env.BPFFS(), mode: mode,
-		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}, podIPs6: map[string]string{}}
+		file: filepath.Join(env.TempDir, "services.yaml"), podIPs: map[string]string{}, podIPs6: map[string]string{}, podNS: map[string]*harness.NetNS{}}
 	veth := env.Plugin(t, "warp-veth").In(c.node)
 	conf := harness.ConfigJSON(t, harness.NetConf("pods", "warp-veth", map[string]any{"cniVersion": "1.1.0",
 		"ipam": map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, "ipam"), "detectConflicts": false,
@@ -83,6 +84,7 @@ func newCluster(t *testing.T, mode string, backends ...string) *cluster {
 		pod := env.NetNS(name)
 		res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: pod.Path, IfName: "eth0", Config: conf}))
 		c.podIPs[name], c.podIPs6[name] = res.IPs[0].Address.IP.String(), res.IPs[1].Address.IP.String()
+		c.podNS[name] = pod
 		if name == "client" {
 			c.clientPod = pod
 		} else {
@@ -173,10 +175,18 @@ ports: [{name: http, port: %[2]d, protocol: TCP}, {name: dns, port: %[2]d, proto
 endpoints:%[3]s`, clusterIP, backendPort, b.String(), affinity))
 }
 
-// startWarpd starts warpd with extra flags (later flags win).
+// startWarpd starts warpd with extra flags (later flags win) and waits
+// until it serves /healthz: it has opened (or created) the pinned maps by
+// then, so the test's own reads of them (bpf.PinnedServices) cannot create
+// them first, with other sizes.
 func (c *cluster) startWarpd(extra ...string) *exec.Cmd {
 	c.t.Helper()
-	return c.node.Start(c.t, append(slices.Clone(c.warpd), extra...)...)
+	cmd := c.node.Start(c.t, append(slices.Clone(c.warpd), extra...)...)
+	harness.WaitFor(c.t, "warpd to listen", 30*time.Second, func() bool {
+		_, _, err := c.get("/healthz")
+		return err == nil || cmd.ProcessState != nil
+	})
+	return cmd
 }
 
 // get fetches path from warpd's listener.
@@ -300,6 +310,24 @@ func (c *cluster) waitLB(what string, ok func([]bpf.Service) bool) {
 	harness.WaitFor(c.t, "warpd to program "+what, 20*time.Second, func() bool {
 		svcs, _ := bpf.PinnedServices(c.bpffs)
 		return ok(svcs)
+	})
+}
+
+// waitFrontend waits until the frontend fe ("10.96.0.10:80/tcp") is
+// programmed with backends ("ip:port") that satisfy ok.
+func (c *cluster) waitFrontend(fe string, ok func(backends []string) bool) {
+	c.t.Helper()
+	c.waitLB(fe, func(svcs []bpf.Service) bool {
+		for _, s := range svcs {
+			if s.Frontend.String() == fe {
+				var bs []string
+				for _, b := range s.Backends {
+					bs = append(bs, b.String())
+				}
+				return ok(bs)
+			}
+		}
+		return false
 	})
 }
 
