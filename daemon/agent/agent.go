@@ -248,24 +248,33 @@ func (a *Agent) setSourceProblem(err error) {
 // that are newly rejected (or for another reason) and those accepted again.
 func (a *Agent) setRejected(rejected []services.Rejected, now time.Time) {
 	next := make(map[string]status.Rejected, len(rejected))
+	var order []string
+	for _, r := range rejected {
+		key := r.Key()
+		if first, dup := next[key]; dup { // several conflicts of one service: one entry
+			first.Reason += "; " + r.Reason
+			next[key] = first
+			continue
+		}
+		next[key] = status.Rejected{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Reason: r.Reason, Kept: r.Kept, Since: now}
+		order = append(order, key)
+	}
 	perKind := map[string]int{"Service": 0, "EndpointSlice": 0}
 	a.mu.Lock()
 	prev := a.rejected
-	for _, r := range rejected {
-		key := r.Key()
-		if _, dup := next[key]; dup { // several conflicts of one service: one entry
+	for _, key := range order {
+		r := next[key]
+		perKind[r.Kind]++
+		if old, ok := prev[key]; ok && old.Reason == r.Reason && old.Kept == r.Kept {
+			r.Since = old.Since
+			next[key] = r
 			continue
 		}
-		perKind[r.Kind]++
-		st := status.Rejected{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Reason: r.Reason, Kept: r.Kept, Since: now}
-		if old, ok := prev[key]; ok && old.Reason == r.Reason && old.Kept == r.Kept {
-			st.Since = old.Since
-		} else if r.Kept {
-			a.log.Warn("rejected an invalid object; its last valid version stays in force", "kind", r.Kind, "object", r.Namespace+"/"+r.Name, "reason", r.Reason)
-		} else {
-			a.log.Warn("rejected an invalid object; nothing of it is applied", "kind", r.Kind, "object", r.Namespace+"/"+r.Name, "reason", r.Reason)
+		what := "nothing of it is applied"
+		if r.Kept {
+			what = "its last valid version stays in force"
 		}
-		next[key] = st
+		a.log.Warn("rejected an invalid object; "+what, "kind", r.Kind, "object", r.Namespace+"/"+r.Name, "reason", r.Reason)
 	}
 	a.rejected = next
 	a.mu.Unlock()

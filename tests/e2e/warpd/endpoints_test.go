@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,8 +64,20 @@ func TestEndpointConditionsAndAffinity(t *testing.T) {
 			t.Run("ClientIP affinity keeps a client on one backend", func(t *testing.T) {
 				c.applyWeb(60, epState{"pod1", true, true, false}, epState{"pod2", true, true, false})
 				c.waitWeb(time.Minute, "pod1", "pod2")
-				if seen := c.answeredBy("tcp", "80", 15); len(seen) != 1 {
+				seen := c.answeredBy("tcp", "80", 15)
+				if len(seen) != 1 {
 					t.Fatalf("one client must stick to one backend: %v", seen)
+				}
+				// warpctl lb affinity shows the client's entry: that backend.
+				var server string
+				for server = range seen {
+				}
+				if e := c.webAffinity(); e.Backend.Addr != c.podIPs[server] {
+					t.Fatalf("affinity entry %+v, but %s (%s) answered", e, server, c.podIPs[server])
+				}
+				out, err := c.warpctl("lb", "affinity", "--bpffs-root", c.bpffs)
+				if err != nil || !strings.Contains(out, "SERVICE ID") || !strings.Contains(squash(out), "tcp "+c.podIPs[server]+":8080") {
+					t.Fatalf("warpctl lb affinity: %v\n%s", err, out)
 				}
 			})
 			if mode == "api" {
