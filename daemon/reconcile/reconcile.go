@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -45,8 +46,8 @@ type Stats struct {
 
 // Removed is a backend taken out of a frontend.
 type Removed struct {
-	services.Backend
-	Proto l4.Protocol
+	Backend netip.AddrPort
+	Proto   l4.Protocol
 }
 
 // Sync makes m hold exactly desired. Upserts come before deletes, so a
@@ -122,19 +123,19 @@ type Destroyer interface {
 // DestroySockets destroys the sockets still connected to a removed backend,
 // in every network namespace, and returns how many there were.
 func DestroySockets(d Destroyer, r Removed) (int, error) {
-	return d.DestroySockets(bpf.Backend{Addr: r.Addr, Port: r.Port}, bpf.Protocol(r.Proto))
+	return d.DestroySockets(bpf.Backend{Addr: r.Backend.Addr(), Port: r.Backend.Port()}, bpf.Protocol(r.Proto))
 }
 
 // toLB converts a desired service to the load balancer's type. Every field
 // of services.Service must reach the result (TestConversionCarriesEveryField).
 func toLB(s services.Service) bpf.Service {
 	out := bpf.Service{
-		Frontend:        bpf.Frontend{Addr: s.Addr, Port: s.Port, Proto: bpf.Protocol(s.Proto)},
+		Frontend:        bpf.Frontend{Addr: s.Addr(), Port: s.Port(), Proto: bpf.Protocol(s.Proto)},
 		ID:              s.ID,
 		AffinityTimeout: s.AffinityTimeout,
 	}
 	for _, b := range s.Backends {
-		out.Backends = append(out.Backends, bpf.Backend{Addr: b.Addr, Port: b.Port})
+		out.Backends = append(out.Backends, bpf.Backend{Addr: b.Addr(), Port: b.Port()})
 	}
 	return out
 }
@@ -144,7 +145,7 @@ func gone(old, next bpf.Service) []Removed {
 	var out []Removed
 	for _, b := range old.Backends {
 		if !slices.Contains(next.Backends, b) {
-			out = append(out, Removed{Backend: services.Backend{Addr: b.Addr, Port: b.Port}, Proto: l4.Protocol(old.Proto)})
+			out = append(out, Removed{Backend: netip.AddrPortFrom(b.Addr, b.Port), Proto: l4.Protocol(old.Proto)})
 		}
 	}
 	return out

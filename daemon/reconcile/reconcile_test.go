@@ -51,11 +51,9 @@ func lbFE(ip string) bpf.Frontend {
 func lbBE(ip string) bpf.Backend { return bpf.Backend{Addr: netip.MustParseAddr(ip), Port: 8080} }
 
 func fe(ip string) services.Frontend {
-	return services.Frontend{Addr: netip.MustParseAddr(ip), Port: 80, Proto: l4.TCP}
+	return services.Frontend{AddrPort: netip.AddrPortFrom(netip.MustParseAddr(ip), 80), Proto: l4.TCP}
 }
-func be(ip string) services.Backend {
-	return services.Backend{Addr: netip.MustParseAddr(ip), Port: 8080}
-}
+func be(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), 8080) }
 
 func entry(name, ip string, id uint32, affinity time.Duration, backends ...string) services.Entry {
 	e := services.Entry{Name: name, Service: services.Service{Frontend: fe(ip), ID: id, AffinityTimeout: affinity}}
@@ -159,44 +157,54 @@ func TestSyncStopsWhenCancelled(t *testing.T) {
 // field added there but not converted would make two different desired
 // states look the same to change detection.
 func TestConversionCarriesEveryField(t *testing.T) {
-	base := services.Service{Frontend: fe("10.96.0.1"), ID: 1, Backends: []services.Backend{be("10.0.0.1")}, AffinityTimeout: time.Second}
-	for _, path := range leafFields(reflect.TypeOf(base)) {
-		name := pathName(reflect.TypeOf(base), path)
-		t.Run(name, func(t *testing.T) {
-			changed := base
-			changed.Backends = append([]services.Backend(nil), base.Backends...)
-			setOther(t, reflect.ValueOf(&changed).Elem(), path)
-			if same(toLB(base), toLB(changed)) {
-				t.Fatalf("changing %s is not seen after conversion: convert it in toLB", name)
-			}
-		})
-	}
+	base := services.Service{Frontend: fe("10.96.0.1"), ID: 1, Backends: []netip.AddrPort{be("10.0.0.1")}, AffinityTimeout: time.Second}
+	eachFieldChanged(t, base, func(t *testing.T, field string, changed services.Service) {
+		if same(toLB(base), toLB(changed)) {
+			t.Fatalf("changing %s is not seen after conversion: convert it in toLB", field)
+		}
+	})
 }
 
 // same must compare every field of bpf.Service, not a hand-picked list.
 func TestSameComparesEveryField(t *testing.T) {
-	base := toLB(services.Service{Frontend: fe("10.96.0.1"), ID: 1, Backends: []services.Backend{be("10.0.0.1")}, AffinityTimeout: time.Second})
-	for _, path := range leafFields(reflect.TypeOf(base)) {
-		name := pathName(reflect.TypeOf(base), path)
-		t.Run(name, func(t *testing.T) {
-			changed := base
-			changed.Backends = append([]bpf.Backend(nil), base.Backends...)
-			setOther(t, reflect.ValueOf(&changed).Elem(), path)
-			if same(base, changed) {
-				t.Fatalf("same ignores %s", name)
+	base := toLB(services.Service{Frontend: fe("10.96.0.1"), ID: 1, Backends: []netip.AddrPort{be("10.0.0.1")}, AffinityTimeout: time.Second})
+	eachFieldChanged(t, base, func(t *testing.T, field string, changed bpf.Service) {
+		if same(base, changed) {
+			t.Fatalf("same ignores %s", field)
+		}
+	})
+}
+
+// eachFieldChanged runs check, as a subtest per field of base (a struct),
+// on a copy of base with that field changed.
+func eachFieldChanged[T any](t *testing.T, base T, check func(t *testing.T, field string, changed T)) {
+	typ := reflect.TypeOf(base)
+	for _, path := range leafFields(typ) {
+		field := pathName(typ, path)
+		t.Run(field, func(t *testing.T) {
+			var changed T
+			// A deep copy, so that changing a slice leaves base alone.
+			v := reflect.ValueOf(&changed).Elem()
+			v.Set(reflect.ValueOf(base))
+			for i := range v.NumField() {
+				if f := v.Field(i); f.Kind() == reflect.Slice && f.CanSet() {
+					f.Set(reflect.AppendSlice(reflect.MakeSlice(f.Type(), 0, f.Len()), f))
+				}
 			}
+			setOther(t, v, path)
+			check(t, field, changed)
 		})
 	}
 }
 
 // leafFields lists the paths (field indexes) to every field that is not a
-// struct of our own (embedded Frontend is walked into; netip.Addr and
-// slices are leaves).
+// struct of our own (embedded Frontend is walked into; netip.Addr,
+// netip.AddrPort and slices are leaves).
 func leafFields(t reflect.Type) [][]int {
 	var out [][]int
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(netip.Addr{}) {
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(netip.Addr{}) && f.Type != reflect.TypeOf(netip.AddrPort{}) {
 			for _, sub := range leafFields(f.Type) {
 				out = append(out, append([]int{i}, sub...))
 			}
@@ -217,18 +225,21 @@ func pathName(t reflect.Type, path []int) string {
 }
 
 // setOther gives the field at path a value different from its current one.
-func setOther(t *testing.T, v reflect.Value, path []int) {
-	f := v.FieldByIndex(path)
+func setOther(t *testing.T, v reflect.Value, path []int) { change(t, v.FieldByIndex(path)) }
+
+func change(t *testing.T, f reflect.Value) {
 	switch {
 	case f.Type() == reflect.TypeOf(netip.Addr{}):
 		f.Set(reflect.ValueOf(netip.MustParseAddr("10.99.99.99")))
+	case f.Type() == reflect.TypeOf(netip.AddrPort{}):
+		f.Set(reflect.ValueOf(netip.MustParseAddrPort("10.99.99.99:9")))
 	case f.Kind() == reflect.Slice:
-		f.Set(reflect.Append(f, reflect.New(f.Type().Elem()).Elem()))
-		last := f.Index(f.Len() - 1)
-		if last.Kind() == reflect.Struct {
-			for i := range last.NumField() {
-				setOther(t, last, []int{i})
-			}
+		elem := reflect.New(f.Type().Elem()).Elem()
+		change(t, elem)
+		f.Set(reflect.Append(f, elem))
+	case f.Kind() == reflect.Struct:
+		for i := range f.NumField() {
+			change(t, f.Field(i))
 		}
 	case f.CanUint():
 		f.SetUint(f.Uint() + 1)
@@ -239,6 +250,6 @@ func setOther(t *testing.T, v reflect.Value, path []int) {
 	case f.Kind() == reflect.Bool:
 		f.SetBool(!f.Bool())
 	default:
-		t.Fatalf("field of type %v: teach setOther to change it", f.Type())
+		t.Fatalf("field of type %v: teach change to change it", f.Type())
 	}
 }

@@ -83,7 +83,7 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 				if fe.external {
 					local = externalLocal
 				}
-				f := Frontend{Addr: fe.addr, Port: fe.port, Proto: proto}
+				f := Frontend{AddrPort: netip.AddrPortFrom(fe.addr, fe.port), Proto: proto}
 				if first, taken := owner[f]; taken {
 					conflicts = append(conflicts, Rejected{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name,
 						Reason: fmt.Sprintf("frontend %s is already %s's; this service's claim is ignored", f, first)})
@@ -184,9 +184,9 @@ func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []fronte
 // rolling update never drops a service to zero). local keeps only this
 // node's endpoints; topology hints narrow to the node's zone when every
 // endpoint carries them and some match.
-func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4, local bool, node Node) []Backend {
+func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4, local bool, node Node) []netip.AddrPort {
 	type cand struct {
-		b           Backend
+		b           netip.AddrPort
 		ready       bool
 		terminating bool
 		zones       []string
@@ -221,7 +221,7 @@ func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4
 			}
 			for _, a := range ep.Addresses {
 				if addr, err := netip.ParseAddr(a); err == nil && addr.Unmap().Is4() == v4 {
-					c.b = Backend{Addr: addr.Unmap(), Port: target}
+					c.b = netip.AddrPortFrom(addr.Unmap(), target)
 					cands = append(cands, c)
 				}
 			}
@@ -251,18 +251,13 @@ func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4
 			chosen = inZone
 		}
 	}
-	var out []Backend
+	var out []netip.AddrPort
 	for _, c := range chosen {
 		if !slices.Contains(out, c.b) {
 			out = append(out, c.b)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Addr != out[j].Addr {
-			return out[i].Addr.Less(out[j].Addr)
-		}
-		return out[i].Port < out[j].Port
-	})
+	slices.SortFunc(out, netip.AddrPort.Compare)
 	return out
 }
 

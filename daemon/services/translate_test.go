@@ -69,7 +69,7 @@ func render(entries []Entry) string {
 	for _, e := range entries {
 		var bs []string
 		for _, b := range e.Backends {
-			bs = append(bs, netip.AddrPortFrom(b.Addr, b.Port).String())
+			bs = append(bs, b.String())
 		}
 		line := fmt.Sprintf("%s -> [%s]", e.Frontend, strings.Join(bs, " "))
 		if e.AffinityTimeout > 0 {

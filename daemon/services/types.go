@@ -7,25 +7,15 @@ import (
 	"github.com/warpnet/warpnet/internal/l4"
 )
 
-// Frontend is a service address as clients dial it: a ClusterIP, a local
-// ExternalIP, a load balancer IP or a node address with a NodePort.
+// Frontend is a service address as clients dial it (a ClusterIP, a local
+// ExternalIP, a load balancer IP or a node address with a NodePort) and its
+// protocol.
 type Frontend struct {
-	Addr  netip.Addr
-	Port  uint16
+	netip.AddrPort
 	Proto l4.Protocol
 }
 
-func (f Frontend) String() string {
-	return netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + f.Proto.String()
-}
-
-// Backend is one endpoint of a service port, of the frontend's family.
-type Backend struct {
-	Addr netip.Addr
-	Port uint16
-}
-
-func (b Backend) String() string { return netip.AddrPortFrom(b.Addr, b.Port).String() }
+func (f Frontend) String() string { return f.AddrPort.String() + "/" + f.Proto.String() }
 
 // Service is one frontend of a Kubernetes service port and what it leads to:
 // the desired state of one entry of the load balancer.
@@ -34,8 +24,9 @@ type Service struct {
 	// ID is a stable hash of the service port's name: the frontends of one
 	// service port share it, and it keys session affinity across restarts.
 	ID uint32
-	// Backends, sorted by address and port; empty refuses connections.
-	Backends []Backend
+	// Backends (endpoint addresses and target ports, of the frontend's
+	// family), sorted; empty refuses connections.
+	Backends []netip.AddrPort
 	// AffinityTimeout > 0 is ClientIP session affinity.
 	AffinityTimeout time.Duration
 }

@@ -57,15 +57,7 @@ func TestCheckService(t *testing.T) {
 			s.Spec.ClusterIP = "x"
 		}, ""},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := CheckService(svc("web", tc.mutate))
-			switch {
-			case tc.want == "" && err != nil:
-				t.Fatalf("rejected: %v", err)
-			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-				t.Fatalf("error %v, want it to say %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantError(t, CheckService(svc("web", tc.mutate)), tc.want) })
 	}
 }
 
@@ -87,15 +79,18 @@ func TestCheckEndpointSlice(t *testing.T) {
 			return s
 		}(), ""},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := CheckEndpointSlice(tc.es)
-			switch {
-			case tc.want == "" && err != nil:
-				t.Fatalf("rejected: %v", err)
-			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-				t.Fatalf("error %v, want it to say %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantError(t, CheckEndpointSlice(tc.es), tc.want) })
+	}
+}
+
+// wantError fails unless err says want ("": no error).
+func wantError(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("rejected: %v", err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Fatalf("error %v, want it to say %q", err, want)
 	}
 }
 

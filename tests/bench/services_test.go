@@ -60,18 +60,9 @@ func BenchmarkServiceConnections(b *testing.B) {
 	}
 	env.EchoServer(nss["server"], "server", 8080)
 	file := filepath.Join(env.TempDir, "services.yaml")
-	os.WriteFile(file, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: default}
-spec: {clusterIP: 10.96.7.7, clusterIPs: [10.96.7.7], ports: [{name: echo, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
-addressType: IPv4
-ports: [{name: echo, port: 8080, protocol: TCP}]
-endpoints: [{addresses: [%s], conditions: {ready: true}}]
-`, ips["server"])), 0o644)
+	if err := os.WriteFile(file, []byte(harness.ServiceYAML("default", "bench", "10.96.7.7", "TCP", 80, 8080, ips["server"])), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	node.Start(b, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", pods.Path,
 		"--bpffs-root", bpffs, "--node-name", "node1", "--listen", "")
 	harness.WaitFor(b, "warpd to program the service", 20*time.Second, func() bool {

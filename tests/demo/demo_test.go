@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -197,31 +196,12 @@ func runTwoNodes(t *testing.T, mode string) {
 }
 
 func servicesDoc(backends []*pod) string {
-	var eps strings.Builder
+	var ips []string
 	for _, b := range backends {
-		fmt.Fprintf(&eps, "- {addresses: [%s], conditions: {ready: true}, nodeName: %s}\n", b.ip, b.node.name)
+		ips = append(ips, b.ip)
 	}
-	doc := ""
-	for _, s := range []struct{ name, ip, proto string }{{"web", webIP, "TCP"}, {"dns", dnsIP, "UDP"}} {
-		port := 80
-		if s.proto == "UDP" {
-			port = 53
-		}
-		doc += fmt.Sprintf(`---
-apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: demo}
-spec: {clusterIP: %[2]s, clusterIPs: [%[2]s], ports: [{name: p, port: %[3]d, protocol: %[4]s, targetPort: %[5]d}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: %[1]s-1, namespace: demo, labels: {kubernetes.io/service-name: %[1]s}}
-addressType: IPv4
-ports: [{name: p, port: %[5]d, protocol: %[4]s}]
-endpoints:
-%[6]s`, s.name, s.ip, port, s.proto, backendPort, eps.String())
-	}
-	return doc
+	return harness.ServiceYAML("demo", "web", webIP, "TCP", 80, backendPort, ips...) +
+		harness.ServiceYAML("demo", "dns", dnsIP, "UDP", 53, backendPort, ips...)
 }
 
 func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {

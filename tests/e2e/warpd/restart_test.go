@@ -16,44 +16,13 @@ import (
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// restartDoc: web (10.96.0.10, pod1 and pod2, ClientIP affinity) never
-// changes; chg (10.96.0.30) has chgPod as its backend; old (10.96.0.40)
+// restartDoc: web (pod1 and pod2, ClientIP affinity) never changes; chg (10.96.0.30) has chgPod as its backend; old (10.96.0.40)
 // and new (10.96.0.50) exist when asked for.
 func (c *cluster) restartDoc(chgPod string, old, new bool) string {
 	svc := func(name, ip, pod string) string {
-		return fmt.Sprintf(`---
-apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: default}
-spec: {clusterIP: %[2]s, clusterIPs: [%[2]s], ports: [{name: http, port: 80, protocol: TCP, targetPort: %[4]d}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: %[1]s-1, namespace: default, labels: {kubernetes.io/service-name: %[1]s}}
-addressType: IPv4
-ports: [{name: http, port: %[4]d, protocol: TCP}]
-endpoints: [{addresses: [%[3]s], conditions: {ready: true}, nodeName: node1}]
-`, name, ip, c.podIPs[pod], backendPort)
+		return harness.ServiceYAML("default", name, ip, "TCP", 80, backendPort, c.podIPs[pod])
 	}
-	doc := fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: %[1]s
-  clusterIPs: [%[1]s]
-  sessionAffinity: ClientIP
-  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: %[2]d}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: %[2]d, protocol: TCP}]
-endpoints:
-- {addresses: [%[3]s], conditions: {ready: true}, nodeName: node1}
-- {addresses: [%[4]s], conditions: {ready: true}, nodeName: node1}
-`, clusterIP, backendPort, c.podIPs["pod1"], c.podIPs["pod2"])
+	doc := c.webDoc(600, epState{"pod1", true, true, false}, epState{"pod2", true, true, false})
 	doc += svc("chg", "10.96.0.30", chgPod)
 	if old {
 		doc += svc("old", "10.96.0.40", "pod1")
@@ -93,6 +62,22 @@ func (c *cluster) webAffinity() affinityEntry {
 	}
 	c.t.Fatalf("no affinity entry of service ID %d in %s", svcs[i].ID, out)
 	return affinityEntry{}
+}
+
+// revNATEntry is an entry of warpctl lb revnat --json.
+type revNATEntry struct {
+	Frontend, Backend struct{ Addr string }
+}
+
+// revNAT returns the remembered translations of open sockets.
+func (c *cluster) revNAT() []revNATEntry {
+	c.t.Helper()
+	out, err := c.warpctl("lb", "revnat", "--bpffs-root", c.bpffs, "--json")
+	var entries []revNATEntry
+	if err != nil || json.Unmarshal([]byte(out), &entries) != nil {
+		c.t.Fatalf("warpctl lb revnat --json: %v %s", err, out)
+	}
+	return entries
 }
 
 // firstSync is the first "synced" log line of a warpd.
@@ -212,4 +197,3 @@ func TestSIGTERMDuringSync(t *testing.T) {
 		t.Fatalf("warpd did not stop the sync:\n%s", harness.Output(warpd))
 	}
 }
-

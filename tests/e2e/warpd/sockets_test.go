@@ -2,10 +2,8 @@ package warpd_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,35 +16,8 @@ import (
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// holdPort is where holdServer listens in the backend pods.
+// holdPort is where the backend pods' harness.LineServer listens.
 const holdPort = 9000
-
-// holdServer serves TCP on holdPort in pod n: it greets each connection
-// with "<name>\n" and answers every line with "<name>:<line>" until the
-// client closes, so a connection stays open as long as the test wants.
-func holdServer(c *cluster, n *harness.NetNS, name string) {
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", holdPort)); return err }); err != nil {
-		c.t.Fatal(err)
-	}
-	c.env.Defer("stop hold server in "+n.Name, ln.Close)
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				fmt.Fprintf(conn, "%s\n", name)
-				sc := bufio.NewScanner(conn)
-				for sc.Scan() {
-					fmt.Fprintf(conn, "%s:%s\n", name, sc.Text())
-				}
-			}()
-		}
-	}()
-}
 
 // heldConn is one socket of the client pod, open for as long as the test
 // wants: socat in the client pod (born in the pods' cgroup), its stdin and
@@ -142,33 +113,16 @@ func (h *heldConn) waitDestroyed(what string) {
 	}
 }
 
-// holdDoc is service "hold" (10.96.0.70): TCP 9000 to the pods' hold
-// servers, UDP 53 to their echo servers, with the given pods as backends.
+// holdDoc is service hold (10.96.0.70:9000, TCP, to the pods' hold
+// servers) and service hold-udp (10.96.0.71:53, UDP, to their echo
+// servers), with the given pods as backends.
 func (c *cluster) holdDoc(pods ...string) string {
-	var eps strings.Builder
+	var ips []string
 	for _, p := range pods {
-		fmt.Fprintf(&eps, "\n- {addresses: [%s], conditions: {ready: true}, nodeName: node1}", c.podIPs[p])
+		ips = append(ips, c.podIPs[p])
 	}
-	if len(pods) == 0 {
-		eps.WriteString(" []")
-	}
-	return fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: hold, namespace: default}
-spec:
-  clusterIP: 10.96.0.70
-  clusterIPs: [10.96.0.70]
-  ports:
-  - {name: tcp, port: 9000, protocol: TCP, targetPort: %[1]d}
-  - {name: dns, port: 53, protocol: UDP, targetPort: %[2]d}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: hold-1, namespace: default, labels: {kubernetes.io/service-name: hold}}
-addressType: IPv4
-ports: [{name: tcp, port: %[1]d, protocol: TCP}, {name: dns, port: %[2]d, protocol: UDP}]
-endpoints:%[3]s
-`, holdPort, backendPort, eps.String())
+	return harness.ServiceYAML("default", "hold", "10.96.0.70", "TCP", holdPort, holdPort, ips...) +
+		harness.ServiceYAML("default", "hold-udp", "10.96.0.71", "UDP", 53, backendPort, ips...)
 }
 
 // When a backend leaves a service, a connected UDP socket still talking to
@@ -180,7 +134,7 @@ func TestRemovedBackendSockets(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		c := newCluster(t, mode, "pod1", "pod2")
 		for _, p := range []string{"pod1", "pod2"} {
-			holdServer(c, c.podNS[p], p)
+			c.env.LineServer(c.podNS[p], p, holdPort)
 		}
 		c.apply(c.holdDoc("pod1"))
 		warpd := c.startWarpd()
@@ -190,21 +144,19 @@ func TestRemovedBackendSockets(t *testing.T) {
 		if got := tcp.line(); got != "pod1" {
 			t.Fatalf("greeted by %q", got)
 		}
-		udp := c.hold("UDP:10.96.0.70:53")
+		udp := c.hold("UDP:10.96.0.71:53")
 		if got := udp.exchange("one"); got != "pod1" {
 			t.Fatalf("UDP answered by %q", got)
 		}
 		t.Run("warpctl lb revnat shows the open sockets", func(t *testing.T) {
-			out, err := c.warpctl("lb", "revnat", "--bpffs-root", c.bpffs, "--json")
-			type addr struct{ Addr string }
-			var entries []struct{ Frontend, Backend addr }
-			if err != nil || json.Unmarshal([]byte(out), &entries) != nil ||
-				!slices.Contains(entries, struct{ Frontend, Backend addr }{addr{"10.96.0.70"}, addr{c.podIPs["pod1"]}}) {
-				t.Fatalf("warpctl lb revnat --json: %v %s", err, out)
+			if !slices.ContainsFunc(c.revNAT(), func(e revNATEntry) bool {
+				return e.Frontend.Addr == "10.96.0.70" && e.Backend.Addr == c.podIPs["pod1"]
+			}) {
+				t.Fatal("warpctl lb revnat --json lacks the TCP socket's translation")
 			}
-			out, err = c.warpctl("lb", "revnat", "--bpffs-root", c.bpffs)
+			out, err := c.warpctl("lb", "revnat", "--bpffs-root", c.bpffs)
 			if err != nil || !strings.Contains(out, "SOCKET COOKIE") || !strings.Contains(out, "10.96.0.70:9000") ||
-				!strings.Contains(out, c.podIPs["pod1"]+":9000") || !strings.Contains(out, "10.96.0.70:53") {
+				!strings.Contains(out, c.podIPs["pod1"]+":9000") || !strings.Contains(out, "10.96.0.71:53") {
 				t.Fatalf("warpctl lb revnat: %v\n%s", err, out)
 			}
 		})
@@ -257,11 +209,11 @@ func (c *cluster) waitHoldBackend(pod string) {
 // When a sync fails in part, the sockets of backends removed by the part
 // that succeeded are destroyed all the same. The backend map holds 4
 // entries: service big (3 new backends) cannot be added, while hold's two
-// frontends move from pod1 to pod2 in the same sync.
+// frontends move from one pod to the other in the same sync.
 func TestPartialSyncStillDestroysSockets(t *testing.T) {
 	c := newCluster(t, "file", "pod1", "pod2")
 	for _, p := range []string{"pod1", "pod2"} {
-		holdServer(c, c.podNS[p], p)
+		c.env.LineServer(c.podNS[p], p, holdPort)
 	}
 	c.apply(c.holdDoc("pod1", "pod2"))
 	warpd := c.startWarpd("--map-backends", "4")
@@ -269,23 +221,11 @@ func TestPartialSyncStillDestroysSockets(t *testing.T) {
 	if code, body := c.mustGet("/healthz"); code != 200 {
 		t.Fatalf("/healthz %d %s", code, body)
 	}
-	udp := c.hold("UDP:10.96.0.70:53")
+	udp := c.hold("UDP:10.96.0.71:53")
 	backend := udp.exchange("one")
 	other := map[string]string{"pod1": "pod2", "pod2": "pod1"}[backend]
 
-	c.apply(c.holdDoc(other) + `---
-apiVersion: v1
-kind: Service
-metadata: {name: big, namespace: default}
-spec: {clusterIP: 10.96.0.80, clusterIPs: [10.96.0.80], ports: [{name: p, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: big-1, namespace: default, labels: {kubernetes.io/service-name: big}}
-addressType: IPv4
-ports: [{name: p, port: 80, protocol: TCP}]
-endpoints: [{addresses: [10.244.1.201, 10.244.1.202, 10.244.1.203]}]
-`)
+	c.apply(c.holdDoc(other) + harness.ServiceYAML("default", "big", "10.96.0.80", "TCP", 80, 80, "10.244.1.201", "10.244.1.202", "10.244.1.203"))
 	c.waitHoldBackend(other)
 	udp.waitDestroyed("the connected UDP socket to the backend removed by the part of the sync that succeeded")
 
