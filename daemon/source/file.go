@@ -46,7 +46,7 @@ var _ Source = (*File)(nil)
 type File struct {
 	Path   string
 	Poll   time.Duration // default 1s
-	Settle time.Duration // default Poll/4, at most 250ms
+	Settle time.Duration // default Poll, at most 250ms
 
 	changes chan struct{}
 
@@ -62,7 +62,7 @@ func (f *File) Start(ctx context.Context) error {
 		f.Poll = time.Second
 	}
 	if f.Settle <= 0 {
-		f.Settle = min(f.Poll/4, 250*time.Millisecond)
+		f.Settle = min(f.Poll, 250*time.Millisecond)
 	}
 	f.changes = make(chan struct{}, 1)
 	w := &fileWatch{f: f}
