@@ -74,6 +74,7 @@ func (h *heldConn) line() string {
 	case l := <-h.lines:
 		return l
 	case err := <-h.exited:
+		h.exited <- err
 		h.t.Fatalf("the socket ended (%v) while a reply was awaited", err)
 	case <-time.After(10 * time.Second):
 		h.t.Fatal("no reply within 10s")
@@ -101,6 +102,7 @@ func (h *heldConn) waitDestroyed(what string) {
 		fmt.Fprintln(h.stdin, "are you there")
 		select {
 		case err := <-h.exited:
+			h.exited <- err // for the cleanup
 			if err == nil {
 				h.t.Fatalf("%s: socat ended normally; want its socket destroyed", what)
 			}
