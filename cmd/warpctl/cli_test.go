@@ -25,6 +25,7 @@ func TestHelpEverywhere(t *testing.T) {
 	for _, path := range [][]string{
 		{}, {"sim"}, {"sim", "sriov"}, {"sim", "sriov", "create"}, {"sim", "sriov", "show"}, {"sim", "sriov", "destroy"},
 		{"lb"}, {"lb", "services"}, {"lb", "affinity"}, {"lb", "revnat"}, {"lb", "hooks"}, {"xdp"}, {"xdp", "endpoints"},
+		{"warpd"}, {"warpd", "status"},
 	} {
 		leaf := len(path) == 3 || (len(path) == 2 && path[0] != "sim")
 		for _, h := range []string{"--help", "-h", "help"} {
