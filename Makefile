@@ -26,7 +26,7 @@ help: ## list targets
 deps: ## apt-install what building, testing and the demo need (as root)
 	@bash hack/install-deps.sh
 
-generate: ## regenerate BPF objects and their Go bindings (bpf2go); output is committed
+generate: ## regenerate BPF objects and Go bindings (go tool bpf2go, clang; headers from bpf/include only); deterministic, committed
 	$(GO) generate ./bpf/...
 
 build: ## build every binary into bin/

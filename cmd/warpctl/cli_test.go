@@ -24,9 +24,12 @@ func run(args ...string) (code int, stdout, stderr string) {
 func TestHelpEverywhere(t *testing.T) {
 	for _, path := range [][]string{
 		{}, {"sim"}, {"sim", "sriov"}, {"sim", "sriov", "create"}, {"sim", "sriov", "show"}, {"sim", "sriov", "destroy"},
+		{"lb"}, {"lb", "services"}, {"lb", "affinity"}, {"lb", "revnat"}, {"lb", "hooks"}, {"xdp"}, {"xdp", "endpoints"},
+		{"warpd"}, {"warpd", "status"},
 	} {
+		leaf := len(path) == 3 || (len(path) == 2 && path[0] != "sim")
 		for _, h := range []string{"--help", "-h", "help"} {
-			if h == "help" && len(path) == 3 {
+			if h == "help" && leaf {
 				continue // a leaf takes flags only
 			}
 			args := append(append([]string{}, path...), h)

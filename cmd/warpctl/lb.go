@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -9,7 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/pinset"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 )
 
 // lbCommand inspects the socket load balancer warpd keeps in the pinned
@@ -19,36 +21,52 @@ func lbCommand() *command {
 		name:  "lb",
 		short: "inspect the socket load balancer: services, affinity, reverse translation, hooks",
 		long: `Reads the pinned maps of the socket load balancer (what warpd programmed) straight
-from bpffs, so it also works while warpd is down or restarting.`,
+from bpffs, so it also works while warpd is down or restarting. The maps are opened
+read-only: nothing is loaded, pinned, attached or written, whichever build pinned them.`,
 		subs: []*command{lbServicesCommand(), lbAffinityCommand(), lbRevNATCommand(), lbHooksCommand()},
 	}
 }
 
-type lbFlags struct {
+// pinFlags are the flags of every read-only view of pinned maps.
+type pinFlags struct {
 	root   *string
 	asJSON *bool
 }
 
-func addLBFlags(fs *flag.FlagSet) lbFlags {
-	return lbFlags{
-		root:   fs.String("bpffs-root", bpf.DefaultPinDir, "bpffs directory warpd pins under (its --bpffs-root)"),
+func addPinFlags(fs *flag.FlagSet) pinFlags {
+	return pinFlags{
+		root:   fs.String("bpffs-root", pinset.DefaultRoot, "bpffs directory warpnet pins under (warpd's --bpffs-root, warp-veth's bpffsRoot)"),
 		asJSON: fs.Bool("json", false, "print JSON instead of a table"),
 	}
 }
 
-func (f lbFlags) open() (*bpf.LB, error) {
-	lb, err := bpf.OpenLB(*f.root, bpf.LBSizes{})
+// openErr explains a failed read-only open.
+func openErr(what, hint string, root string, err error) error {
+	if errors.Is(err, pinset.ErrNotPinned) {
+		return fmt.Errorf("no %s is pinned under %s (%s)", what, root, hint)
+	}
+	return fmt.Errorf("open the %s pinned under %s: %w", what, root, err)
+}
+
+func (f pinFlags) openLB() (*servicelb.LB, error) {
+	lb, err := servicelb.OpenReadOnly(*f.root)
 	if err != nil {
-		return nil, fmt.Errorf("open the load balancer pinned under %s (is warpd running with that --bpffs-root?): %w", *f.root, err)
+		return nil, openErr("load balancer", "is warpd running with that --bpffs-root?", *f.root, err)
 	}
 	return lb, nil
 }
 
-func protoName(p bpf.Protocol) string {
-	if p == bpf.UDP {
-		return "udp"
+// printList prints v as JSON (--json) or the rows as a table under header.
+func (f pinFlags) printList(io *cmdIO, v any, header []string, rows [][]string) error {
+	if *f.asJSON {
+		return json.NewEncoder(io.out).Encode(v)
 	}
-	return "tcp"
+	tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
 }
 
 func addrPort(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
@@ -62,14 +80,14 @@ type serviceView struct {
 }
 
 func lbServicesCommand() *command {
-	var f lbFlags
+	var f pinFlags
 	var only *string
 	return &command{
 		name:  "services",
 		args:  "[--frontend ADDR:PORT] [--bpffs-root DIR] [--json]",
 		short: "list services (frontends) with their backends and flags, or show one",
 		flags: func(fs *flag.FlagSet) {
-			f = addLBFlags(fs)
+			f = addPinFlags(fs)
 			only = fs.String("frontend", "", "show only this frontend, e.g. 10.96.0.10:80")
 		},
 		run: func(io *cmdIO, _ *flag.FlagSet) error {
@@ -81,7 +99,7 @@ func lbServicesCommand() *command {
 				}
 				want = ap
 			}
-			lb, err := f.open()
+			lb, err := f.openLB()
 			if err != nil {
 				return err
 			}
@@ -95,7 +113,7 @@ func lbServicesCommand() *command {
 				if want.IsValid() && (s.Addr != want.Addr() || s.Port != want.Port()) {
 					continue
 				}
-				v := serviceView{Frontend: addrPort(s.Addr, s.Port), Protocol: protoName(s.Proto), ID: s.ID, Backends: []string{}}
+				v := serviceView{Frontend: addrPort(s.Addr, s.Port), Protocol: s.Proto.String(), ID: s.ID, Backends: []string{}}
 				if s.AffinityTimeout > 0 {
 					v.AffinityTimeout = s.AffinityTimeout.String()
 				}
@@ -109,34 +127,30 @@ func lbServicesCommand() *command {
 			if want.IsValid() && len(views) == 0 {
 				return fmt.Errorf("no service with frontend %s", want)
 			}
-			if *f.asJSON {
-				return json.NewEncoder(io.out).Encode(views)
-			}
-			tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "FRONTEND\tPROTO\tID\tAFFINITY\tBACKENDS")
+			var rows [][]string
 			for _, v := range views {
 				backends := strings.Join(v.Backends, ",")
 				if backends == "" {
 					backends = "(none: connections are refused)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", v.Frontend, v.Protocol, v.ID, orDash(v.AffinityTimeout), backends)
+				rows = append(rows, []string{v.Frontend, v.Protocol, fmt.Sprint(v.ID), orDash(v.AffinityTimeout), backends})
 			}
-			return tw.Flush()
+			return f.printList(io, views, []string{"FRONTEND", "PROTO", "ID", "AFFINITY", "BACKENDS"}, rows)
 		},
 	}
 }
 
 // lbList is a read-only leaf: it opens the pinned load balancer, reads
 // something, and prints it as JSON (--json) or as a table of header and rows.
-func lbList(name, short string, header []string, read func(*bpf.LB) (v any, rows [][]string, err error)) *command {
-	var f lbFlags
+func lbList(name, short string, header []string, read func(*servicelb.LB) (v any, rows [][]string, err error)) *command {
+	var f pinFlags
 	return &command{
 		name:  name,
 		args:  "[--bpffs-root DIR] [--json]",
 		short: short,
-		flags: func(fs *flag.FlagSet) { f = addLBFlags(fs) },
+		flags: func(fs *flag.FlagSet) { f = addPinFlags(fs) },
 		run: func(io *cmdIO, _ *flag.FlagSet) error {
-			lb, err := f.open()
+			lb, err := f.openLB()
 			if err != nil {
 				return err
 			}
@@ -145,15 +159,7 @@ func lbList(name, short string, header []string, read func(*bpf.LB) (v any, rows
 			if err != nil {
 				return err
 			}
-			if *f.asJSON {
-				return json.NewEncoder(io.out).Encode(v)
-			}
-			tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, strings.Join(header, "\t"))
-			for _, r := range rows {
-				fmt.Fprintln(tw, strings.Join(r, "\t"))
-			}
-			return tw.Flush()
+			return f.printList(io, v, header, rows)
 		},
 	}
 }
@@ -161,14 +167,14 @@ func lbList(name, short string, header []string, read func(*bpf.LB) (v any, rows
 func lbAffinityCommand() *command {
 	return lbList("affinity", "show session-affinity entries (client namespace, service, backend)",
 		[]string{"NETNS COOKIE", "SERVICE ID", "PROTO", "BACKEND"},
-		func(lb *bpf.LB) (any, [][]string, error) {
+		func(lb *servicelb.LB) (any, [][]string, error) {
 			entries, err := lb.Affinity()
 			var rows [][]string
 			for _, e := range entries {
-				rows = append(rows, []string{fmt.Sprint(e.NetNSCookie), fmt.Sprint(e.ServiceID), protoName(e.Proto), addrPort(e.Backend.Addr, e.Backend.Port)})
+				rows = append(rows, []string{fmt.Sprint(e.NetNSCookie), fmt.Sprint(e.ServiceID), e.Proto.String(), addrPort(e.Backend.Addr, e.Backend.Port)})
 			}
 			if entries == nil {
-				entries = []bpf.AffinityEntry{}
+				entries = []servicelb.AffinityEntry{}
 			}
 			return entries, rows, err
 		})
@@ -177,14 +183,14 @@ func lbAffinityCommand() *command {
 func lbRevNATCommand() *command {
 	return lbList("revnat", "show reverse-translation entries (socket cookie, service, backend)",
 		[]string{"SOCKET COOKIE", "FRONTEND", "PROTO", "BACKEND"},
-		func(lb *bpf.LB) (any, [][]string, error) {
+		func(lb *servicelb.LB) (any, [][]string, error) {
 			entries, err := lb.RevNAT()
 			var rows [][]string
 			for _, e := range entries {
-				rows = append(rows, []string{fmt.Sprint(e.Cookie), addrPort(e.Frontend.Addr, e.Frontend.Port), protoName(e.Frontend.Proto), addrPort(e.Backend.Addr, e.Backend.Port)})
+				rows = append(rows, []string{fmt.Sprint(e.Cookie), addrPort(e.Frontend.Addr, e.Frontend.Port), e.Frontend.Proto.String(), addrPort(e.Backend.Addr, e.Backend.Port)})
 			}
 			if entries == nil {
-				entries = []bpf.RevNATEntry{}
+				entries = []servicelb.RevNATEntry{}
 			}
 			return entries, rows, err
 		})
@@ -193,7 +199,7 @@ func lbRevNATCommand() *command {
 func lbHooksCommand() *command {
 	return lbList("hooks", "show which cgroups the socket hooks are attached to",
 		[]string{"CGROUP", "HOOKS"},
-		func(lb *bpf.LB) (any, [][]string, error) {
+		func(lb *servicelb.LB) (any, [][]string, error) {
 			att, err := lb.Attachments()
 			var cgs []string
 			for cg := range att {

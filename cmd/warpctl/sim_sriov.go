@@ -11,7 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/vishvananda/netlink"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netns"
 
 	"github.com/warpnet/warpnet/internal/sriov/pf"
@@ -250,7 +250,7 @@ func linkStates(p *sim.PF) func(string) string {
 		return gone
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlinksafe.NewHandleAt(ns)
 	if err != nil {
 		return gone
 	}

@@ -1,6 +1,6 @@
 // Package agent is warpd's runtime: it loads (or adopts) the pinned socket
-// load balancer, attaches it to the node's cgroup, and keeps its maps in
-// sync with the services source, exposing health and metrics.
+// load balancer, attaches it to the node's cgroup, keeps its maps in sync
+// with the services source, and serves health, metrics and status.
 package agent
 
 import (
@@ -8,20 +8,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"k8s.io/client-go/kubernetes"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
+	"github.com/warpnet/warpnet/daemon/status"
+	"github.com/warpnet/warpnet/internal/l4"
 	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
@@ -36,25 +36,26 @@ type Config struct {
 	DestroyTCP   bool          // also destroy TCP sockets to removed backends (UDP ones always are)
 	Poll         time.Duration // how often the file is checked for changes
 	Resync       time.Duration // full resync, repairing any drift in the maps
-	ListenAddr   string        // /healthz and /metrics; "" = none
-	Sizes        bpf.LBSizes
+	ListenAddr   string        // /healthz, /metrics and /status; "" = none
+	Sizes        servicelb.Sizes
 }
 
 // Agent runs one warpd.
 type Agent struct {
-	cfg Config
-	log *slog.Logger
-	lb  *bpf.LB
+	cfg     Config
+	log     *slog.Logger
+	lb      *servicelb.LB
+	src     source.Source
+	screen  services.LastGood // used by Run's goroutine only
+	metrics *metrics
 
-	src source.Source
-
-	mu      sync.Mutex
-	last    reconcile.Stats
-	lastErr error
-	syncs   int
-	errs    int
-	lastDur time.Duration
-	synced  bool
+	mu            sync.Mutex // guards what the HTTP handlers read
+	synced        bool       // a sync has succeeded entirely
+	lastSync      *status.Sync
+	lastGoodSync  time.Time
+	sourceProblem error
+	rejected      map[string]status.Rejected // by services.Rejected.Key
+	inMaps        reconcile.Stats            // Services and Backends of the last sync
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -72,11 +73,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		client, err := kubernetes.NewForConfig(rc)
-		if err != nil {
-			return nil, fmt.Errorf("API client: %w", err)
+		if src, err = source.NewKube(rc, log); err != nil {
+			return nil, err
 		}
-		src = source.NewKube(client, log)
 	}
 	if cfg.CgroupRoot == "" {
 		root, err := mountinfo.Cgroup2()
@@ -92,9 +91,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		cfg.Node.Addresses = addrs
 	}
-	lb, err := bpf.OpenLB(cfg.BPFFSRoot, cfg.Sizes)
+	lb, err := servicelb.Open(cfg.BPFFSRoot, cfg.Sizes)
 	if err != nil {
 		return nil, fmt.Errorf("load the socket load balancer (bpffs root %s): %w", cfg.BPFFSRoot, err)
+	}
+	if why := lb.Staged(); why != "" {
+		log.Warn("rebuilding the load balancer's maps; the pinned ones serve until the first sync", "why", why)
 	}
 	if err := lb.SetHostOnly(cfg.HostOnly); err != nil {
 		lb.Close()
@@ -104,15 +106,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		lb.Close()
 		return nil, fmt.Errorf("attach to cgroup %s: %w", cfg.CgroupRoot, err)
 	}
-	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot,
+	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot, "source", src.String(),
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
-	return &Agent{cfg: cfg, log: log, lb: lb, src: src}, nil
+	return &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}, nil
 }
 
 // nodeAddresses lists the global unicast addresses of the current network
 // namespace: where NodePorts listen and which ExternalIPs are local.
 func nodeAddresses() ([]netip.Addr, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +129,8 @@ func nodeAddresses() ([]netip.Addr, error) {
 
 // Run syncs until ctx ends. A source that cannot be read leaves the maps
 // as they are (traffic keeps flowing on the last good state) and is retried.
+// When ctx ends, a sync in progress stops between two entries, so warpd
+// exits promptly; the next warpd finishes the job.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.lb.Close()
 	if a.cfg.ListenAddr != "" {
@@ -156,44 +160,57 @@ func (a *Agent) Run(ctx context.Context) error {
 			force = true
 		}
 		next, changed, err := a.src.Snapshot()
-		switch {
-		case err != nil:
-			a.record(reconcile.Stats{}, err, 0)
-			a.log.Error("services source unusable; keeping the current state", "err", err)
-		case changed:
+		a.setSourceProblem(err)
+		if changed && next != nil {
 			snap = next
 		}
 		if snap != nil && (changed || force) {
-			a.sync(snap)
+			a.sync(ctx, snap)
+		}
+		if force {
+			a.gc()
 		}
 	}
 }
 
-func (a *Agent) sync(snap *source.Snapshot) {
+func (a *Agent) sync(ctx context.Context, snap *source.Snapshot) {
 	start := time.Now()
-	desired := services.Translate(snap.Services, snap.EndpointSlices, a.cfg.Node)
-	st, err := reconcile.Sync(a.lb, desired)
-	dur := time.Since(start)
-	a.record(st, err, dur)
-	if err != nil {
-		a.log.Error("sync failed in part; will retry", "err", err, "upserted", st.Upserted, "deleted", st.Deleted)
-		return
+	svcs, slices, rejected := a.screen.Screen(snap.Services, snap.EndpointSlices)
+	desired, conflicts := services.Translate(svcs, slices, a.cfg.Node)
+	a.setRejected(append(rejected, conflicts...), start)
+	st, err := reconcile.Sync(ctx, a.lb, desired)
+	if err == nil && a.lb.Staged() != "" {
+		// The rebuilt maps hold every service now: switch to them.
+		err = a.lb.Commit()
 	}
-	if st.Upserted+st.Deleted > 0 {
-		a.log.Info("synced", "services", st.Services, "backends", st.Backends, "upserted", st.Upserted, "deleted", st.Deleted, "duration", dur)
-	}
+	// What did change is done, also when other entries failed: sockets
+	// to the backends it removed are stale now.
 	a.destroyStale(st.Removed)
+	dur := time.Since(start)
+	a.record(st, err, start, dur)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		a.log.Info("shutdown interrupted a sync; the next warpd finishes it", "upserted", st.Upserted, "deleted", st.Deleted, "of", len(desired))
+	case err != nil:
+		a.log.Error("sync failed in part; the rest is done, and it is retried at the next resync", "err", err,
+			"upserted", st.Upserted, "deleted", st.Deleted, "resync", a.cfg.Resync.String())
+	case st.Upserted+st.Deleted > 0:
+		a.log.Info("synced", "services", st.Services, "backends", st.Backends, "upserted", st.Upserted, "deleted", st.Deleted,
+			"unchanged", st.Skipped, "duration", dur.String())
+	}
 }
 
 // destroyStale destroys sockets still connected to removed backends, so a
 // resolver's connected UDP socket does not stay pinned to a dead DNS pod.
 // TCP connections are left to end on their own unless DestroyTCP is set.
 func (a *Agent) destroyStale(removed []reconcile.Removed) {
+	done := map[reconcile.Removed]bool{}
 	for _, r := range removed {
-		if r.Proto == bpf.TCP && !a.cfg.DestroyTCP {
+		if done[r] || (r.Proto == l4.TCP && !a.cfg.DestroyTCP) {
 			continue
 		}
-		n, err := a.lb.DestroySockets(r.Backend, r.Proto)
+		done[r] = true
+		n, err := reconcile.DestroySockets(a.lb, r)
 		if err != nil {
 			a.log.Warn("destroying sockets to a removed backend failed", "backend", r.Backend.String(), "proto", r.Proto.String(), "err", err)
 			continue
@@ -204,60 +221,88 @@ func (a *Agent) destroyStale(removed []reconcile.Removed) {
 	}
 }
 
-func (a *Agent) record(st reconcile.Stats, err error, dur time.Duration) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.syncs++
-	a.lastErr = err
-	if err != nil {
-		a.errs++
-		return
-	}
-	if dur > 0 {
-		a.last, a.lastDur, a.synced = st, dur, true
+// record notes a sync's outcome for /healthz, /metrics and /status.
+// gc removes map entries that interrupted updates left behind.
+func (a *Agent) gc() {
+	if n, err := a.lb.GC(); err != nil {
+		a.log.Warn("collecting stale map entries failed", "err", err)
+	} else if n > 0 {
+		a.log.Info("collected stale map entries", "entries", n)
 	}
 }
 
-// serve exposes /healthz (200 once a sync succeeded and the last attempt
-// did not fail) and /metrics in the Prometheus text format.
-func (a *Agent) serve() (*http.Server, error) {
-	ln, err := net.Listen("tcp", a.cfg.ListenAddr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s for health and metrics: %w", a.cfg.ListenAddr, err)
+func (a *Agent) record(st reconcile.Stats, err error, start time.Time, dur time.Duration) {
+	sizes := a.lb.Sizes()
+	a.metrics.synced(st, err, dur, sizes)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st.Counted {
+		a.inMaps = st
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		ok, err := a.synced, a.lastErr
-		a.mu.Unlock()
-		if !ok || err != nil {
-			http.Error(w, fmt.Sprintf("not synced: %v", err), http.StatusServiceUnavailable)
-			return
+	a.lastSync = &status.Sync{At: start, Duration: dur, Upserted: st.Upserted, Deleted: st.Deleted, Skipped: st.Skipped}
+	if err != nil {
+		a.lastSync.Error = err.Error()
+		return
+	}
+	a.synced, a.lastGoodSync = true, start.Add(dur)
+}
+
+// setSourceProblem notes (and logs, when it changes) why the source cannot
+// be followed, or that it can again.
+func (a *Agent) setSourceProblem(err error) {
+	a.mu.Lock()
+	prev := a.sourceProblem
+	a.sourceProblem = err
+	a.mu.Unlock()
+	a.metrics.sourceHealthy(err == nil)
+	switch {
+	case err != nil && (prev == nil || prev.Error() != err.Error()):
+		a.log.Error("services source unusable; keeping the last good state", "source", a.src.String(), "err", err)
+	case err == nil && prev != nil:
+		a.log.Info("services source usable again", "source", a.src.String())
+	}
+}
+
+// setRejected records the objects rejected by this sync, logging those
+// that are newly rejected (or for another reason) and those accepted again.
+func (a *Agent) setRejected(rejected []services.Rejected, now time.Time) {
+	next := make(map[string]status.Rejected, len(rejected))
+	var order []string
+	for _, r := range rejected {
+		key := r.Key()
+		if first, dup := next[key]; dup { // several conflicts of one service: one entry
+			first.Reason += "; " + r.Reason
+			next[key] = first
+			continue
 		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		fmt.Fprintf(w, "# HELP warpd_services Frontends in the load balancer's maps.\n# TYPE warpd_services gauge\nwarpd_services %d\n", a.last.Services)
-		fmt.Fprintf(w, "# HELP warpd_backends Backend slots in the maps.\n# TYPE warpd_backends gauge\nwarpd_backends %d\n", a.last.Backends)
-		fmt.Fprintf(w, "# HELP warpd_syncs_total Sync attempts.\n# TYPE warpd_syncs_total counter\nwarpd_syncs_total %d\n", a.syncs)
-		fmt.Fprintf(w, "# HELP warpd_sync_errors_total Failed sync attempts.\n# TYPE warpd_sync_errors_total counter\nwarpd_sync_errors_total %d\n", a.errs)
-		// Map fill: frontends against the services map's capacity (each
-		// frontend also takes one slot per backend there).
-		sizes := a.lb.Sizes()
-		if sizes.Services > 0 {
-			fmt.Fprintf(w, "# HELP warpd_map_fill_ratio Used share of a map's capacity.\n# TYPE warpd_map_fill_ratio gauge\n")
-			fmt.Fprintf(w, "warpd_map_fill_ratio{map=\"services\"} %g\n", float64(a.last.Services)/float64(sizes.Services))
+		next[key] = status.Rejected{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Reason: r.Reason, Kept: r.Kept, Since: now}
+		order = append(order, key)
+	}
+	perKind := map[string]int{"Service": 0, "EndpointSlice": 0}
+	a.mu.Lock()
+	prev := a.rejected
+	for _, key := range order {
+		r := next[key]
+		perKind[r.Kind]++
+		if old, ok := prev[key]; ok && old.Reason == r.Reason && old.Kept == r.Kept {
+			r.Since = old.Since
+			next[key] = r
+			continue
 		}
-		if sizes.Backends > 0 {
-			fmt.Fprintf(w, "warpd_map_fill_ratio{map=\"backends\"} %g\n", float64(a.last.Backends)/float64(sizes.Backends))
+		what := "nothing of it is applied"
+		if r.Kept {
+			what = "its last valid version stays in force"
 		}
-		fmt.Fprintf(w, "# HELP warpd_sync_duration_seconds Duration of the last successful sync.\n# TYPE warpd_sync_duration_seconds gauge\nwarpd_sync_duration_seconds %g\n", a.lastDur.Seconds())
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	return srv, nil
+		a.log.Warn("rejected an invalid object; "+what, "kind", r.Kind, "object", r.Namespace+"/"+r.Name, "reason", r.Reason)
+	}
+	a.rejected = next
+	a.mu.Unlock()
+	for key, old := range prev {
+		if _, still := next[key]; !still {
+			a.log.Info("object no longer rejected", "kind", old.Kind, "object", old.Namespace+"/"+old.Name)
+		}
+	}
+	a.metrics.rejectedObjects(perKind)
 }
 
 // Hostname is the default node name.

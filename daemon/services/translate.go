@@ -1,7 +1,10 @@
-// Package services turns Kubernetes Services and EndpointSlices into the
-// socket load balancer's entries, following kube-proxy's semantics. It is
-// pure (no I/O), so every rule is unit-tested, and warpd's sources (the API
-// server, a YAML file) share it.
+// Package services turns Kubernetes Services and EndpointSlices into warpd's
+// desired state (its own types: Entry, Service, Frontend, Backend),
+// following kube-proxy's semantics, and checks the objects it reads
+// (CheckService, CheckEndpointSlice, LastGood). It is pure: no I/O and no
+// BPF (daemon/reconcile converts to the load balancer's types), so every
+// rule is unit-tested, and warpd's sources (the API server, a YAML file)
+// share it.
 package services
 
 import (
@@ -15,7 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/internal/l4"
 )
 
 // ProxyNameLabel marks services handled by another proxy; like kube-proxy,
@@ -32,19 +35,16 @@ type Node struct {
 	Addresses []netip.Addr // node addresses: NodePorts listen on them, ExternalIPs count as local
 }
 
-// Entry is one frontend with its backends, and the Kubernetes object it
-// came from (for logs, metrics and warpctl).
-type Entry struct {
-	Name string // namespace/name:port/protocol
-	bpf.Service
-}
-
 var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
 
-// Translate computes the entries for the node. Services of type
-// ExternalName, headless ones, and those labelled for another proxy are
-// skipped; so are protocols other than TCP and UDP.
-func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node) []Entry {
+// Translate computes the entries for the node, one per frontend. Services of
+// type ExternalName, headless ones, and those labelled for another proxy are
+// skipped; so are protocols other than TCP and UDP. When two services claim
+// one frontend (the same external IP and port, say), the first by
+// namespace/name keeps it and the other's claim is returned as rejected.
+// Input is expected to have passed CheckService and CheckEndpointSlice;
+// anything else that cannot be translated is left out.
+func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node) ([]Entry, []Rejected) {
 	bySvc := map[string][]*discoveryv1.EndpointSlice{}
 	for _, s := range epSlices {
 		name := s.Labels[discoveryv1.LabelServiceName]
@@ -53,6 +53,8 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 		}
 	}
 	var out []Entry
+	var conflicts []Rejected
+	owner := map[Frontend]string{}
 	ids := map[uint32]string{}
 	sorted := append([]*corev1.Service(nil), svcs...)
 	sort.Slice(sorted, func(i, j int) bool { return key(sorted[i]) < key(sorted[j]) })
@@ -61,15 +63,11 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 			continue
 		}
 		for _, port := range svc.Spec.Ports {
-			proto, ok := protocol(port.Protocol)
+			proto, ok := l4.Parse(string(port.Protocol))
 			if !ok {
-				continue
+				continue // SCTP passes through untranslated
 			}
-			protoName := "tcp"
-			if proto == bpf.UDP {
-				protoName = "udp"
-			}
-			name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), protoName)
+			name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), proto)
 			id := serviceID(name, ids)
 			var affinity time.Duration
 			if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
@@ -85,8 +83,15 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 				if fe.external {
 					local = externalLocal
 				}
-				out = append(out, Entry{Name: name, Service: bpf.Service{
-					Frontend:        bpf.Frontend{Addr: fe.addr, Port: fe.port, Proto: proto},
+				f := Frontend{AddrPort: netip.AddrPortFrom(fe.addr, fe.port), Proto: proto}
+				if first, taken := owner[f]; taken {
+					conflicts = append(conflicts, Rejected{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name,
+						Reason: fmt.Sprintf("frontend %s is already %s's; this service's claim is ignored", f, first)})
+					continue
+				}
+				owner[f] = name
+				out = append(out, Entry{Name: name, Service: Service{
+					Frontend:        f,
 					ID:              id,
 					Backends:        backends(bySvc[key(svc)], port, fe.addr.Is4(), local, node),
 					AffinityTimeout: affinity,
@@ -94,7 +99,7 @@ func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, no
 			}
 		}
 	}
-	return out
+	return out, conflicts
 }
 
 func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
@@ -110,16 +115,6 @@ func skip(svc *corev1.Service) bool {
 	return svc.Spec.Type == corev1.ServiceTypeExternalName ||
 		svc.Spec.ClusterIP == corev1.ClusterIPNone ||
 		svc.Labels[ProxyNameLabel] != ""
-}
-
-func protocol(p corev1.Protocol) (bpf.Protocol, bool) {
-	switch p {
-	case corev1.ProtocolTCP, "":
-		return bpf.TCP, true
-	case corev1.ProtocolUDP:
-		return bpf.UDP, true
-	}
-	return 0, false // SCTP passes through untranslated
 }
 
 // serviceID is a stable hash of the service port's name, so IDs (which key
@@ -150,7 +145,7 @@ type frontend struct {
 func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []frontend {
 	var out []frontend
 	add := func(s string, p int32, external bool) {
-		if a, err := netip.ParseAddr(s); err == nil && p > 0 {
+		if a, err := netip.ParseAddr(s); err == nil && p > 0 && p <= 65535 {
 			fe := frontend{a.Unmap(), uint16(p), external}
 			if !slices.Contains(out, fe) {
 				out = append(out, fe)
@@ -189,9 +184,9 @@ func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []fronte
 // rolling update never drops a service to zero). local keeps only this
 // node's endpoints; topology hints narrow to the node's zone when every
 // endpoint carries them and some match.
-func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4, local bool, node Node) []bpf.Backend {
+func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4, local bool, node Node) []netip.AddrPort {
 	type cand struct {
-		b           bpf.Backend
+		b           netip.AddrPort
 		ready       bool
 		terminating bool
 		zones       []string
@@ -225,8 +220,8 @@ func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4
 				}
 			}
 			for _, a := range ep.Addresses {
-				if addr, err := netip.ParseAddr(a); err == nil {
-					c.b = bpf.Backend{Addr: addr.Unmap(), Port: target}
+				if addr, err := netip.ParseAddr(a); err == nil && addr.Unmap().Is4() == v4 {
+					c.b = netip.AddrPortFrom(addr.Unmap(), target)
 					cands = append(cands, c)
 				}
 			}
@@ -256,18 +251,13 @@ func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4
 			chosen = inZone
 		}
 	}
-	var out []bpf.Backend
+	var out []netip.AddrPort
 	for _, c := range chosen {
 		if !slices.Contains(out, c.b) {
 			out = append(out, c.b)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Addr != out[j].Addr {
-			return out[i].Addr.Less(out[j].Addr)
-		}
-		return out[i].Port < out[j].Port
-	})
+	slices.SortFunc(out, netip.AddrPort.Compare)
 	return out
 }
 
@@ -287,7 +277,7 @@ func slicePort(s *discoveryv1.EndpointSlice, port corev1.ServicePort) (uint16, b
 		if sp == "" {
 			sp = corev1.ProtocolTCP
 		}
-		if name == port.Name && proto == sp && p.Port != nil {
+		if name == port.Name && proto == sp && p.Port != nil && *p.Port > 0 && *p.Port <= 65535 {
 			return uint16(*p.Port), true
 		}
 	}

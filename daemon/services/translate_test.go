@@ -9,8 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/warpnet/warpnet/bpf"
 )
 
 // Builders keep each case to the fields it is about.
@@ -71,13 +69,9 @@ func render(entries []Entry) string {
 	for _, e := range entries {
 		var bs []string
 		for _, b := range e.Backends {
-			bs = append(bs, netip.AddrPortFrom(b.Addr, b.Port).String())
+			bs = append(bs, b.String())
 		}
-		proto := "tcp"
-		if e.Proto == bpf.UDP {
-			proto = "udp"
-		}
-		line := fmt.Sprintf("%s/%s -> [%s]", netip.AddrPortFrom(e.Addr, e.Port), proto, strings.Join(bs, " "))
+		line := fmt.Sprintf("%s -> [%s]", e.Frontend, strings.Join(bs, " "))
 		if e.AffinityTimeout > 0 {
 			line += fmt.Sprintf(" affinity=%s", e.AffinityTimeout)
 		}
@@ -174,7 +168,11 @@ func TestTranslate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := render(Translate(tc.svcs, tc.slices, node)); got != tc.want {
+			entries, conflicts := Translate(tc.svcs, tc.slices, node)
+			if len(conflicts) != 0 {
+				t.Fatalf("conflicts %v", conflicts)
+			}
+			if got := render(entries); got != tc.want {
 				t.Fatalf("got\n%s\nwant\n%s", got, tc.want)
 			}
 		})
@@ -186,7 +184,7 @@ func TestServiceIDs(t *testing.T) {
 		s.Spec.Type = corev1.ServiceTypeNodePort
 		s.Spec.Ports = []corev1.ServicePort{{Name: "http", Port: 80, NodePort: 30080}, {Name: "https", Port: 443, NodePort: 30443}}
 	})
-	entries := Translate([]*corev1.Service{s}, nil, node)
+	entries, _ := Translate([]*corev1.Service{s}, nil, node)
 	ids := map[string]uint32{}
 	for _, e := range entries {
 		if e.ID == 0 {
@@ -200,7 +198,7 @@ func TestServiceIDs(t *testing.T) {
 	if len(ids) != 2 || ids["ns/web:http/tcp"] == ids["ns/web:https/tcp"] {
 		t.Fatalf("ids %v", ids)
 	}
-	again := Translate([]*corev1.Service{s}, nil, node)
+	again, _ := Translate([]*corev1.Service{s}, nil, node)
 	if again[0].ID != entries[0].ID {
 		t.Fatal("IDs must be stable across runs (they key session affinity across restarts)")
 	}

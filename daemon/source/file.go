@@ -3,19 +3,15 @@
 package source
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io"
 	"os"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 )
 
 // Source is one of warpd's inputs.
@@ -26,9 +22,11 @@ type Source interface {
 	// Changes is signalled when the input may have changed.
 	Changes() <-chan struct{}
 	// Snapshot returns the current input; changed is false when it is
-	// known to equal the last one returned. An error leaves the last good
-	// state in force.
+	// known to equal the last one returned. An error says the source
+	// cannot be followed right now; the last good state stays in force.
 	Snapshot() (snap *Snapshot, changed bool, err error)
+	// String names the source for logs and warpd's status.
+	String() string
 }
 
 // Snapshot is the whole input at one moment.
@@ -37,137 +35,118 @@ type Snapshot struct {
 	EndpointSlices []*discoveryv1.EndpointSlice
 }
 
-type typeMeta struct {
-	APIVersion string    `json:"apiVersion"`
-	Kind       string    `json:"kind"`
-	Items      []yamlRaw `json:"items"`
-}
-
-// yamlRaw keeps a document (converted to JSON by the decoder) or a List
-// item undecoded until its kind is known.
-type yamlRaw []byte
-
-func (r *yamlRaw) UnmarshalJSON(b []byte) error { *r = append((*r)[:0], b...); return nil }
-
-// ParseFile reads Services and EndpointSlices from a multi-document YAML
-// (or JSON) stream, exactly as the API server serves them (kubectl get -o
-// yaml output, including kind: List, works). Other kinds are an error, so a
-// typo does not silently drop a service.
-func ParseFile(data []byte) (*Snapshot, error) {
-	snap := &Snapshot{}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	for doc := 1; ; doc++ {
-		var raw yamlRaw
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return snap, nil
-			}
-			return nil, fmt.Errorf("document %d: %w", doc, err)
-		}
-		if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
-			continue
-		}
-		if err := snap.add(raw, fmt.Sprintf("document %d", doc)); err != nil {
-			return nil, err
-		}
-	}
-}
-
-func (s *Snapshot) add(raw []byte, where string) error {
-	var tm typeMeta
-	if err := yaml.Unmarshal(raw, &tm); err != nil {
-		return fmt.Errorf("%s: %w", where, err)
-	}
-	switch {
-	case tm.Kind == "Service" && tm.APIVersion == "v1":
-		svc := &corev1.Service{}
-		if err := yaml.UnmarshalStrict(raw, svc); err != nil {
-			return fmt.Errorf("%s (Service): %w", where, err)
-		}
-		if svc.Name == "" {
-			return fmt.Errorf("%s: Service without metadata.name", where)
-		}
-		if svc.Namespace == "" {
-			svc.Namespace = "default"
-		}
-		s.Services = append(s.Services, svc)
-	case tm.Kind == "EndpointSlice" && tm.APIVersion == "discovery.k8s.io/v1":
-		es := &discoveryv1.EndpointSlice{}
-		if err := yaml.UnmarshalStrict(raw, es); err != nil {
-			return fmt.Errorf("%s (EndpointSlice): %w", where, err)
-		}
-		if es.Namespace == "" {
-			es.Namespace = "default"
-		}
-		s.EndpointSlices = append(s.EndpointSlices, es)
-	case tm.Kind == "List" || (len(tm.Items) > 0 && tm.Kind != ""):
-		for i, item := range tm.Items {
-			if err := s.add(item, fmt.Sprintf("%s item %d", where, i)); err != nil {
-				return err
-			}
-		}
-	default:
-		return fmt.Errorf("%s: unsupported object %s %q (want v1 Service or discovery.k8s.io/v1 EndpointSlice)", where, tm.APIVersion, tm.Kind)
-	}
-	return nil
-}
-
 var _ Source = (*File)(nil)
 
-// File watches a services file, polling it: changes are detected by
-// content hash, so editors that rewrite in place are caught too, and no
-// inotify support is needed.
+// File watches a services file by polling it: changes are detected by
+// content hash, so in-place rewrites are caught too, and no inotify support
+// is needed. A file is read as the new state only once it has stayed the
+// same for Settle, so a rewrite in progress (`cat new > file` truncates
+// first) is never mistaken for the new state; and an empty file never is
+// (see ErrEmpty).
 type File struct {
-	Path    string
-	Poll    time.Duration // default 1s
-	last    [32]byte
+	Path   string
+	Poll   time.Duration // default 1s
+	Settle time.Duration // default Poll, at most 250ms
+
 	changes chan struct{}
+
+	mu      sync.Mutex
+	snap    *Snapshot // last good state
+	fresh   bool      // snap not yet returned by Snapshot
+	problem error     // why the file cannot be followed now, if it cannot
 }
 
-// Start polls the file until ctx ends.
+// Start reads the file once and then polls it until ctx ends.
 func (f *File) Start(ctx context.Context) error {
 	if f.Poll <= 0 {
 		f.Poll = time.Second
 	}
+	if f.Settle <= 0 {
+		f.Settle = min(f.Poll, 250*time.Millisecond)
+	}
 	f.changes = make(chan struct{}, 1)
-	f.changes <- struct{}{}
+	w := &fileWatch{f: f}
+	w.look(true) // at start nothing is being written that we could wait for
 	go func() {
-		t := time.NewTicker(f.Poll)
+		t := time.NewTimer(f.Poll)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				select {
-				case f.changes <- struct{}{}:
-				default:
-				}
 			}
+			t.Reset(w.look(false))
 		}
 	}()
 	return nil
 }
 
-// Changes is signalled at every poll.
-func (f *File) Changes() <-chan struct{} { return f.changes }
+// fileWatch is the poller's state.
+type fileWatch struct {
+	f        *File
+	applied  [32]byte // content last parsed (successfully or not)
+	parsed   bool
+	parseErr error
+	seen     [32]byte // content seen at the last look, not parsed yet
+}
 
-// Snapshot reads and parses the file. A file that cannot be read or parsed
-// leaves the last good state in force: the caller keeps serving it and
-// says why.
-func (f *File) Snapshot() (*Snapshot, bool, error) {
-	data, err := os.ReadFile(f.Path)
+// look reads the file and returns when to look again: soon after a change,
+// to see whether the writer has finished; after Poll otherwise.
+func (w *fileWatch) look(now bool) time.Duration {
+	data, err := os.ReadFile(w.f.Path)
 	if err != nil {
-		return nil, false, fmt.Errorf("read services file: %w", err)
+		w.f.set(nil, fmt.Errorf("read services file: %w", err))
+		return w.f.Poll
 	}
 	sum := sha256.Sum256(data)
-	if sum == f.last {
-		return nil, false, nil
+	switch {
+	case w.parsed && sum == w.applied:
+		w.f.set(nil, w.parseErr) // unchanged (again readable, maybe)
+		return w.f.Poll
+	case !now && sum != w.seen:
+		w.seen = sum // changed since the last look: let the writer finish
+		return w.f.Settle
 	}
+	w.applied, w.seen, w.parsed = sum, sum, true
 	snap, err := ParseFile(data)
 	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", f.Path, err)
+		err = fmt.Errorf("%s: %w", w.f.Path, err)
 	}
-	f.last = sum
-	return snap, true, nil
+	w.parseErr = err
+	w.f.set(snap, err)
+	return w.f.Poll
 }
+
+// set records a new good state (snap != nil) and the current problem, and
+// signals Changes when either changed.
+func (f *File) set(snap *Snapshot, problem error) {
+	f.mu.Lock()
+	changed := snap != nil || fmt.Sprint(problem) != fmt.Sprint(f.problem)
+	if snap != nil {
+		f.snap, f.fresh = snap, true
+	}
+	f.problem = problem
+	f.mu.Unlock()
+	if changed {
+		select {
+		case f.changes <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Changes is signalled when the file's state or problem changed.
+func (f *File) Changes() <-chan struct{} { return f.changes }
+
+// Snapshot returns the last good state of the file, and what keeps the file
+// from being followed, if anything.
+func (f *File) Snapshot() (*Snapshot, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fresh := f.fresh
+	f.fresh = false
+	return f.snap, fresh, f.problem
+}
+
+func (f *File) String() string { return "file " + f.Path }

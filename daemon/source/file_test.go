@@ -1,10 +1,12 @@
 package source
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const sample = `
@@ -55,10 +57,14 @@ func TestParseFile(t *testing.T) {
 
 func TestParseFileErrorsSayWhere(t *testing.T) {
 	for in, want := range map[string]string{
-		"apiVersion: v1\nkind: Pod\nmetadata: {name: p}":                            "document 1: unsupported object v1 \"Pod\"",
-		"apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {portz: []}":     "document 1 (Service)",
-		"apiVersion: v1\nkind: Service\nspec: {}":                                   "without metadata.name",
-		sample + "---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: [": "document 4",
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: p}":                                      `document 1: unsupported object v1 "Pod"`,
+		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: p}":                          `document 1: unsupported object apps/v1 "Deployment"`,
+		"apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {portz: []}":               `document 1 (v1 "Service"): strict decoding error: unknown field "spec.portz"`,
+		"apiVersion: v1\nkind: Service\nspec: {}":                                             "Service without metadata.name",
+		sample + "---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: [":           "document 4",
+		sample + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}": "Service shop/web is listed twice (also document 1)",
+		"":                               "holds no object",
+		"# nothing but a comment\n---\n": "holds no object",
 	} {
 		_, err := ParseFile([]byte(in))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -67,22 +73,85 @@ func TestParseFileErrorsSayWhere(t *testing.T) {
 	}
 }
 
-func TestFileReportsChangesOnly(t *testing.T) {
+// An explicit empty List is how a file says "no services"; typed lists
+// (kubectl get services -o yaml of one kind) work too.
+func TestParseFileLists(t *testing.T) {
+	snap, err := ParseFile([]byte("apiVersion: v1\nkind: List\nitems: []\n"))
+	if err != nil || len(snap.Services)+len(snap.EndpointSlices) != 0 {
+		t.Fatalf("empty List: %v %+v", err, snap)
+	}
+	snap, err = ParseFile([]byte(`apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {name: a}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSliceList
+items:
+- metadata: {name: a-1, labels: {kubernetes.io/service-name: a}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.2]}]
+`))
+	if err != nil || len(snap.Services) != 1 || len(snap.EndpointSlices) != 1 || snap.Services[0].Namespace != "default" {
+		t.Fatalf("typed lists: %v %+v", err, snap)
+	}
+}
+
+// The poller applies a changed file only once it has stayed the same for a
+// look, keeps the last good state through a broken or empty file, and
+// applies an explicit empty List.
+func TestFileKeepsLastGoodState(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "services.yaml")
-	os.WriteFile(path, []byte(sample), 0o644)
-	f := &File{Path: path}
-	if _, changed, err := f.Snapshot(); !changed || err != nil {
-		t.Fatalf("first load: %v %v", changed, err)
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(sample)
+	f := &File{Path: path, Poll: time.Hour, Settle: time.Minute}
+	f.changes = make(chan struct{}, 1)
+	w := &fileWatch{f: f}
+	w.look(true)
+	snap, changed, err := f.Snapshot()
+	if !changed || err != nil || len(snap.Services) != 2 {
+		t.Fatalf("first load: %v %v %+v", changed, err, snap)
 	}
 	if _, changed, err := f.Snapshot(); changed || err != nil {
 		t.Fatalf("unchanged file reported as changed: %v %v", changed, err)
 	}
-	os.WriteFile(path, []byte("kind: Nonsense"), 0o644)
-	if _, changed, err := f.Snapshot(); changed || err == nil {
+
+	// Caught half-written: a new content is only looked at again.
+	write(sample[:len(sample)/2])
+	if next := w.look(false); next != f.Settle {
+		t.Fatalf("a fresh change must be read again after Settle, got %v", next)
+	}
+	if _, changed, err := f.Snapshot(); changed || err != nil {
+		t.Fatalf("a change in progress was applied: %v %v", changed, err)
+	}
+	write("")
+	w.look(false)
+	w.look(false) // empty for two looks in a row: a broken edit
+	snap, changed, err = f.Snapshot()
+	if changed || !errors.Is(err, ErrEmpty) || len(snap.Services) != 2 {
+		t.Fatalf("an empty file must keep the last good state: %v %v %+v", changed, err, snap)
+	}
+	write("kind: Nonsense")
+	w.look(false)
+	w.look(false)
+	if snap, changed, err = f.Snapshot(); changed || err == nil || len(snap.Services) != 2 {
 		t.Fatalf("a broken file must be an error, not a change: %v %v", changed, err)
 	}
-	os.WriteFile(path, []byte(sample+"\n"), 0o644)
+	write(sample + "\n")
+	w.look(false)
+	w.look(false)
 	if _, changed, err := f.Snapshot(); !changed || err != nil {
 		t.Fatalf("fixed file: %v %v", changed, err)
+	}
+	write("apiVersion: v1\nkind: List\nitems: []\n")
+	w.look(false)
+	w.look(false)
+	if snap, changed, err := f.Snapshot(); !changed || err != nil || len(snap.Services) != 0 {
+		t.Fatalf("an empty List removes everything: %v %v %+v", changed, err, snap)
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +24,7 @@ var _ Source = (*Kube)(nil)
 // API server is unreachable the informers keep retrying and the last state
 // stays in force: the datapath is never cleared for lack of news.
 type Kube struct {
+	host    string
 	factory informers.SharedInformerFactory
 	svcs    cache.SharedIndexInformer
 	slices  cache.SharedIndexInformer
@@ -44,10 +48,20 @@ func ClientConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// NewKube prepares the informers; Start runs them.
-func NewKube(client kubernetes.Interface, log *slog.Logger) *Kube {
+// NewKube prepares the informers on a client of rc; Start runs them.
+func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
+	rc = rest.CopyConfig(rc)
+	rc.Wrap(func(next http.RoundTripper) http.RoundTripper { return &reachability{next: next, log: log} })
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
+	host := rc.Host
+	if u, err := url.Parse(rc.Host); err == nil && u.Host != "" {
+		host = u.Scheme + "://" + u.Host
+	}
 	f := informers.NewSharedInformerFactory(client, 0)
-	k := &Kube{factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
+	k := &Kube{host: host, factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
 		changes: make(chan struct{}, 1), log: log}
 	notify := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.signal() },
@@ -57,10 +71,32 @@ func NewKube(client kubernetes.Interface, log *slog.Logger) *Kube {
 	for _, inf := range []cache.SharedIndexInformer{k.svcs, k.slices} {
 		inf.AddEventHandler(notify)
 		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-			log.Warn("cannot watch the API server; keeping the datapath as it is and retrying", "err", err)
+			log.Warn("watching the API server failed; keeping the datapath as it is and retrying", "err", err)
 		})
 	}
-	return k
+	return k, nil
+}
+
+// reachability logs when requests to the API server start failing (and when
+// they work again): the informers retry some failures, such as a refused
+// connection, without a word.
+type reachability struct {
+	next http.RoundTripper
+	log  *slog.Logger
+	down atomic.Bool
+}
+
+func (r *reachability) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.next.RoundTrip(req)
+	switch {
+	case err != nil && req.Context().Err() == nil:
+		if !r.down.Swap(true) {
+			r.log.Warn("cannot reach the API server; keeping the datapath as it is and retrying", "err", err)
+		}
+	case err == nil && r.down.Swap(false):
+		r.log.Info("the API server is reachable again")
+	}
+	return resp, err
 }
 
 // signal coalesces events: one pending notification is enough, since a
@@ -95,7 +131,10 @@ func (k *Kube) Start(ctx context.Context) error {
 // Changes is signalled when the input may have changed.
 func (k *Kube) Changes() <-chan struct{} { return k.changes }
 
-// Snapshot returns the informers' current state.
+func (k *Kube) String() string { return "API server " + k.host }
+
+// Snapshot returns the informers' current state (shared with the informers:
+// read only).
 func (k *Kube) Snapshot() (*Snapshot, bool, error) {
 	snap := &Snapshot{}
 	for _, o := range k.svcs.GetStore().List() {

@@ -8,10 +8,12 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/warpnet/warpnet/internal/buildinfo"
+	"github.com/warpnet/warpnet/internal/sriov/sysfs"
 	"github.com/warpnet/warpnet/plugins/sriov/plugin"
 )
 
 func main() {
+	sysfs.UseEnv() // the SR-IOV simulator's sysfs tree, when the environment names one
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    plugin.Add,
 		Del:    plugin.Del,

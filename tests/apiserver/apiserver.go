@@ -87,6 +87,8 @@ type Server struct {
 	Dir string
 
 	port      int
+	bin       string // kube-apiserver
+	starts    int    // kube-apiserver start attempts, numbering its logs
 	bridges   atomic.Int32
 	etcd, api *proc
 	applied   map[string]bool // objects Apply created, by kind/namespace/name
@@ -132,26 +134,37 @@ func Start(t testing.TB) *Server {
 			t.Errorf("apiserver cleanup: %v", err)
 		}
 	})
-	s := &Server{Dir: dir, Token: randomHex(t, 24)}
+	s := &Server{Dir: dir, Token: randomHex(t, 24), bin: bin}
+	writeFile(t, filepath.Join(dir, "sa.key"), serviceAccountKey(t), 0o600)
+	writeFile(t, filepath.Join(dir, "tokens.csv"), []byte(s.Token+`,admin,admin,"system:masters"`+"\n"), 0o600)
+	s.launch(t, false)
 
-	saKey := filepath.Join(dir, "sa.key")
-	writeFile(t, saKey, serviceAccountKey(t), 0o600)
-	tokens := filepath.Join(dir, "tokens.csv")
-	writeFile(t, tokens, []byte(s.Token+`,admin,admin,"system:masters"`+"\n"), 0o600)
+	s.Kubeconfig = filepath.Join(dir, "kubeconfig")
+	writeFile(t, s.Kubeconfig, kubeconfig(s.URL, s.Token), 0o600)
+	return s
+}
 
+// launch starts etcd and then kube-apiserver on s.Dir's data: on a free
+// port, or again on s.port after Stop (so bridges and kubeconfigs stay
+// valid).
+func (s *Server) launch(t testing.TB, again bool) {
+	t.Helper()
 	start := time.Now()
-	etcdURL, etcd := startEtcd(t, dir)
+	etcdURL, etcd := startEtcd(t, s.Dir)
 	s.etcd = etcd
-
+	saKey, tokens := filepath.Join(s.Dir, "sa.key"), filepath.Join(s.Dir, "tokens.csv")
 	for attempt := 1; ; attempt++ {
-		s.port = freePort(t)
-		s.URL = "https://127.0.0.1:" + strconv.Itoa(s.port)
+		s.starts++
+		if !again {
+			s.port = freePort(t)
+			s.URL = "https://127.0.0.1:" + strconv.Itoa(s.port)
+		}
 		args := []string{
 			"--etcd-servers=" + etcdURL,
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(s.port),
-			"--cert-dir=" + filepath.Join(dir, "certs"),
+			"--cert-dir=" + filepath.Join(s.Dir, "certs"),
 			"--service-cluster-ip-range=" + ServiceCIDR,
 			"--token-auth-file=" + tokens,
 			"--authorization-mode=RBAC",
@@ -162,7 +175,7 @@ func Start(t testing.TB) *Server {
 			"--allow-privileged=true",
 			"--profiling=false",
 		}
-		p := startProc(t, "kube-apiserver", filepath.Join(dir, fmt.Sprintf("kube-apiserver.%d.log", attempt)), bin, args...)
+		p := startProc(t, "kube-apiserver", filepath.Join(s.Dir, fmt.Sprintf("kube-apiserver.%d.log", s.starts)), s.bin, args...)
 		t.Logf("apiserver: kube-apiserver %s (pid %d) starting at %s", Version, p.cmd.Process.Pid, s.URL)
 		err := s.waitReady(t, p, start)
 		if err == nil {
@@ -170,17 +183,20 @@ func Start(t testing.TB) *Server {
 			break
 		}
 		p.stop()
-		if errors.Is(err, errPortTaken) && attempt < 5 {
+		if errors.Is(err, errPortTaken) && attempt < 5 && !again {
 			t.Logf("apiserver: port %d was taken meanwhile; retrying on another", s.port)
 			continue
 		}
 		t.Fatalf("apiserver: %v\nlast lines of %s:\n%s", err, p.log, tail(p.log, 40))
 	}
 	t.Logf("apiserver: ready at %s after %.1fs", s.URL, time.Since(start).Seconds())
+}
 
-	s.Kubeconfig = filepath.Join(dir, "kubeconfig")
-	writeFile(t, s.Kubeconfig, kubeconfig(s.URL, s.Token), 0o600)
-	return s
+// Restart starts a server that Stop stopped again, with its data, at the
+// same address: clients, bridges and kubeconfigs work again.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.launch(t, true)
 }
 
 // Stop stops kube-apiserver and then etcd now, before the test ends, e.g.

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warpnet/warpnet/daemon/source"
@@ -12,7 +14,9 @@ import (
 
 // Apply makes the server hold exactly the Services and EndpointSlices of
 // doc (YAML as warpd's --services-file takes it): objects are created or
-// updated, and those an earlier Apply created but doc lacks are deleted.
+// updated (a Service's status.loadBalancer too, through the status
+// subresource), and those an earlier Apply created but doc lacks are
+// deleted.
 // Tests use it to drive warpd the same way in file mode and API mode.
 func (s *Server) Apply(t testing.TB, doc string) {
 	t.Helper()
@@ -26,14 +30,20 @@ func (s *Server) Apply(t testing.TB, doc string) {
 	for _, svc := range snap.Services {
 		want["svc/"+svc.Namespace+"/"+svc.Name] = true
 		api := client.CoreV1().Services(svc.Namespace)
+		var stored *corev1.Service
 		if cur, err := api.Get(ctx, svc.Name, metav1.GetOptions{}); err == nil {
 			svc.ResourceVersion = cur.ResourceVersion
-			_, err = api.Update(ctx, svc, metav1.UpdateOptions{})
-			if err != nil {
+			if stored, err = api.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		} else if _, err := api.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		} else if stored, err = api.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
+		}
+		if !equality.Semantic.DeepEqual(stored.Status.LoadBalancer, svc.Status.LoadBalancer) {
+			stored.Status.LoadBalancer = svc.Status.LoadBalancer
+			if _, err := api.UpdateStatus(ctx, stored, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	for _, es := range snap.EndpointSlices {

@@ -1,21 +1,15 @@
 package bench
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -28,73 +22,21 @@ const (
 	svcConnsPerRun = 1500 // connections per run
 )
 
-// clientEnv makes the bench binary a client process (see TestMain): it
-// must be its own process to be born in the pods' cgroup, where warpd's
-// hooks act.
-const clientEnv = "WARP_BENCH_CLIENT"
+// The clients are this binary re-executed (harness.Main).
+func TestMain(m *testing.M) { harness.Main(m) }
 
-func TestMain(m *testing.M) {
-	if spec := os.Getenv(clientEnv); spec != "" {
-		os.Exit(runClient(spec))
+// runClientIn makes n short connections (connect, 1-byte echo, close) to
+// addr from pod, as a client process born in the pods' cgroup, where
+// warpd's hooks act.
+func runClientIn(b *testing.B, cg *harness.Cgroup, pod *harness.NetNS, addr string, n int) (latencies []time.Duration, elapsed time.Duration) {
+	r := cg.RunClient(b, harness.Dials{Netns: pod.Path, Network: "tcp", Addr: addr, Count: n, Msg: "x"})
+	if failed := r.Failed(); len(failed) > 0 {
+		b.Fatalf("client: %d of %d connections to %s failed, first: %s", len(failed), n, addr, failed[0].Err)
 	}
-	os.Exit(m.Run())
-}
-
-type clientResult struct {
-	Latencies []time.Duration
-	Elapsed   time.Duration
-	Err       string
-}
-
-// runClient: spec is "netnsPath addr count". It makes count connections,
-// each writing one byte and reading the echo, and prints the latencies.
-func runClient(spec string) int {
-	f := strings.Fields(spec)
-	count, _ := strconv.Atoi(f[2])
-	var res clientResult
-	err := ns.WithNetNSPath(f[0], func(ns.NetNS) error {
-		buf := make([]byte, 64)
-		start := time.Now()
-		for i := 0; i < count; i++ {
-			t0 := time.Now()
-			c, err := net.DialTimeout("tcp", f[1], 2*time.Second)
-			if err != nil {
-				return err
-			}
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			if _, err := c.Write([]byte("x")); err != nil {
-				c.Close()
-				return err
-			}
-			if _, err := c.Read(buf); err != nil {
-				c.Close()
-				return err
-			}
-			c.Close()
-			res.Latencies = append(res.Latencies, time.Since(t0))
-		}
-		res.Elapsed = time.Since(start)
-		return nil
-	})
-	if err != nil {
-		res.Err = err.Error()
+	for _, d := range r.Dials {
+		latencies = append(latencies, d.Latency)
 	}
-	json.NewEncoder(os.Stdout).Encode(res)
-	return 0
-}
-
-func runClientIn(b *testing.B, cg *harness.Cgroup, pod *harness.NetNS, addr string, n int) clientResult {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := cg.Output(ctx, []string{fmt.Sprintf("%s=%s %s %d", clientEnv, pod.Path, addr, n)}, "", os.Args[0])
-	if err != nil {
-		b.Fatalf("client: %v", err)
-	}
-	var r clientResult
-	if err := json.Unmarshal(out, &r); err != nil || r.Err != "" {
-		b.Fatalf("client: %v %s %s", err, r.Err, out)
-	}
-	return r
+	return latencies, r.Elapsed
 }
 
 // BenchmarkServiceConnections compares short connections through a warpd
@@ -118,23 +60,14 @@ func BenchmarkServiceConnections(b *testing.B) {
 	}
 	env.EchoServer(nss["server"], "server", 8080)
 	file := filepath.Join(env.TempDir, "services.yaml")
-	os.WriteFile(file, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: default}
-spec: {clusterIP: 10.96.7.7, clusterIPs: [10.96.7.7], ports: [{name: echo, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
-addressType: IPv4
-ports: [{name: echo, port: 8080, protocol: TCP}]
-endpoints: [{addresses: [%s], conditions: {ready: true}}]
-`, ips["server"])), 0o644)
+	if err := os.WriteFile(file, []byte(harness.ServiceYAML("default", "bench", "10.96.7.7", "TCP", 80, 8080, ips["server"])), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	node.Start(b, filepath.Join(harness.BinDir(), "warpd"), "--services-file", file, "--cgroup-root", pods.Path,
 		"--bpffs-root", bpffs, "--node-name", "node1", "--listen", "")
 	harness.WaitFor(b, "warpd to program the service", 20*time.Second, func() bool {
-		svcs, _ := bpf.PinnedServices(bpffs)
-		return slices.ContainsFunc(svcs, func(s bpf.Service) bool { return len(s.Backends) == 1 })
+		svcs, _ := servicelb.PinnedServices(bpffs)
+		return slices.ContainsFunc(svcs, func(s servicelb.Service) bool { return len(s.Backends) == 1 })
 	})
 
 	var direct, viaSvc []time.Duration
@@ -142,16 +75,17 @@ endpoints: [{addresses: [%s], conditions: {ready: true}}]
 	for round := 0; round < svcRounds; round++ {
 		// Which side goes first alternates too, so neither always runs
 		// on a freshly idle machine.
-		var d, s clientResult
+		var d, s []time.Duration
+		var dt, st time.Duration
 		if round%2 == 0 {
-			d = runClientIn(b, pods, nss["client"], net.JoinHostPort(ips["server"], "8080"), svcConnsPerRun)
-			s = runClientIn(b, pods, nss["client"], "10.96.7.7:80", svcConnsPerRun)
+			d, dt = runClientIn(b, pods, nss["client"], net.JoinHostPort(ips["server"], "8080"), svcConnsPerRun)
+			s, st = runClientIn(b, pods, nss["client"], "10.96.7.7:80", svcConnsPerRun)
 		} else {
-			s = runClientIn(b, pods, nss["client"], "10.96.7.7:80", svcConnsPerRun)
-			d = runClientIn(b, pods, nss["client"], net.JoinHostPort(ips["server"], "8080"), svcConnsPerRun)
+			s, st = runClientIn(b, pods, nss["client"], "10.96.7.7:80", svcConnsPerRun)
+			d, dt = runClientIn(b, pods, nss["client"], net.JoinHostPort(ips["server"], "8080"), svcConnsPerRun)
 		}
-		direct, viaSvc = append(direct, d.Latencies...), append(viaSvc, s.Latencies...)
-		directTime, svcTime = directTime+d.Elapsed, svcTime+s.Elapsed
+		direct, viaSvc = append(direct, d...), append(viaSvc, s...)
+		directTime, svcTime = directTime+dt, svcTime+st
 	}
 	rate := func(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 	dRate, sRate := rate(len(direct), directTime), rate(len(viaSvc), svcTime)

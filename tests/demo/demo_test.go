@@ -8,23 +8,18 @@ package demo
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"text/tabwriter"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
@@ -36,59 +31,9 @@ const (
 	requests     = 6
 )
 
-// clientEnv turns the test binary into a client process (see TestMain):
-// warpd's hooks act on sockets of processes in the node's pod cgroup, so a
-// client must be its own process, born there.
-const clientEnv = "WARP_DEMO_CLIENT"
-
-func TestMain(m *testing.M) {
-	if spec := os.Getenv(clientEnv); spec != "" {
-		os.Exit(runClient(spec))
-	}
-	os.Exit(m.Run())
-}
-
-type answer struct {
-	Proto, Service, Backend, Peer, Err string
-}
-
-// runClient: spec is "netnsPath proto addr count". Each request connects
-// (TCP, or connected UDP), records what getpeername says, sends "hi" and
-// records which backend answered.
-func runClient(spec string) int {
-	f := strings.Fields(spec)
-	var n int
-	fmt.Sscan(f[3], &n)
-	var out []answer
-	ns.WithNetNSPath(f[0], func(ns.NetNS) error {
-		for i := 0; i < n; i++ {
-			a := answer{Proto: f[1], Service: f[2]}
-			c, err := net.DialTimeout(f[1], f[2], 2*time.Second)
-			if err != nil {
-				a.Err = err.Error()
-				out = append(out, a)
-				continue
-			}
-			a.Peer = c.RemoteAddr().String() // getpeername(2)
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			buf := make([]byte, 256)
-			if _, err = c.Write([]byte("hi")); err == nil {
-				var nr int
-				if nr, err = c.Read(buf); err == nil {
-					a.Backend, _, _ = strings.Cut(string(buf[:nr]), ":")
-				}
-			}
-			if err != nil {
-				a.Err = err.Error()
-			}
-			c.Close()
-			out = append(out, a)
-		}
-		return nil
-	})
-	json.NewEncoder(os.Stdout).Encode(out)
-	return 0
-}
+// Clients are the test binary re-executed in a node's pod cgroup (see
+// harness.Main): warpd's hooks act on sockets of processes there.
+func TestMain(m *testing.M) { harness.Main(m) }
 
 type node struct {
 	name    string
@@ -207,19 +152,20 @@ func runTwoNodes(t *testing.T, mode string) {
 		waitProgrammed(t, n, len(backends))
 	}
 
-	var rows []answer
+	type row struct{ service, proto, backend, peer string }
+	var rows []row
 	for _, c := range clients {
 		for _, target := range []struct{ proto, addr string }{{"tcp", webIP + ":80"}, {"udp", dnsIP + ":53"}} {
-			answers := runClientIn(t, c, target.proto, target.addr)
-			for _, a := range answers {
-				if a.Err != "" || a.Backend == "" {
-					t.Errorf("%s %s %s: %s", c.name, a.Proto, a.Service, a.Err)
+			// Each request a new connection, or a new connected UDP socket.
+			r := c.node.pods.RunClient(t, harness.Dials{Netns: c.ns.Path, Network: target.proto, Addr: target.addr, Count: requests})
+			for _, a := range r.Dials {
+				if a.Err != "" {
+					t.Errorf("%s %s %s: %s", c.name, target.proto, target.addr, a.Err)
 				}
-				if a.Peer != a.Service {
-					t.Errorf("%s: getpeername shows %s, want the service address %s", c.name, a.Peer, a.Service)
+				if a.Peer != target.addr {
+					t.Errorf("%s: getpeername shows %s, want the service address %s", c.name, a.Peer, target.addr)
 				}
-				a.Service = c.name + " -> " + a.Service
-				rows = append(rows, a)
+				rows = append(rows, row{c.name + " -> " + target.addr, target.proto, a.Server, a.Peer})
 			}
 		}
 	}
@@ -230,8 +176,8 @@ func runTwoNodes(t *testing.T, mode string) {
 	fmt.Fprintln(tw, "CLIENT -> SERVICE\tPROTO\tANSWERED BY\tGETPEERNAME SEEN BY CLIENT")
 	seen := map[string]int{}
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Service, r.Proto, r.Backend, r.Peer)
-		seen[r.Backend]++
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.service, r.proto, r.backend, r.peer)
+		seen[r.backend]++
 	}
 	tw.Flush()
 	fmt.Println()
@@ -250,31 +196,12 @@ func runTwoNodes(t *testing.T, mode string) {
 }
 
 func servicesDoc(backends []*pod) string {
-	var eps strings.Builder
+	var ips []string
 	for _, b := range backends {
-		fmt.Fprintf(&eps, "- {addresses: [%s], conditions: {ready: true}, nodeName: %s}\n", b.ip, b.node.name)
+		ips = append(ips, b.ip)
 	}
-	doc := ""
-	for _, s := range []struct{ name, ip, proto string }{{"web", webIP, "TCP"}, {"dns", dnsIP, "UDP"}} {
-		port := 80
-		if s.proto == "UDP" {
-			port = 53
-		}
-		doc += fmt.Sprintf(`---
-apiVersion: v1
-kind: Service
-metadata: {name: %[1]s, namespace: demo}
-spec: {clusterIP: %[2]s, clusterIPs: [%[2]s], ports: [{name: p, port: %[3]d, protocol: %[4]s, targetPort: %[5]d}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: %[1]s-1, namespace: demo, labels: {kubernetes.io/service-name: %[1]s}}
-addressType: IPv4
-ports: [{name: p, port: %[5]d, protocol: %[4]s}]
-endpoints:
-%[6]s`, s.name, s.ip, port, s.proto, backendPort, eps.String())
-	}
-	return doc
+	return harness.ServiceYAML("demo", "web", webIP, "TCP", 80, backendPort, ips...) +
+		harness.ServiceYAML("demo", "dns", dnsIP, "UDP", 53, backendPort, ips...)
 }
 
 func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {
@@ -286,7 +213,7 @@ func ensureNamespace(t *testing.T, api *apiserver.Server, name string) {
 
 func waitProgrammed(t *testing.T, n *node, backends int) {
 	harness.WaitFor(t, "warpd on "+n.name+" to program the services", 20*time.Second, func() bool {
-		svcs, _ := bpf.PinnedServices(n.bpffs)
+		svcs, _ := servicelb.PinnedServices(n.bpffs)
 		// Our two frontends, each with every backend (an API server
 		// also serves default/kubernetes, which has no endpoints here).
 		ready := 0
@@ -297,18 +224,4 @@ func waitProgrammed(t *testing.T, n *node, backends int) {
 		}
 		return ready == 2
 	})
-}
-
-func runClientIn(t *testing.T, c *pod, proto, addr string) []answer {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := c.node.pods.Output(ctx, []string{fmt.Sprintf("%s=%s %s %s %d", clientEnv, c.ns.Path, proto, addr, requests)}, "", os.Args[0])
-	if err != nil {
-		t.Fatalf("client %s: %v", c.name, err)
-	}
-	var answers []answer
-	if err := json.Unmarshal(out, &answers); err != nil {
-		t.Fatalf("client %s: %v %s", c.name, err, out)
-	}
-	return answers
 }

@@ -3,6 +3,7 @@ package harness
 import (
 	"os"
 	"path/filepath"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,4 +23,19 @@ func (e *Env) BPFFS() string {
 	}
 	e.Defer("unmount bpffs "+filepath.Base(dir), func() error { return unix.Unmount(dir, unix.MNT_DETACH) })
 	return dir
+}
+
+// PinNames lists the names in a directory of pins (or any directory),
+// sorted; the test fails if it cannot be read.
+func PinNames(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
 }

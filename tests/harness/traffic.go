@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -39,24 +40,15 @@ func (e *Env) EchoServer(n *NetNS, name string, port int) int {
 		e.fatalf("echo server in %s: %v", n, err)
 	}
 	e.Defer("stop echo server in "+n.Name, func() error { return errors.Join(tl.Close(), ul.Close()) })
-	go func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				buf := make([]byte, 4096)
-				nr, err := c.Read(buf)
-				if err != nil {
-					return
-				}
-				c.Write([]byte(name + ":" + string(buf[:nr])))
-			}()
+	serveTCP(tl, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		nr, err := c.Read(buf)
+		if err != nil {
+			return
 		}
-	}()
+		c.Write([]byte(name + ":" + string(buf[:nr])))
+	})
 	go func() {
 		buf := make([]byte, 4096)
 		for {
@@ -68,6 +60,43 @@ func (e *Env) EchoServer(n *NetNS, name string, port int) int {
 		}
 	}()
 	return port
+}
+
+// LineServer serves TCP on port of every address in n: it greets each
+// connection with "<name>\n" and answers every line with
+// "<name>:<line>\n" until the client closes, so that a test can hold a
+// connection open (and see whether it is destroyed) as long as it likes.
+func (e *Env) LineServer(n *NetNS, name string, port int) {
+	e.t.Helper()
+	var l net.Listener
+	if err := n.Do(func() (err error) { l, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		e.fatalf("line server in %s: %v", n, err)
+	}
+	e.Defer("stop line server in "+n.Name, l.Close)
+	serveTCP(l, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", name)
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s:%s\n", name, sc.Text())
+		}
+	})
+}
+
+// serveTCP accepts connections on l until it is closed, each handled on a
+// goroutine of its own and closed after handle.
+func serveTCP(l net.Listener, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
 }
 
 // Exchange sends msg from inside n to addr ("host:port") over network

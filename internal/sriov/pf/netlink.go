@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -25,7 +26,7 @@ func (netlinkPF) link(pfName string, vf int) (netlink.Link, netlink.VfInfo, erro
 	if err := checkVF(pfName, vf); err != nil {
 		return nil, netlink.VfInfo{}, err
 	}
-	l, err := netlink.LinkByName(pfName)
+	l, err := netlinksafe.LinkByName(pfName)
 	if err != nil {
 		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok || errors.Is(err, unix.ENODEV) {
 			return nil, netlink.VfInfo{}, fmt.Errorf("%w: PF netdev %q not found in this network namespace", ErrNoPF, pfName)

@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/warpnet/warpnet/internal/flock"
 )
 
 // State is the content of a recorder state file:
@@ -37,11 +37,12 @@ type PFState struct {
 const stateVersion = 1
 
 // recorder implements PF by recording into a JSON state file. Every change
-// is a read-modify-write under an exclusive flock on "<file>.lock" (a
-// separate file, because the state file itself is replaced by rename so that
-// readers never see a half-written file). flock is per open file
-// description, so it serialises goroutines of one process as well as
-// separate processes (each call opens the lock file anew).
+// is a read-modify-write under an exclusive internal/flock lock on
+// "<file>.lock" (a separate file, because the state file itself is replaced
+// by rename so that readers never see a half-written file). Each call opens
+// the lock anew, so it serialises goroutines of one process as well as
+// separate processes, and a stuck holder is an error after flock's bounded
+// wait.
 type recorder struct{ path string }
 
 // Recorder returns a PF that records settings in stateFile instead of
@@ -77,7 +78,7 @@ func InitPF(stateFile, pfName string, vfs []VFState) error {
 func ReadState(stateFile string) (*State, error) {
 	r := recorder{path: stateFile}
 	var st *State
-	err := r.withLock(unix.LOCK_SH, func() error {
+	err := r.withLock(false, func() error {
 		var err error
 		st, err = r.read()
 		return err
@@ -87,24 +88,15 @@ func ReadState(stateFile string) (*State, error) {
 
 func (r recorder) lockPath() string { return r.path + ".lock" }
 
-func (r recorder) withLock(how int, fn func() error) error {
+func (r recorder) withLock(exclusive bool, fn func() error) error {
 	if r.path == "" {
 		return fmt.Errorf("PF state recorder: no state file given (set %s)", EnvStateFile)
 	}
-	f, err := os.OpenFile(r.lockPath(), os.O_RDWR|os.O_CREATE, 0o644)
+	release, err := flock.Acquire(r.lockPath(), exclusive)
 	if err != nil {
-		return fmt.Errorf("PF state recorder: open lock file: %w", err)
+		return fmt.Errorf("PF state recorder: %w", err)
 	}
-	defer f.Close() // closing the last descriptor releases the lock
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("PF state recorder: lock %s: %w", r.lockPath(), err)
-	}
+	defer release()
 	return fn()
 }
 
@@ -170,7 +162,7 @@ func (r recorder) write(st *State) error {
 }
 
 func (r recorder) update(fn func(*State) error) error {
-	return r.withLock(unix.LOCK_EX, func() error {
+	return r.withLock(true, func() error {
 		st, err := r.read()
 		if err != nil {
 			return err
@@ -215,7 +207,7 @@ func (r recorder) VF(pfName string, vf int) (VFState, error) {
 		return VFState{}, err
 	}
 	var s VFState
-	err := r.withLock(unix.LOCK_SH, func() error {
+	err := r.withLock(false, func() error {
 		st, err := r.read()
 		if err != nil {
 			return err

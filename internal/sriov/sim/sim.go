@@ -51,7 +51,10 @@
 // (not necessarily to the node namespace it came from), under its current
 // name (e.g. eth0). A plugin should therefore move the VF back (and restore
 // its name) on DEL, as the reference sriov-cni does, and must tolerate a VF
-// that is simply gone. Likewise, deleting the PF (Destroy, or deleting the
+// that is simply gone. ReturnVFs, called before a pod namespace is deleted,
+// models the kernel's return of real VFs (each VF macvlan carries an alias
+// naming its simulator and index, so it is recognised in any namespace).
+// Likewise, deleting the PF (Destroy, or deleting the
 // node namespace) removes every VF macvlan, including those inside pod
 // namespaces, as disabling SR-IOV does on a real NIC. The kernel tears a
 // namespace down asynchronously after its last reference is gone, so these
@@ -71,10 +74,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sysfs"
 )
@@ -303,19 +308,12 @@ func Create(spec Spec) (*PF, error) {
 		}
 	}
 
-	var undo []func() error
+	// Undo only what this call made: a link or namespace that was in the
+	// way belongs to someone else.
+	var undo rollback.Stack
+	undo.Push("remove the simulator's files", p.removeFiles)
 	if err := p.build(&undo); err != nil {
-		// Undo only what this call made: a link or namespace that was in the
-		// way belongs to someone else.
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		errs = append(errs, p.removeFiles())
-		if cerr := errors.Join(errs...); cerr != nil {
-			err = fmt.Errorf("%w (and cleaning up: %v)", err, cerr)
-		}
-		return nil, err
+		return nil, rollback.With(err, undo.Run())
 	}
 	return p, nil
 }
@@ -333,14 +331,14 @@ func (p *PF) describe() ([]byte, error) {
 }
 
 // build creates the links, the tree and the state file; Destroy undoes it.
-// It appends to undo a function for every object it created.
-func (p *PF) build(undo *[]func() error) error {
+// It pushes onto undo the removal of every object it created.
+func (p *PF) build(undo *rollback.Stack) error {
 	node, err := openNetNS(p.NodeNetns)
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)
 	}
 	defer node.Close()
-	h, err := netlink.NewHandleAt(node)
+	h, err := netlinksafe.NewHandleAt(node)
 	if err != nil {
 		return fmt.Errorf("sim: netlink in %s: %w", p.NodeNetns, err)
 	}
@@ -354,13 +352,13 @@ func (p *PF) build(undo *[]func() error) error {
 	if _, err := createNamedNetNS(filepath.Base(p.UnderlayNetns)); err != nil {
 		return fmt.Errorf("sim: underlay namespace: %w", err)
 	}
-	*undo = append(*undo, func() error { return deleteNamedNetNS(p.UnderlayNetns) })
+	undo.Push("delete the underlay namespace", func() error { return deleteNamedNetNS(p.UnderlayNetns) })
 	ul, err := netns.GetFromPath(p.UnderlayNetns)
 	if err != nil {
 		return fmt.Errorf("sim: open underlay namespace: %w", err)
 	}
 	defer ul.Close()
-	uh, err := netlink.NewHandleAt(ul)
+	uh, err := netlinksafe.NewHandleAt(ul)
 	if err != nil {
 		return fmt.Errorf("sim: netlink in underlay namespace: %w", err)
 	}
@@ -376,7 +374,7 @@ func (p *PF) build(undo *[]func() error) error {
 		return fmt.Errorf("sim: create PF veth %s (peer %s in %s): %w", p.PFName, p.UnderlayPort, p.UnderlayNetns, err)
 	}
 	// Deleting the PF deletes its peer and every macvlan on it.
-	*undo = append(*undo, p.deleteLinks)
+	undo.Push("delete the PF veth", p.deleteLinks)
 	pfLink, err := h.LinkByName(p.PFName)
 	if err != nil {
 		return fmt.Errorf("sim: PF %s: %w", p.PFName, err)
@@ -406,6 +404,10 @@ func (p *PF) build(undo *[]func() error) error {
 		if err := h.LinkAdd(mv); err != nil {
 			return fmt.Errorf("sim: create VF %d netdev %s (macvlan on %s): %w", vf.Index, vf.Netdev, p.PFName, err)
 		}
+		// The kernel ignores an alias given at creation.
+		if err := h.LinkSetAlias(mv, p.vfAlias(vf.Index)); err != nil {
+			return fmt.Errorf("sim: tag VF %d netdev %s: %w", vf.Index, vf.Netdev, err)
+		}
 	}
 
 	if err := buildTree(p); err != nil {
@@ -422,7 +424,66 @@ func (p *PF) build(undo *[]func() error) error {
 	return nil
 }
 
-func linkUp(h *netlink.Handle, name string) error {
+// vfAlias tags VF i's macvlan (IFLA_IFALIAS survives moves and renames), so
+// that ReturnVFs recognises this simulator's VFs in any namespace.
+func (p *PF) vfAlias(i int) string {
+	return fmt.Sprintf("warpnet-sim %s vf %d", mac(macBase(p.Spec), 0), i)
+}
+
+// ReturnVFs does to the simulated VFs in the namespace at path what the
+// kernel does to real VFs when the namespace they are in is destroyed: it
+// moves each back to the node namespace (a real VF goes to the machine's
+// initial namespace, which on a real node is the node's), down, without its
+// addresses, keeping the MAC and MTU the pod gave it. Call it just before
+// deleting a pod namespace to model a pod that vanished without a CNI DEL;
+// without it a simulated VF dies with the namespace. One liberty: a real VF
+// keeps its name from the pod (which the real sysfs then shows), a simulated
+// one takes back its simulator name, because the fake sysfs tree cannot
+// follow renames. It returns the indexes of the VFs it moved.
+func (p *PF) ReturnVFs(path string) ([]int, error) {
+	pod, err := openNetNS(path)
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	defer pod.Close()
+	node, err := openNetNS(p.NodeNetns)
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	defer node.Close()
+	h, err := netlinksafe.NewHandleAt(pod)
+	if err != nil {
+		return nil, fmt.Errorf("sim: netlink in %s: %w", path, err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("sim: list links in %s: %w", path, err)
+	}
+	var moved []int
+	for _, l := range links {
+		i := slices.IndexFunc(p.VFs, func(vf VF) bool { return vf.Netdev != "" && l.Attrs().Alias == p.vfAlias(vf.Index) })
+		if i < 0 {
+			continue
+		}
+		name := p.VFs[i].Netdev
+		if err := h.LinkSetDown(l); err != nil {
+			return moved, fmt.Errorf("sim: set VF %d (%s) down: %w", i, l.Attrs().Name, err)
+		}
+		if l.Attrs().Name != name {
+			if err := h.LinkSetName(l, name); err != nil {
+				return moved, fmt.Errorf("sim: rename VF %d (%s) to %s: %w", i, l.Attrs().Name, name, err)
+			}
+		}
+		if err := h.LinkSetNsFd(l, int(node)); err != nil {
+			return moved, fmt.Errorf("sim: move VF %d (%s) back to %s: %w", i, name, p.NodeNetns, err)
+		}
+		moved = append(moved, i)
+	}
+	return moved, nil
+}
+
+func linkUp(h netlinksafe.Handle, name string) error {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return err
@@ -518,7 +579,7 @@ func (p *PF) deleteLinks() error {
 		return fmt.Errorf("sim: destroy: %w", err)
 	}
 	defer node.Close()
-	h, err := netlink.NewHandleAt(node)
+	h, err := netlinksafe.NewHandleAt(node)
 	if err != nil {
 		return fmt.Errorf("sim: destroy: netlink in %s: %w", p.NodeNetns, err)
 	}

@@ -444,3 +444,37 @@ func TestTreeMoves(t *testing.T) {
 		t.Error("moved dir left after Destroy")
 	}
 }
+
+// TestReturnVFs: the VFs of this simulator in a pod namespace come back to
+// the node, down, under their simulator names, with the MAC and MTU the pod
+// gave them; other links in the pod stay.
+func TestReturnVFs(t *testing.T) {
+	e := harness.New(t)
+	node, pod := e.NetNS("node"), e.NetNS("pod")
+	p := create(t, e, sim.Spec{NodeNetns: node.Path, Dir: filepath.Join(e.TempDir, "sim"), NumVFs: 3})
+	node.Exec(t, "ip", "link", "set", "sim0v0", "netns", pod.Name)
+	node.Exec(t, "ip", "link", "set", "sim0v2", "netns", pod.Name)
+	pod.Exec(t, "ip", "link", "set", "sim0v0", "name", "net1", "address", "0a:00:00:00:00:01", "mtu", "1400", "up")
+	pod.Exec(t, "ip", "link", "add", "other", "type", "veth", "peer", "name", "other1")
+	moved, err := p.ReturnVFs(pod.Path)
+	if err != nil || !slices.Equal(moved, []int{0, 2}) {
+		t.Fatalf("ReturnVFs = %v, %v; want [0 2]", moved, err)
+	}
+	h, ph := handle(t, node.Path), handle(t, pod.Path)
+	l, err := h.LinkByName("sim0v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := l.Attrs(); a.HardwareAddr.String() != "0a:00:00:00:00:01" || a.MTU != 1400 || a.Flags&net.FlagUp != 0 {
+		t.Errorf("returned VF 0: MAC %s MTU %d flags %v; want the pod's MAC and MTU, down", a.HardwareAddr, a.MTU, a.Flags)
+	}
+	if _, err := h.LinkByName("sim0v2"); err != nil {
+		t.Errorf("VF 2 not returned: %v", err)
+	}
+	if _, err := ph.LinkByName("other"); err != nil {
+		t.Errorf("a link that is no VF left the pod: %v", err)
+	}
+	if moved, err := p.ReturnVFs(pod.Path); err != nil || len(moved) != 0 {
+		t.Errorf("second ReturnVFs = %v, %v; want nothing to move", moved, err)
+	}
+}

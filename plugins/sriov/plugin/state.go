@@ -7,26 +7,39 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/warpnet/warpnet/internal/cnierr"
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sysfs"
 )
 
 // State on disk, under the configuration's dataDir:
 //
-//	cache/<container>:<ifname>.json  what ADD did, so DEL can undo it with no
-//	                                 (or a different) stdin and after restarts
-//	vf/<pci>.json                    which attachment holds the VF now
+//	vf/<pci>.json                    the VF's record: its pristine state and
+//	                                 the attachment that holds it now
 //	vf/<pci>.lock                    flock serialising everything done to a VF
+//	cache/<container>:<ifname>.json  which VF an attachment was given and its
+//	                                 ADD configuration, so that DEL needs
+//	                                 neither the original stdin nor deviceID
 //
-// The lock and the allocation record keep the late DEL of an old pod from
-// resetting a VF that a new pod has since been given.
+// The pristine state is kept per VF, not per attachment: a pod that takes
+// over the VF of a pod that vanished without a DEL must not mistake the
+// vanished pod's settings (its VLAN, MAC, trust, ...) for the VF's own. The
+// record is written by the first ADD that claims the VF, before anything is
+// changed, and is removed only when the VF's last holder leaves (its DEL, GC,
+// or the rollback of a failed ADD), after the VF was put back as recorded.
+// Its holder field is what keeps the late DEL of an old pod from resetting a
+// VF that a new pod has since been given.
 
 // key identifies an attachment.
 type key struct{ ContainerID, IfName string }
 
-// Original is the VF as it was before ADD touched it.
+// Original is a VF as it was before any attachment changed it.
 type Original struct {
 	PF       pf.VFState
 	Name     string   // host netdev name
@@ -35,46 +48,76 @@ type Original struct {
 	MTU      int
 }
 
-// record is the cache entry of one attachment.
-type record struct {
-	ContainerID string
-	IfName      string
-	Netns       string
-	VF          sysfs.VF
-	Orig        Original
-	Stdin       json.RawMessage // the ADD configuration, for IPAM DEL and CHECK
-}
-
-// allocation says which attachment holds a VF.
-type allocation struct {
+// attachment is an attachment and the namespace it was made in.
+type attachment struct {
 	ContainerID string
 	IfName      string
 	Netns       string
 }
 
-func (a allocation) key() key { return key{a.ContainerID, a.IfName} }
+func (a attachment) key() key { return key{a.ContainerID, a.IfName} }
+
+// vfRecord is the record of a VF that some attachment holds.
+type vfRecord struct {
+	Holder attachment
+	VF     sysfs.VF
+	// Pristine is nil only for a record of an older warp-sriov whose
+	// holder's cache had no original state either: then nothing is known
+	// to restore.
+	Pristine *Original
+}
+
+// cacheRecord is the cache entry of one attachment.
+type cacheRecord struct {
+	attachment
+	VF    sysfs.VF
+	Stdin json.RawMessage // the ADD configuration, for IPAM DEL
+	// Orig is the original state of the VF as older versions recorded it,
+	// per attachment; read only to upgrade their VF records.
+	Orig *Original `json:",omitempty"`
+}
 
 func cachePath(dataDir string, k key) string {
 	return filepath.Join(dataDir, "cache", url.QueryEscape(k.ContainerID)+":"+url.QueryEscape(k.IfName)+".json")
 }
 
-func allocPath(dataDir, pci string) string { return filepath.Join(dataDir, "vf", pci+".json") }
+func vfPath(dataDir, pci string) string { return filepath.Join(dataDir, "vf", pci+".json") }
 
-// writeJSON writes atomically (temporary file, then rename), so a crash
-// never leaves half a record that DEL would then fail to read.
+// ioErr reports a dataDir failure as CNI code 5.
+func ioErr(err error) *types.Error {
+	return cnierr.New(types.ErrIOFailure, "dataDir: %v", err)
+}
+
+// writeJSON writes atomically and durably (temporary file, fsync, rename),
+// so that neither a crash nor a power loss leaves half a record.
 func writeJSON(path string, v any) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("dataDir: %w", err)
+		return ioErr(err)
 	}
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("dataDir: %w", err)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return ioErr(err)
 	}
-	return os.Rename(tmp, path)
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return ioErr(err)
+	}
+	return nil
 }
 
 // readJSON returns false when the file does not exist.
@@ -84,39 +127,91 @@ func readJSON(path string, v any) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, ioErr(err)
 	}
-	return true, json.Unmarshal(b, v)
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, ioErr(fmt.Errorf("%s: %w", path, err))
+	}
+	return true, nil
 }
 
 func removeFile(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return ioErr(err)
 	}
 	return nil
 }
 
-// lockVF takes the VF's exclusive lock; the kernel drops it if we die.
+// readVF returns the VF's record, nil if no attachment holds the VF.
+func readVF(dataDir, pci string) (*vfRecord, error) {
+	path := vfPath(dataDir, pci)
+	var rec vfRecord
+	if ok, err := readJSON(path, &rec); err != nil || !ok {
+		return nil, err
+	}
+	if rec.Holder.ContainerID == "" {
+		if err := rec.upgrade(dataDir, path); err != nil {
+			return nil, err
+		}
+	}
+	return &rec, nil
+}
+
+// upgrade reads a record of an older warp-sriov, which held only the holder
+// (at the top level) and kept the VF's original state in the holder's cache.
+func (rec *vfRecord) upgrade(dataDir, path string) error {
+	if _, err := readJSON(path, &rec.Holder); err != nil {
+		return err
+	}
+	var c cacheRecord
+	if ok, err := readJSON(cachePath(dataDir, rec.Holder.key()), &c); err != nil || !ok {
+		return err
+	}
+	rec.VF, rec.Pristine = c.VF, c.Orig
+	return nil
+}
+
+// listJSON returns the records in dataDir/sub, by file name.
+func listJSON(dataDir, sub string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(dataDir, sub))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, ioErr(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".json") {
+			out = append(out, filepath.Join(dataDir, sub, e.Name()))
+		}
+	}
+	return out, nil
+}
+
+// lockTimeout bounds the wait for a VF's lock (tests shorten it).
+var lockTimeout = flock.DefaultTimeout
+
+// lockVF takes the VF's exclusive lock; the kernel drops it if we die. A
+// holder stuck for longer than lockTimeout is CNI code 11.
 func lockVF(dataDir, pci string) (unlock func(), err error) {
 	dir := filepath.Join(dataDir, "vf")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("dataDir: %w", err)
+		return nil, ioErr(err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, pci+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	l, err := flock.Open(filepath.Join(dir, pci+".lock"))
 	if err != nil {
-		return nil, fmt.Errorf("dataDir: %w", err)
+		return nil, ioErr(err)
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
+	l.SetTimeout(lockTimeout)
+	if err := l.Lock(); err != nil {
+		l.Close()
+		if errors.Is(err, flock.ErrTimeout) {
+			return nil, cnierr.New(types.ErrTryAgainLater, "VF %s: another warp-sriov is still working on it: %v", pci, err)
 		}
+		return nil, ioErr(err)
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock VF %s: %w", pci, err)
-	}
-	return func() { f.Close() }, nil
+	return func() { l.Close() }, nil
 }
 
 // netnsExists reports whether a pod namespace path still names a namespace.

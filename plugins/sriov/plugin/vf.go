@@ -4,22 +4,25 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sysfs"
 	"github.com/warpnet/warpnet/plugins/sriov/config"
 )
 
-// desiredPF is the PF-side state the configuration asks for, starting from
-// the current one: unset keys leave the VF as it is.
-func desiredPF(cur pf.VFState, conf *config.NetConf) pf.VFState {
-	want := cur
+// desiredPF is the PF-side state the configuration asks for: a key that is
+// not set keeps the VF's pristine setting (never a previous holder's).
+func desiredPF(pristine pf.VFState, conf *config.NetConf) pf.VFState {
+	want := pristine
 	if conf.MAC != "" {
 		want.MAC = conf.MAC
 	}
@@ -59,10 +62,13 @@ func applyPF(ops pf.PF, vf sysfs.VF, cur, want pf.VFState) error {
 		diff  bool
 		do    func() error
 	}{
-		{"mac", want.MAC != cur.MAC && want.MAC != "", func() error {
-			mac, err := net.ParseMAC(want.MAC)
-			if err != nil {
-				return err
+		{"mac", want.MAC != cur.MAC, func() error {
+			mac := make(net.HardwareAddr, 6) // all zeroes clears the admin MAC
+			if want.MAC != "" {
+				var err error
+				if mac, err = net.ParseMAC(want.MAC); err != nil {
+					return err
+				}
 			}
 			return ops.SetMAC(name, i, mac)
 		}},
@@ -88,9 +94,14 @@ func applyPF(ops pf.PF, vf sysfs.VF, cur, want pf.VFState) error {
 }
 
 // restorePF puts the VF's PF-side settings back to orig, from whatever they
-// are now (a failed ADD may have applied only some).
+// are now (a failed ADD may have applied only some). A PF that is gone, or
+// no longer has the VF (SR-IOV disabled), took the settings with it.
 func restorePF(ops pf.PF, vf sysfs.VF, orig pf.VFState) error {
 	cur, err := ops.VF(vf.PFName, vf.Index)
+	if errors.Is(err, pf.ErrNoPF) || errors.Is(err, pf.ErrNoVF) {
+		fmt.Fprintf(os.Stderr, "warp-sriov: VF %s: nothing to restore on the PF side: %v\n", vf.PCI, err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -116,8 +127,8 @@ func hostAndTempNS() (host, tmp ns.NetNS, done func(), err error) {
 // through a temporary namespace: renaming in the host could clash with a
 // host interface (eth0), and moving first could clash with a pod interface
 // that has the VF's host name. It then sets MAC and MTU and brings it up.
-func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error {
-	link, err := netlink.LinkByName(hostName)
+func moveIn(hostName string, podNS ns.NetNS, ifName string, mac net.HardwareAddr, mtu int) error {
+	link, err := netlinksafe.LinkByName(hostName)
 	if err != nil {
 		return fmt.Errorf("VF netdev %s is not in the host namespace: %w", hostName, err)
 	}
@@ -133,7 +144,7 @@ func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error 
 		return fmt.Errorf("move %s out of the host: %w", hostName, err)
 	}
 	err = tmp.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(hostName)
+		l, err := netlinksafe.LinkByName(hostName)
 		if err != nil {
 			return err
 		}
@@ -142,7 +153,7 @@ func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error 
 		}
 		// Host altnames (udev's predictable names, or the old name some
 		// kernels keep on rename) are host naming: in the pod they could
-		// clash with the pod's own names. moveOut puts them back.
+		// clash with the pod's own names. resetLink puts them back.
 		for _, alt := range l.Attrs().AltNames {
 			if err := netlink.LinkDelAltName(l, alt); err != nil {
 				return fmt.Errorf("drop altname %s: %w", alt, err)
@@ -154,33 +165,27 @@ func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error 
 		return nil
 	})
 	if err != nil {
-		// Put it back as it was (under whichever name it got to); the
-		// temporary namespace dies with tmp.
-		_ = tmp.Do(func(ns.NetNS) error {
+		// Back to the host under its host name, before the temporary
+		// namespace dies with tmp (and a simulated VF with it).
+		return rollback.With(err, tmp.Do(func(ns.NetNS) error {
 			for _, n := range []string{ifName, hostName} {
-				if _, lerr := netlink.LinkByName(n); lerr == nil {
+				if _, lerr := netlinksafe.LinkByName(n); lerr == nil {
 					return returnToHost(n, hostName, hostNS)
 				}
 			}
 			return nil
-		})
-		return err
+		}))
 	}
 	return podNS.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(ifName)
+		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return err
 		}
-		if mac != "" {
-			hw, _ := net.ParseMAC(mac)
-			if err := netlink.LinkSetHardwareAddr(l, hw); err != nil {
-				return fmt.Errorf("mac: set %s on %s: %w", mac, ifName, err)
-			}
+		if err := netlink.LinkSetHardwareAddr(l, mac); err != nil {
+			return fmt.Errorf("mac: set %s on %s: %w", mac, ifName, err)
 		}
-		if mtu > 0 {
-			if err := netlink.LinkSetMTU(l, mtu); err != nil {
-				return fmt.Errorf("mtu: set %d on %s: %w", mtu, ifName, err)
-			}
+		if err := netlink.LinkSetMTU(l, mtu); err != nil {
+			return fmt.Errorf("mtu: set %d on %s: %w", mtu, ifName, err)
 		}
 		return netlink.LinkSetUp(l)
 	})
@@ -189,36 +194,77 @@ func moveIn(hostName string, podNS ns.NetNS, ifName, mac string, mtu int) error 
 // returnToHost renames the link called name (in the current namespace) to
 // hostName and moves it to hostNS; a missing link is not an error.
 func returnToHost(name, hostName string, hostNS ns.NetNS) error {
-	l, err := netlink.LinkByName(name)
+	l, err := netlinksafe.LinkByName(name)
 	if err != nil {
 		return nil
 	}
-	_ = netlink.LinkSetDown(l)
+	if err := netlink.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set %s down: %w", name, err)
+	}
 	if name != hostName {
 		if err := netlink.LinkSetName(l, hostName); err != nil {
-			return err
+			return fmt.Errorf("rename %s to %s: %w", name, hostName, err)
 		}
 	}
 	return netlink.LinkSetNsFd(l, int(hostNS.Fd()))
 }
 
+// restoreNetdev puts the VF's netdev back into the host as it was before
+// its first attachment (name, altnames, MAC, MTU), wherever it is now: in
+// the pod at podPath under ifName, or in the host already (a real VF whose
+// pod namespace died comes back by itself, under its pod name; a failed ADD
+// may not have moved it yet). A VF found nowhere is not an error: a
+// simulated one dies with its namespace.
+func restoreNetdev(vf sysfs.VF, orig Original, podPath, ifName string) error {
+	if netnsExists(podPath) {
+		podNS, err := ns.GetNS(podPath)
+		if err != nil {
+			return fmt.Errorf("open pod namespace %s: %w", podPath, err)
+		}
+		defer podNS.Close()
+		if moved, err := moveOut(podNS, ifName, orig); err != nil || moved {
+			return err
+		}
+	}
+	names := []string{orig.Name}
+	if cur, err := sysfs.Resolve(vf.PCI); err == nil && cur.Netdev != "" && cur.Netdev != orig.Name {
+		names = append([]string{cur.Netdev}, names...)
+	}
+	for _, name := range names {
+		// sysfs says which netdev is the VF's (a host link could have
+		// taken the VF's old name).
+		if pci, err := sysfs.PCIFromNetdev(name); err != nil || pci != vf.PCI {
+			continue
+		}
+		l, err := netlinksafe.LinkByName(name)
+		if err != nil {
+			continue
+		}
+		if err := netlink.LinkSetDown(l); err != nil {
+			return fmt.Errorf("set %s down: %w", name, err)
+		}
+		return resetLink(l, orig)
+	}
+	return nil
+}
+
 // moveOut is moveIn backwards: the VF leaves the pod through a temporary
-// namespace, gets its host name, MAC and MTU back, and returns to the host.
-// A VF that is no longer in the pod is not an error (its namespace may be
-// gone: a real VF then is back in the host already).
-func moveOut(podNS ns.NetNS, ifName string, orig Original) error {
+// namespace, gets its host name, altnames, MAC and MTU back, and returns to
+// the host. It reports whether the VF was in the pod.
+func moveOut(podNS ns.NetNS, ifName string, orig Original) (moved bool, err error) {
 	hostNS, tmp, done, err := hostAndTempNS()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer done()
-	moved := false
 	err = podNS.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(ifName)
+		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return nil
 		}
-		_ = netlink.LinkSetDown(l)
+		if err := netlink.LinkSetDown(l); err != nil {
+			return fmt.Errorf("set %s down: %w", ifName, err)
+		}
 		if err := netlink.LinkSetNsFd(l, int(tmp.Fd())); err != nil {
 			return fmt.Errorf("move %s out of the pod: %w", ifName, err)
 		}
@@ -226,32 +272,49 @@ func moveOut(podNS ns.NetNS, ifName string, orig Original) error {
 		return nil
 	})
 	if err != nil || !moved {
-		return err
+		return moved, err
 	}
-	return tmp.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(ifName)
+	return true, tmp.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return err
 		}
-		if hw, err := net.ParseMAC(orig.MAC); err == nil {
-			if err := netlink.LinkSetHardwareAddr(l, hw); err != nil {
-				return fmt.Errorf("restore MAC %s: %w", orig.MAC, err)
-			}
+		if err := resetLink(l, orig); err != nil {
+			// Still to the host: a VF left in the temporary namespace
+			// would be lost with it.
+			return rollback.With(err, netlink.LinkSetNsFd(l, int(hostNS.Fd())))
 		}
-		if orig.MTU > 0 {
-			if err := netlink.LinkSetMTU(l, orig.MTU); err != nil {
-				return fmt.Errorf("restore MTU %d: %w", orig.MTU, err)
-			}
-		}
-		for _, alt := range orig.AltNames {
-			if !slices.Contains(l.Attrs().AltNames, alt) {
-				if err := netlink.LinkAddAltName(l, alt); err != nil {
-					return fmt.Errorf("restore altname %s: %w", alt, err)
-				}
-			}
-		}
-		return returnToHost(ifName, orig.Name, hostNS)
+		return netlink.LinkSetNsFd(l, int(hostNS.Fd()))
 	})
+}
+
+// resetLink gives a VF netdev that is down its original name, altnames,
+// MAC and MTU.
+func resetLink(l netlink.Link, orig Original) error {
+	a := l.Attrs()
+	if a.Name != orig.Name {
+		if err := netlink.LinkSetName(l, orig.Name); err != nil {
+			return fmt.Errorf("restore name %s of %s: %w", orig.Name, a.Name, err)
+		}
+	}
+	if hw, err := net.ParseMAC(orig.MAC); err == nil && a.HardwareAddr.String() != hw.String() {
+		if err := netlink.LinkSetHardwareAddr(l, hw); err != nil {
+			return fmt.Errorf("restore MAC %s of %s: %w", orig.MAC, orig.Name, err)
+		}
+	}
+	if orig.MTU > 0 && a.MTU != orig.MTU {
+		if err := netlink.LinkSetMTU(l, orig.MTU); err != nil {
+			return fmt.Errorf("restore MTU %d of %s: %w", orig.MTU, orig.Name, err)
+		}
+	}
+	for _, alt := range orig.AltNames {
+		if !slices.Contains(a.AltNames, alt) {
+			if err := netlink.LinkAddAltName(l, alt); err != nil {
+				return fmt.Errorf("restore altname %s of %s: %w", alt, orig.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // configureIPs gives the VF in the pod its IPAM addresses and routes. The
@@ -259,7 +322,7 @@ func moveOut(podNS ns.NetNS, ifName string, orig Original) error {
 // IPv6 addresses skip DAD: conflict detection is the IPAM's job (warp-ipam
 // probes on this very interface before it answers).
 func configureIPs(ifName string, res *current.Result) error {
-	link, err := netlink.LinkByName(ifName)
+	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return err
 	}

@@ -59,3 +59,26 @@ func TestApplyOnlyWhatDiffersAndRestore(t *testing.T) {
 		t.Fatalf("after restore %+v, want %+v", got, orig)
 	}
 }
+
+// A VF whose pristine state has no admin MAC gets it cleared again (a
+// tenant's MAC must not stay on the PF side).
+func TestRestoreClearsAnAdminMAC(t *testing.T) {
+	rec := pf.Recorder(filepath.Join(t.TempDir(), "pf.json"))
+	vf := sysfs.VF{PFName: "sim0", Index: 0}
+	orig, err := rec.VF("sim0", 0)
+	if err != nil || orig.MAC != "" {
+		t.Fatalf("default state %+v, %v; want no admin MAC", orig, err)
+	}
+	if err := applyPF(rec, vf, orig, desiredPF(orig, &config.NetConf{MAC: "0a:00:00:00:00:01"})); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := rec.VF("sim0", 0); got.MAC != "0a:00:00:00:00:01" {
+		t.Fatalf("MAC not applied: %+v", got)
+	}
+	if err := restorePF(rec, vf, orig); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := rec.VF("sim0", 0); got != orig {
+		t.Fatalf("after restore %+v, want %+v", got, orig)
+	}
+}

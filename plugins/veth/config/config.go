@@ -10,13 +10,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/nodefacts"
 )
-
-// DefaultBPFFSRoot is where the XDP programs and maps are pinned, shared by
-// every plugin invocation and the node daemon.
-const DefaultBPFFSRoot = "/sys/fs/bpf/warpnet"
 
 // DefaultMTU is used when mtu is not set and warpd has published no MTU.
 const DefaultMTU = 1500
@@ -90,7 +87,7 @@ func Load(stdin []byte) (*NetConf, error) {
 		n.XDP = &XDP{}
 	}
 	if n.BPFFSRoot == "" {
-		n.BPFFSRoot = DefaultBPFFSRoot
+		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
 }
@@ -119,7 +116,7 @@ func LoadDel(stdin []byte) (*NetConf, error) {
 	n := &NetConf{MTU: DefaultMTU, XDP: &XDP{}, BPFFSRoot: d.BPFFSRoot}
 	n.CNIVersion, n.Name, n.IPAM.Type = d.CNIVersion, d.Name, d.IPAM.Type
 	if n.BPFFSRoot == "" {
-		n.BPFFSRoot = DefaultBPFFSRoot
+		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
 }

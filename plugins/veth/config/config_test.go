@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/warpnet/warpnet/bpf/pinset"
 )
 
 func TestXDPSetting(t *testing.T) {
@@ -28,7 +30,7 @@ func TestXDPSetting(t *testing.T) {
 		if *n.XDP != want {
 			t.Errorf("%s: got %+v, want %+v", in, *n.XDP, want)
 		}
-		if n.MTU != DefaultMTU || n.BPFFSRoot != DefaultBPFFSRoot {
+		if n.MTU != DefaultMTU || n.BPFFSRoot != pinset.DefaultRoot {
 			t.Errorf("%s: defaults %d %s", in, n.MTU, n.BPFFSRoot)
 		}
 	}
@@ -69,7 +71,7 @@ func TestLoadDelToleratesTheRest(t *testing.T) {
 			t.Errorf("%s: got %+v", rest, n)
 		}
 	}
-	if n, err := LoadDel([]byte(`{"ipam":{"type":"x"}}`)); err != nil || n.BPFFSRoot != DefaultBPFFSRoot {
+	if n, err := LoadDel([]byte(`{"ipam":{"type":"x"}}`)); err != nil || n.BPFFSRoot != pinset.DefaultRoot {
 		t.Errorf("defaults: %+v %v", n, err)
 	}
 	for in, field := range map[string]string{

@@ -4,23 +4,23 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/pinset"
+	"github.com/warpnet/warpnet/bpf/podpath"
 	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/faultpoint"
 	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/plugins/veth/config"
 )
 
-func endpointOf(conf *config.NetConf, att Attachment, hostIndex int, ips []netip.Addr) bpf.Endpoint {
-	return bpf.Endpoint{
+func endpointOf(conf *config.NetConf, att Attachment, hostIndex int, ips []netip.Addr) podpath.Endpoint {
+	return podpath.Endpoint{
 		Owner: att.Owner, HostIfIndex: hostIndex, PodMAC: att.PodMAC, HostMAC: att.HostMAC, IPs: ips,
-		Features: bpf.Features{Redirect: conf.XDP.Redirect, AntiSpoof: conf.XDP.AntiSpoof},
+		Features: podpath.Features{Redirect: conf.XDP.Redirect, AntiSpoof: conf.XDP.AntiSpoof},
 	}
 }
 
@@ -31,7 +31,7 @@ func endpointOf(conf *config.NetConf, att Attachment, hostIndex int, ips []netip
 // once the pod end has its program. The map entries' undo goes on Add's
 // stack; the programs go with the link.
 func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr, undo *rollback.Stack) error {
-	dp, err := bpf.Open(conf.BPFFSRoot)
+	dp, err := podpath.Open(conf.BPFFSRoot)
 	if err != nil {
 		return fmt.Errorf("%w (bpffsRoot %s)", err, conf.BPFFSRoot)
 	}
@@ -55,13 +55,14 @@ func attachXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.Net
 	return nil
 }
 
-// detachXDP removes the pod's map entries. Nothing pinned means nothing to
-// remove: DEL must not load programs on a node that never ran XDP.
+// detachXDP removes the pod's map entries. It opens the pinned maps only,
+// never loads: nothing pinned (a node that never ran XDP, even if warpd
+// created the bpffs root) means nothing to remove.
 func detachXDP(conf *config.NetConf, att Attachment) error {
-	if _, err := os.Stat(conf.BPFFSRoot); errors.Is(err, os.ErrNotExist) {
+	dp, err := podpath.OpenExisting(conf.BPFFSRoot)
+	if errors.Is(err, pinset.ErrNotPinned) {
 		return nil
 	}
-	dp, err := bpf.Open(conf.BPFFSRoot)
 	if err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func detachXDP(conf *config.NetConf, att Attachment) error {
 }
 
 func checkXDP(conf *config.NetConf, att Attachment, hostIndex int, podNS ns.NetNS, podIndex int, ips []netip.Addr) error {
-	dp, err := bpf.Open(conf.BPFFSRoot)
+	dp, err := podpath.OpenExisting(conf.BPFFSRoot) // CHECK looks, it never loads
 	if err != nil {
 		return cnierr.New(types.ErrInternal, "xdp: %v", err)
 	}

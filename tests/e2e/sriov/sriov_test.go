@@ -9,15 +9,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
 	"github.com/warpnet/warpnet/tests/harness"
@@ -45,6 +45,13 @@ func newNode(t *testing.T, vfs int, dpdk ...int) *node {
 	n.pf = p
 	n.sriov = env.Plugin(t, "warp-sriov").In(n.ns)
 	return n
+}
+
+// with is the node for a subtest: failures go to t.
+func (n *node) with(t *testing.T) *node {
+	m := *n
+	m.t = t
+	return &m
 }
 
 func (n *node) conf(fields map[string]any) []byte {
@@ -100,6 +107,61 @@ func link(t *testing.T, ns *harness.NetNS, name string) string {
 }
 
 func (n *node) hostVF(i int) string { return link(n.t, n.ns, n.pf.VFs[i].Netdev) }
+
+// cacheFile and vfFile are warp-sriov's records (plugins/sriov/plugin/state.go).
+func (n *node) cacheFile(id string) string { return filepath.Join(n.dataDir, "cache", id+":net1.json") }
+func (n *node) vfFile(i int) string        { return filepath.Join(n.dataDir, "vf", n.pf.VFs[i].PCI+".json") }
+
+func containsAll(s string, parts ...string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// reserved lists the addresses warp-ipam holds, read from its files.
+func (n *node) reserved() []string {
+	r := harness.IPAMReservations(filepath.Join(n.env.TempDir, "ipam"), network)
+	slices.Sort(r)
+	return r
+}
+
+// addrs are a result's addresses as IPAMReservations names them, sorted.
+func addrs(res *current.Result) []string {
+	var out []string
+	for _, ipc := range res.IPs {
+		out = append(out, ipc.Address.IP.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// gone models a pod that vanished without a CNI DEL (node crash, runtime
+// bug): as the kernel does with real VFs, the VFs in its namespace return
+// to the node (sim.ReturnVFs), then the namespace is deleted.
+func (n *node) gone(pod *harness.NetNS) {
+	n.t.Helper()
+	if _, err := n.pf.ReturnVFs(pod.Path); err != nil {
+		n.t.Fatal(err)
+	}
+	if _, err := n.ns.Run(n.t.Context(), "ip", "netns", "delete", pod.Name); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// inPod is how VF i's netdev looks in a pod as net1 when it has its
+// pristine MAC and MTU (origLink is its host view, "name mac mtu").
+func inPod(origLink string) string {
+	_, rest, _ := strings.Cut(origLink, " ")
+	return "net1 " + rest
+}
 
 // assertRestored checks that VF i is back as the simulator made it, and that
 // no record of an attachment is left.
@@ -157,6 +219,21 @@ func TestNetdevModeAppliesAndRestoresEverything(t *testing.T) {
 		t.Errorf("pod addresses: %s", out)
 	}
 	n.sriov.MustSucceed(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)))
+	// Drift on the PF side, or an address gone in the pod: code 102.
+	rec := pf.Recorder(n.pf.StateFile)
+	if err := rec.SetVLAN(n.pf.PFName, 0, 101, 3, "802.1ad"); err != nil {
+		t.Fatal(err)
+	}
+	if e := n.sriov.MustFail(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)), cnierr.CheckMismatch); !strings.Contains(e.Msg, "PF-side") {
+		t.Errorf("CHECK message %q", e.Msg)
+	}
+	if err := rec.SetVLAN(n.pf.PFName, 0, 100, 3, "802.1ad"); err != nil {
+		t.Fatal(err)
+	}
+	pod.Exec(t, "ip", "addr", "del", "192.168.50.2/24", "dev", "net1")
+	if e := n.sriov.MustFail(t, n.call("CHECK", "c1", pod, harness.WithPrevResult(t, conf, res)), cnierr.CheckMismatch); !strings.Contains(e.Msg, "192.168.50.2") {
+		t.Errorf("CHECK message %q", e.Msg)
+	}
 
 	// DEL works without the original stdin: no deviceID, nothing but
 	// name and dataDir.
@@ -215,65 +292,35 @@ func TestTwoPodsOnTwoVFsTalk(t *testing.T) {
 	}
 }
 
-// A late DEL of the VF's previous pod must not reset it under its new pod,
-// also when that DEL races the new pod's ADD.
-func TestVFReusedByNewPod(t *testing.T) {
-	n := newNode(t, 1)
-	vf := n.pf.VFs[0].PCI
-	oldConf := n.conf(map[string]any{"deviceID": vf, "vlan": 10})
-	newConf := n.conf(map[string]any{"deviceID": vf, "vlan": 20, "mac": "0a:00:00:00:20:20"})
-	for round := 0; round < 5; round++ {
-		oldPod, newPod := n.env.NetNS(fmt.Sprintf("old%d", round)), n.env.NetNS(fmt.Sprintf("new%d", round))
-		oldID, newID := fmt.Sprintf("old%d", round), fmt.Sprintf("new%d", round)
-		n.add(oldID, oldPod, oldConf)
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { // kubelet tearing down the old pod
-			defer wg.Done()
-			n.sriov.MustSucceed(t, n.call("DEL", oldID, oldPod, oldConf))
-		}()
-		go func() { // the new pod, retried until the VF is free
-			defer wg.Done()
-			for try := 0; ; try++ {
-				o, err := n.sriov.Exec(t.Context(), n.call("ADD", newID, newPod, newConf))
-				if err == nil && o.ExitCode == 0 {
-					return
-				}
-				if o == nil || o.Err == nil || o.Err.Code != types.ErrTryAgainLater || try > 200 {
-					t.Errorf("new pod's ADD: %v %v", err, o)
-					return
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-		wg.Wait()
-		// The runtime retries the old pod's DEL once more, late.
-		n.sriov.MustSucceed(t, n.call("DEL", oldID, oldPod, oldConf))
-		if got := n.pfState(0); got.VLAN != 20 || got.MAC != "0a:00:00:00:20:20" {
-			t.Fatalf("round %d: the old pod's DEL reset the new pod's VF: %+v", round, got)
-		}
-		if got := link(t, newPod, "net1"); !strings.HasPrefix(got, "net1 0a:00:00:00:20:20") {
-			t.Fatalf("round %d: new pod's VF: %q", round, got)
-		}
-		n.sriov.MustSucceed(t, n.call("DEL", newID, newPod, newConf))
-	}
-}
-
-// The pod's namespace is gone before DEL (a simulated VF dies with it; a
-// real one returns to the host): DEL still restores the PF side and frees
-// the address and the records.
+// The pod's namespace is gone before DEL: DEL still restores the PF side
+// and frees the address and the records. A real VF has come back to the
+// host by itself, with the pod's name, MAC and MTU: DEL finds it there and
+// restores it too. A simulated one that was not returned died with the
+// namespace.
 func TestDelAfterPodNamespaceIsGone(t *testing.T) {
-	n := newNode(t, 2)
-	pod := n.env.NetNS("pod")
-	origPF := n.pfState(1)
-	conf := n.conf(map[string]any{"deviceID": n.pf.VFs[1].PCI, "vlan": 5, "trust": "on"})
-	n.add("c1", pod, conf)
-	if _, err := n.ns.Run(t.Context(), "ip", "netns", "delete", pod.Name); err != nil {
-		t.Fatal(err)
+	for _, returned := range []bool{true, false} {
+		t.Run(map[bool]string{true: "VF returned", false: "VF died"}[returned], func(t *testing.T) {
+			n := newNode(t, 2)
+			pod := n.env.NetNS("pod")
+			origLink, origPF := n.hostVF(1), n.pfState(1)
+			conf := n.conf(map[string]any{"deviceID": n.pf.VFs[1].PCI, "vlan": 5, "trust": "on", "mac": "0a:00:00:00:00:05", "mtu": 1400})
+			n.add("c1", pod, conf)
+			if returned {
+				n.gone(pod)
+				if got := n.hostVF(1); got != n.pf.VFs[1].Netdev+" 0a:00:00:00:00:05 1400" {
+					t.Fatalf("returned VF: %q", got)
+				}
+			} else {
+				if _, err := n.ns.Run(t.Context(), "ip", "netns", "delete", pod.Name); err != nil {
+					t.Fatal(err)
+				}
+				origLink = ""
+			}
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", nil, conf))
+			n.assertRestored(1, origLink, origPF)
+		})
 	}
-	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
-	n.sriov.MustSucceed(t, n.call("DEL", "c1", nil, conf))
-	n.assertRestored(1, "", origPF) // the simulated netdev died with the namespace
 }
 
 func TestBadDeviceIDs(t *testing.T) {
@@ -294,6 +341,15 @@ func TestBadDeviceIDs(t *testing.T) {
 			e := n.sriov.MustFail(t, n.call("ADD", "bad", pod, n.conf(map[string]any{"deviceID": tc.id})), tc.code)
 			if !strings.Contains(e.Msg, tc.msg) {
 				t.Errorf("message %q does not say %q", e.Msg, tc.msg)
+			}
+		})
+	}
+	for _, args := range []string{"MAC", "MAC=0a:00:00:00:00:01;COLOR=blue"} {
+		t.Run("CNI_ARGS "+args, func(t *testing.T) {
+			c := n.call("ADD", "bad", pod, n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI}))
+			c.Args = args
+			if e := n.sriov.MustFail(t, c, types.ErrInvalidEnvironmentVariables); !strings.Contains(e.Msg, "CNI_ARGS") {
+				t.Errorf("message %q does not name CNI_ARGS", e.Msg)
 			}
 		})
 	}
@@ -371,4 +427,59 @@ func TestFailedAddRollsBack(t *testing.T) {
 		}
 		n.assertRestored(0, origLink, origPF)
 	})
+}
+
+// DEL cleans up after the configuration has become invalid (it reads only
+// dataDir and the IPAM type; the rest comes from its cache), and also when
+// nothing was attached.
+func TestDelWithInvalidConfig(t *testing.T) {
+	n := newNode(t, 1)
+	pod := n.env.NetNS("pod")
+	origLink, origPF := n.hostVF(0), n.pfState(0)
+	n.add("c1", pod, n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": 7, "mtu": 1400}))
+	// Invalid for ADD: code 6 naming the key.
+	if e := n.sriov.MustFail(t, n.call("ADD", "c2", n.env.NetNS("other"), n.conf(map[string]any{"deviceID": n.pf.VFs[0].PCI, "vlan": "x"})),
+		types.ErrDecodingFailure); !strings.Contains(e.Msg, "vlan") {
+		t.Errorf("message %q does not name vlan", e.Msg)
+	}
+	broken := n.conf(map[string]any{"deviceID": 7, "vlan": "x", "mtu": "abc", "trust": 1, "prevResult": "garbage"})
+	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, broken))
+	n.assertRestored(0, origLink, origPF)
+	n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, broken))
+	n.sriov.MustSucceed(t, n.call("DEL", "never", pod, broken))
+}
+
+// CNI 0.1.0 and 0.2.0 runtimes get results in their format (ip4/ip6, no
+// interfaces) and can DEL.
+func TestOldSpecVersions(t *testing.T) {
+	n := newNode(t, 1)
+	origLink, origPF := n.hostVF(0), n.pfState(0)
+	for _, v := range []string{"0.1.0", "0.2.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := n.with(t)
+			pod := n.env.NetNS("pod" + strings.ReplaceAll(v, ".", ""))
+			conf := n.conf(map[string]any{"cniVersion": v, "deviceID": n.pf.VFs[0].PCI, "vlan": 5})
+			out := n.sriov.MustSucceed(t, n.call("ADD", "c1", pod, conf))
+			var res struct {
+				CNIVersion string               `json:"cniVersion"`
+				IP4        *struct{ IP string } `json:"ip4"`
+				IP6        *struct{ IP string } `json:"ip6"`
+				Interfaces json.RawMessage      `json:"interfaces"`
+			}
+			if err := json.Unmarshal(out, &res); err != nil {
+				t.Fatal(err)
+			}
+			if res.CNIVersion != v || res.IP4 == nil || !strings.HasPrefix(res.IP4.IP, "192.168.50.") || res.IP6 == nil || !strings.HasPrefix(res.IP6.IP, "fd50::") || res.Interfaces != nil {
+				t.Fatalf("%s result: %s", v, out)
+			}
+			if got := n.pfState(0); got.VLAN != 5 {
+				t.Errorf("PF side %+v", got)
+			}
+			if out := pod.Exec(t, "ip", "addr", "show", "net1"); !strings.Contains(out, res.IP4.IP) || !strings.Contains(out, res.IP6.IP) {
+				t.Errorf("pod addresses: %s, want %s and %s", out, res.IP4.IP, res.IP6.IP)
+			}
+			n.sriov.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.assertRestored(0, origLink, origPF)
+		})
+	}
 }

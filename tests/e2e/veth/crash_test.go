@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/podpath"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
@@ -40,7 +40,7 @@ type nodeState struct {
 	endpoints             []uint64          // XDP endpoint owners
 }
 
-func (n *node) state(t *testing.T, dp *bpf.Datapath) nodeState {
+func (n *node) state(t *testing.T, dp *podpath.Datapath) nodeState {
 	t.Helper()
 	eps, err := dp.Endpoints()
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
+	"github.com/warpnet/warpnet/bpf/podpath"
 	"github.com/warpnet/warpnet/plugins/veth/plugin"
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -278,7 +279,7 @@ func TestDelIsIdempotentAndTolerant(t *testing.T) {
 // retries DEL: DEL reads only the IPAM section and bpffsRoot.
 func TestDelAfterConfigBecameInvalid(t *testing.T) {
 	n := newNode(t)
-	dp := n.datapath()
+	var dp *podpath.Datapath // opened once the first XDP pod pinned the maps
 	for i, broken := range []map[string]any{
 		{"mtu": "abc"},
 		{"xdp": "yes"},
@@ -287,6 +288,9 @@ func TestDelAfterConfigBecameInvalid(t *testing.T) {
 		t.Run(fmt.Sprint(broken), func(t *testing.T) {
 			id, pod := fmt.Sprintf("c%d", i), n.env.NetNS(fmt.Sprintf("pod%d", i))
 			n.add(id, pod, n.conf(map[string]any{"xdp": true}))
+			if dp == nil {
+				dp = n.datapath()
+			}
 			owner := plugin.Derive(id, "eth0").Owner
 			if _, ok, _ := dp.Endpoint(owner); !ok {
 				t.Fatal("no XDP endpoint after ADD")

@@ -1,9 +1,13 @@
 package veth_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,15 +15,17 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
-	"github.com/warpnet/warpnet/bpf"
+	"github.com/warpnet/warpnet/bpf/podpath"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/plugins/veth/plugin"
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// datapath opens the node's pinned XDP maps, as warpctl will.
-func (n *node) datapath() *bpf.Datapath {
+// datapath opens the node's pinned XDP maps (as warp-veth's DEL does:
+// nothing is loaded).
+func (n *node) datapath() *podpath.Datapath {
 	n.t.Helper()
-	dp, err := bpf.Open(n.bpffs)
+	dp, err := podpath.OpenExisting(n.bpffs)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -42,7 +48,7 @@ func (n *node) hostIndex(r *current.Result) int {
 	return idx
 }
 
-func (n *node) counters(dp *bpf.Datapath, hostIndex int) bpf.Counters {
+func (n *node) counters(dp *podpath.Datapath, hostIndex int) podpath.Counters {
 	n.t.Helper()
 	c, err := dp.Counters(hostIndex)
 	if err != nil {
@@ -80,7 +86,7 @@ func echoed(conn *net.UDPConn, wait time.Duration) bool {
 }
 
 // waitCounters waits until the host end's counters satisfy cond.
-func waitCounters(t *testing.T, dp *bpf.Datapath, hostIndex int, what string, cond func(bpf.Counters) bool) {
+func waitCounters(t *testing.T, dp *podpath.Datapath, hostIndex int, what string, cond func(podpath.Counters) bool) {
 	t.Helper()
 	harness.WaitFor(t, what, 10*time.Second, func() bool {
 		c, err := dp.Counters(hostIndex)
@@ -108,13 +114,20 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 	}
 	n.veth.MustSucceed(t, n.call("CHECK", "c2", pod2, harness.WithPrevResult(t, conf, r2)))
 	// CHECK notices a host end that lost its program.
-	if err := n.ns.Do(func() error { return bpf.Detach(n.hostIndex(r2)) }); err != nil {
+	if err := n.ns.Do(func() error { return podpath.Detach(n.hostIndex(r2)) }); err != nil {
 		t.Fatal(err)
 	}
 	if e := n.veth.MustFail(t, n.call("CHECK", "c2", pod2, harness.WithPrevResult(t, conf, r2)), 999); !strings.Contains(e.Msg, "xdp") {
 		t.Errorf("CHECK message %q does not say xdp", e.Msg)
 	}
-	if err := n.ns.Do(func() error { return dp.AttachHost(n.hostIndex(r2)) }); err != nil {
+	if err := n.ns.Do(func() error {
+		full, err := podpath.Open(n.bpffs) // the node's namespace: Open may upgrade there
+		if err != nil {
+			return err
+		}
+		defer full.Close()
+		return full.AttachHost(n.hostIndex(r2))
+	}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -139,7 +152,7 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 		pod1.Exec(t, "ip", "addr", "add", "10.60.0.250/32", "dev", "eth0")
 		before := n.counters(dp, h1)
 		conn := sendFrom(t, pod1, "10.60.0.250", dst)
-		waitCounters(t, dp, h1, "the drop counter to grow", func(c bpf.Counters) bool { return c.DropPackets > before.DropPackets })
+		waitCounters(t, dp, h1, "the drop counter to grow", func(c podpath.Counters) bool { return c.DropPackets > before.DropPackets })
 		if echoed(conn, time.Second) {
 			t.Fatal("a datagram from a spoofed source got an answer")
 		}
@@ -150,7 +163,7 @@ func TestXDPRedirectAntiSpoofAndCounters(t *testing.T) {
 		defer pod1.Exec(t, "ip", "link", "set", "eth0", "address", r1.Interfaces[1].Mac)
 		before := n.counters(dp, h1)
 		conn := sendFrom(t, pod1, podIP(t, r1, false), net.JoinHostPort(podIP(t, r2, false), fmt.Sprint(port)))
-		waitCounters(t, dp, h1, "the drop counter to grow", func(c bpf.Counters) bool { return c.DropPackets > before.DropPackets })
+		waitCounters(t, dp, h1, "the drop counter to grow", func(c podpath.Counters) bool { return c.DropPackets > before.DropPackets })
 		if echoed(conn, time.Second) {
 			t.Fatal("a datagram with a spoofed MAC got an answer")
 		}
@@ -191,7 +204,7 @@ func TestXDPFeatureSwitches(t *testing.T) {
 	pod1.Exec(t, "ip", "addr", "add", "10.60.0.250/32", "dev", "eth0")
 	before = n.counters(dp, h1)
 	sendFrom(t, pod1, "10.60.0.250", dst)
-	waitCounters(t, dp, h1, "the pass counter to grow", func(c bpf.Counters) bool { return c.PassPackets > before.PassPackets })
+	waitCounters(t, dp, h1, "the pass counter to grow", func(c podpath.Counters) bool { return c.PassPackets > before.PassPackets })
 	if after := n.counters(dp, h1); after.DropPackets != before.DropPackets {
 		t.Fatalf("with antiSpoof off: %+v -> %+v", before, after)
 	}
@@ -218,6 +231,39 @@ func TestXDPFailureRollsBack(t *testing.T) {
 		t.Errorf("message %q does not say xdp", e.Msg)
 	}
 	n.assertClean("XDP failure")
+}
+
+// A DEL on a node whose bpffs root exists but holds no XDP state (warpd
+// pinned its load balancer there, or made just the directory) removes the
+// pod and loads nothing: no XDP programs or maps appear.
+func TestDELLoadsNoXDP(t *testing.T) {
+	for _, lbPins := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lb-pins=%v", lbPins), func(t *testing.T) {
+			n := newNode(t)
+			if lbPins {
+				lb, err := servicelb.Open(n.bpffs, servicelb.Sizes{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				lb.Close()
+			}
+			before := harness.PinNames(t, n.bpffs)
+			pod := n.env.NetNS("pod")
+			conf := n.conf(nil) // no "xdp": off
+			n.add("c1", pod, conf)
+			n.veth.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.veth.MustSucceed(t, n.call("DEL", "c1", pod, conf))
+			n.assertClean("DEL")
+			if after := harness.PinNames(t, n.bpffs); !slices.Equal(after, before) {
+				t.Errorf("DEL of a pod without XDP changed %s: %v -> %v", n.bpffs, before, after)
+			}
+			for _, d := range []string{"maps", "progs"} {
+				if _, err := os.Stat(filepath.Join(n.bpffs, d)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("DEL created XDP pins: %s/%s (%v)", n.bpffs, d, err)
+				}
+			}
+		})
+	}
 }
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/pin"
+
+	"github.com/warpnet/warpnet/bpf/pinset"
+	"github.com/warpnet/warpnet/bpf/podpath"
+	"github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/internal/l4"
+	"github.com/warpnet/warpnet/tests/harness"
+)
+
+// pinState describes every pin under dir: the kernel object's ID, for a
+// link also the program it runs, and the metadata maps' values. Any load,
+// re-pin, link update or metadata write shows as a difference.
+func pinState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for p, err := range pin.WalkDir(dir, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, p.Path)
+		switch o := p.Object.(type) {
+		case *ebpf.Map:
+			s := fmt.Sprintf("map %d", pinset.MapID(o))
+			if strings.HasSuffix(rel, "_meta") {
+				m, err := pinset.ReadMeta(o)
+				s += fmt.Sprintf(" %+v %v", m, err)
+			}
+			out[rel] = s
+		case *ebpf.Program:
+			id, _ := pinset.ProgID(o)
+			out[rel] = fmt.Sprintf("prog %d", id)
+		case link.Link:
+			info, err := o.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[rel] = fmt.Sprintf("link %d prog %d", info.ID, info.Program)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no pins under %s", dir)
+	}
+	return out
+}
+
+// otherBuild makes the pins look like another build's: its metadata names
+// another build ID, so a loader would upgrade them.
+func otherBuild(t *testing.T, metaPin string) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(metaPin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	v, err := pinset.ReadMeta(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Build = [32]byte{'o', 't', 'h', 'e', 'r'}
+	if err := pinset.WriteMeta(m, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLBViewsChangeNothing: the lb views of bin/warpctl on pins of another
+// build show what the maps hold, and load, pin, attach and write nothing
+// (they used to upgrade the pins, swapping warpd's programs for warpctl's).
+func TestLBViewsChangeNothing(t *testing.T) {
+	e := harness.New(t)
+	warpctl := filepath.Join(harness.BinDir(), "warpctl")
+	harness.RequireTools(t, warpctl)
+	root := filepath.Join(e.BPFFS(), "warpnet")
+	cg := e.Cgroup("pods")
+	lb, err := servicelb.Open(root, servicelb.Sizes{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if err := lb.Attach(cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	svc := servicelb.Service{
+		Frontend: servicelb.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: l4.TCP},
+		ID:       7, Backends: []servicelb.Backend{{Addr: netip.MustParseAddr("10.244.0.5"), Port: 8080}},
+	}
+	if err := lb.Upsert(svc); err != nil {
+		t.Fatal(err)
+	}
+	otherBuild(t, filepath.Join(servicelb.Dir(root), "maps", "lb_meta"))
+	before := pinState(t, servicelb.Dir(root))
+
+	for _, view := range []string{"services", "affinity", "revnat", "hooks"} {
+		cmd := exec.Command(warpctl, "lb", view, "--bpffs-root", root)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("warpctl lb %s: %v\n%s%s", view, err, out, stderr.String())
+		}
+		switch view {
+		case "services":
+			if !strings.Contains(string(out), "10.96.0.10:80") || !strings.Contains(string(out), "10.244.0.5:8080") {
+				t.Errorf("warpctl lb services does not show the service:\n%s", out)
+			}
+		case "hooks":
+			if !strings.Contains(string(out), cg.Path) {
+				t.Errorf("warpctl lb hooks does not show %s:\n%s", cg.Path, out)
+			}
+		}
+		if after := pinState(t, servicelb.Dir(root)); !reflect.DeepEqual(after, before) {
+			t.Fatalf("warpctl lb %s changed the pins:\nbefore %v\nafter  %v", view, before, after)
+		}
+	}
+	// Nothing pinned: an error that says what to check, nothing created.
+	empty := filepath.Join(e.BPFFS(), "warpnet")
+	code, _, errOut := run("lb", "services", "--bpffs-root", empty)
+	if code != 1 || !strings.Contains(errOut, "no load balancer is pinned under "+empty) || !strings.Contains(errOut, "--bpffs-root") {
+		t.Errorf("on an empty root: exit %d, %s", code, errOut)
+	}
+}
+
+// TestXDPEndpoints shows the XDP datapath's per-pod state with counters,
+// read-only, as a table and as JSON.
+func TestXDPEndpoints(t *testing.T) {
+	e := harness.New(t)
+	root := filepath.Join(e.BPFFS(), "warpnet")
+	node, pod := e.NetNS("node"), e.NetNS("pod")
+	const hostIf = "warp0000000abc"
+	hostMAC, podMAC := net.HardwareAddr{2, 0xaa, 0, 0, 0, 1}, net.HardwareAddr{2, 0xaa, 0, 0, 0, 2}
+	e.Veth(node, hostIf, pod, "eth0")
+	node.Exec(t, "ip", "link", "set", hostIf, "address", hostMAC.String())
+	pod.Exec(t, "ip", "link", "set", "eth0", "address", podMAC.String())
+	e.Addr(node, hostIf, "10.1.0.1/24")
+	e.Addr(pod, "eth0", "10.1.0.2/24")
+	var hostIdx int
+	var dp *podpath.Datapath
+	if err := node.Do(func() error {
+		ifi, err := net.InterfaceByName(hostIf)
+		if err != nil {
+			return err
+		}
+		hostIdx = ifi.Index
+		if dp, err = podpath.Open(root); err != nil {
+			return err
+		}
+		if err := dp.AddEndpoint(podpath.Endpoint{Owner: 0xabc, HostIfIndex: hostIdx, PodMAC: podMAC, HostMAC: hostMAC,
+			IPs: []netip.Addr{netip.MustParseAddr("10.1.0.2")}, Features: podpath.Features{AntiSpoof: true}}); err != nil {
+			return err
+		}
+		return dp.AttachHost(hostIdx)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	pod.Exec(t, "ping", "-n", "-c", "3", "-i", "0.1", "-W", "2", "10.1.0.1")
+	c, err := dp.Counters(hostIdx)
+	if err != nil || c.PassPackets < 3 {
+		t.Fatalf("counters after a ping: %+v %v", c, err)
+	}
+	otherBuild(t, filepath.Join(root, "maps", "warp_meta"))
+	before := pinState(t, root)
+
+	// In the node's namespace, where the host interface has its name.
+	var code int
+	var out, errOut string
+	inNode := func(args ...string) {
+		t.Helper()
+		if err := node.Do(func() error { code, out, errOut = run(args...); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inNode("xdp", "endpoints", "--bpffs-root", root, "--json")
+	var views []xdpEndpointView
+	if code != 0 || json.Unmarshal([]byte(out), &views) != nil {
+		t.Fatalf("xdp endpoints --json: exit %d\n%s%s", code, out, errOut)
+	}
+	if len(views) != 1 {
+		t.Fatalf("xdp endpoints: %s", out)
+	}
+	v := views[0]
+	if v.Owner != "0xabc" || v.HostIfIndex != hostIdx || v.HostIf != hostIf || v.PodMAC != podMAC.String() ||
+		!reflect.DeepEqual(v.IPs, []string{"10.1.0.2"}) || v.Redirect || !v.AntiSpoof || v.Counters == nil ||
+		v.Counters.PassPackets < c.PassPackets || v.Counters.PassBytes < c.PassBytes || v.Counters.DropPackets != c.DropPackets {
+		t.Errorf("xdp endpoints --json: %+v, counters %+v; want %+v", v, v.Counters, c)
+	}
+	inNode("xdp", "endpoints", "--bpffs-root", root)
+	for _, want := range []string{"HOST IF", "PASSED PKTS/BYTES", fmt.Sprintf("%s (%d)", hostIf, hostIdx), "0xabc", "10.1.0.2", "antispoof"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("xdp endpoints: exit %d, output lacks %q:\n%s%s", code, want, out, errOut)
+		}
+	}
+	if after := pinState(t, root); !reflect.DeepEqual(after, before) {
+		t.Errorf("warpctl xdp endpoints changed the pins:\nbefore %v\nafter  %v", before, after)
+	}
+	code, _, errOut = run("xdp", "endpoints", "--bpffs-root", filepath.Join(e.BPFFS(), "warpnet"))
+	if code != 1 || !strings.Contains(errOut, "no XDP datapath is pinned") {
+		t.Errorf("on an empty root: exit %d, %s", code, errOut)
+	}
+}
