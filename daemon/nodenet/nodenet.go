@@ -43,6 +43,10 @@ type Status struct {
 	// Facts are the facts published (zero until this node's Node object
 	// with pod CIDRs and an uplink are known).
 	Facts nodefacts.Facts
+	// Waiting says why nothing was done, if so: this node's own Node
+	// object is not known yet. Without it a node cannot tell itself from
+	// its peers, so existing routes are left as they are.
+	Waiting string
 }
 
 // Controller applies Config for a changing set of nodes. Not safe for
@@ -77,6 +81,10 @@ func (c *Controller) Sync(nodes []*corev1.Node) (Status, error) {
 	var st Status
 	var errs []error
 	rn := routing.FromNodes(nodes)
+	if !slices.ContainsFunc(rn, func(n routing.Node) bool { return n.Name == c.cfg.Routing.Self }) {
+		st.Waiting = fmt.Sprintf("no Node named %q (yet); node routes, masquerading and the node's facts wait for it", c.cfg.Routing.Self)
+		return st, nil
+	}
 	rs, err := c.routes.Sync(rn)
 	st.Status = rs
 	errs = append(errs, err)

@@ -87,13 +87,19 @@ func newCluster(t *testing.T) *cluster {
 // addNode creates node i on seg (host number 10+i), its Node object with
 // both pod CIDRs and InternalIPs, and starts its warpd.
 func (c *cluster) addNode(i int, seg *harness.Segment, extraWarpd ...string) *node {
+	return c.addNodeCIDRs(i, seg, true, extraWarpd...)
+}
+
+// addNodeCIDRs is addNode; withCIDRs false creates the Node without pod
+// CIDRs (assignCIDRs gives them later, as the node IPAM controller does).
+func (c *cluster) addNodeCIDRs(i int, seg *harness.Segment, withCIDRs bool, extraWarpd ...string) *node {
 	t := c.t
 	n := &node{name: fmt.Sprintf("n%d", i), cidrs: []string{fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("fd00:10:244:%d::/64", i)}}
 	n.ns = c.env.NetNS(n.name)
 	n.v4, n.v6 = seg.Attach(n.ns, "eth0", 10+i)
 	n.pods, n.bpffs = c.env.Cgroup(n.name+"-pods"), c.env.BPFFS()
 	n.facts = filepath.Join(c.env.TempDir, n.name, "node.json")
-	c.createNode(n)
+	c.createNode(n, withCIDRs)
 	n.warpd = append([]string{filepath.Join(harness.BinDir(), "warpd"),
 		"--kubeconfig", c.api.BridgeInto(t, n.ns), "--node-name", n.name,
 		"--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "",
@@ -104,9 +110,12 @@ func (c *cluster) addNode(i int, seg *harness.Segment, extraWarpd ...string) *no
 	return n
 }
 
-func (c *cluster) createNode(n *node) {
+func (c *cluster) createNode(n *node, withCIDRs bool) {
 	t := c.t
-	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name}, Spec: corev1.NodeSpec{PodCIDR: n.cidrs[0], PodCIDRs: n.cidrs}}
+	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name}}
+	if withCIDRs {
+		obj.Spec = corev1.NodeSpec{PodCIDR: n.cidrs[0], PodCIDRs: n.cidrs}
+	}
 	created, err := c.client.CoreV1().Nodes().Create(t.Context(), obj, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +125,18 @@ func (c *cluster) createNode(n *node) {
 		{Type: corev1.NodeHostName, Address: n.name}}
 	if _, err := c.client.CoreV1().Nodes().UpdateStatus(t.Context(), created, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// assignCIDRs gives n's Node object its pod CIDRs.
+func (c *cluster) assignCIDRs(n *node) {
+	obj, err := c.client.CoreV1().Nodes().Get(c.t.Context(), n.name, metav1.GetOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	obj.Spec.PodCIDR, obj.Spec.PodCIDRs = n.cidrs[0], n.cidrs
+	if _, err := c.client.CoreV1().Nodes().Update(c.t.Context(), obj, metav1.UpdateOptions{}); err != nil {
+		c.t.Fatal(err)
 	}
 }
 
@@ -141,11 +162,7 @@ func (c *cluster) addPod(name string, n *node, args string) *pod {
 	t := c.t
 	p := &pod{name: name, node: n, ns: c.env.NetNS(name)}
 	veth := c.env.Plugin(t, "warp-veth").In(n.ns)
-	conf := harness.ConfigJSON(t, harness.NetConf("cluster", "warp-veth", map[string]any{"cniVersion": "1.1.0",
-		"nodeFacts": n.facts, "bpffsRoot": n.bpffs,
-		"ipam": map[string]any{"type": "warp-ipam", "ranges": [][]map[string]any{{{"subnet": "podCIDR"}}},
-			"nodeFacts": n.facts, "dataDir": filepath.Join(c.env.TempDir, n.name, "ipam"), "detectConflicts": false}}))
-	res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0", Config: conf, Args: args}))
+	res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0", Config: c.podConf(n), Args: args}))
 	for _, ip := range res.IPs {
 		if ip.Address.IP.To4() != nil {
 			p.v4 = ip.Address.IP.String()
@@ -160,6 +177,16 @@ func (c *cluster) addPod(name string, n *node, args string) *pod {
 	c.streamServer(p.ns)
 	c.pods[name] = p
 	return p
+}
+
+// podConf is the network configuration every node shares (only the test's
+// per-node paths differ): addresses from the node's pod CIDRs, the MTU
+// warpd publishes.
+func (c *cluster) podConf(n *node) []byte {
+	return harness.ConfigJSON(c.t, harness.NetConf("cluster", "warp-veth", map[string]any{"cniVersion": "1.1.0",
+		"nodeFacts": n.facts, "bpffsRoot": n.bpffs,
+		"ipam": map[string]any{"type": "warp-ipam", "ranges": [][]map[string]any{{{"subnet": "podCIDR"}}},
+			"nodeFacts": n.facts, "dataDir": filepath.Join(c.env.TempDir, n.name, "ipam"), "detectConflicts": false}}))
 }
 
 // streamServer echoes everything on streamPort (TCP), for long-lived
@@ -286,7 +313,7 @@ func (p *prober) finish(t *testing.T, during string) {
 	t.Logf("%s: %d exchanges, none failed", during, p.ok.Load())
 }
 
-// routesOn returns node n's warpnet routes (proto 119).
+// routesOn returns node n's warpnet routes (proto 119), one per line.
 func routesOn(t *testing.T, n *node) string {
 	out, _ := n.ns.Run(t.Context(), "ip", "-4", "route", "show", "proto", "119")
 	out6, _ := n.ns.Run(t.Context(), "ip", "-6", "route", "show", "proto", "119")
@@ -324,14 +351,14 @@ func TestClusterNetwork(t *testing.T) {
 	for i := 1; i <= 4; i++ {
 		n := c.nodes[fmt.Sprintf("n%d", i)]
 		pods = append(pods, c.addPod(fmt.Sprintf("p%d", i), n, ""))
-		mtu := strings.TrimSpace(pods[i-1].ns.Exec(t, "cat", "/sys/class/net/eth0/mtu"))
-		if mtu != "1450" {
-			t.Errorf("pod on %s has MTU %s, want the published 1450", n.name, mtu)
+		// (ip, not /sys: nsenter keeps the machine's sysfs mount.)
+		if link := pods[i-1].ns.Exec(t, "ip", "-o", "link", "show", "eth0"); !strings.Contains(link, " mtu 1450 ") {
+			t.Errorf("pod on %s: %s, want the published MTU 1450", n.name, link)
 		}
 	}
 	harness.WaitFor(t, "every node to route every other node's pods", 30*time.Second, func() bool {
 		for _, n := range c.nodes {
-			if strings.Count(routesOn(t, n), "proto 119") < 6 {
+			if strings.Count(routesOn(t, n), "\n") < 6 {
 				return false
 			}
 		}
@@ -404,12 +431,28 @@ endpoints:
 
 	t.Run("nodes join, move and leave while traffic flows", func(t *testing.T) {
 		p := c.probe([2]*pod{pods[0], pods[1]}, [2]*pod{pods[0], pods[3]})
-		n5 := c.addNode(5, c.l2)
+		// n5 joins before the node IPAM controller gave it pod CIDRs: no
+		// routes to it, no facts, and a pod ADD there must try again later.
+		n5 := c.addNodeCIDRs(5, c.l2, false)
+		harness.WaitFor(t, "n5's warpd to list the nodes", 30*time.Second, func() bool {
+			return strings.Count(routesOn(t, n5), "\n") == 8 // 4 peers, 2 families
+		})
+		if _, err := nodefacts.Read(n5.facts); err == nil {
+			t.Error("n5 published facts before it had pod CIDRs")
+		}
+		early := c.env.Plugin(t, "warp-veth").In(n5.ns)
+		earlyPod := c.env.NetNS("early")
+		out := early.MustFail(t, harness.Call{Command: "ADD", ContainerID: "early", Netns: earlyPod.Path, IfName: "eth0",
+			Config: c.podConf(n5)}, 11)
+		if !strings.Contains(out.Msg, "podCIDR") {
+			t.Errorf("ADD before the pod CIDRs: %s, want a message about podCIDR", out.Msg)
+		}
+		c.assignCIDRs(n5)
 		start := time.Now()
 		harness.WaitFor(t, "n1 to route n5's pods", 10*time.Second, func() bool {
 			return strings.Contains(routesOn(t, c.nodes["n1"]), "10.244.5.0/24 via 10.200.0.15")
 		})
-		t.Logf("n1 routed the new node's pods %v after its Node object was created", time.Since(start).Round(time.Millisecond))
+		t.Logf("n1 routed the new node's pods %v after the node got its pod CIDRs", time.Since(start).Round(time.Millisecond))
 		c.waitFacts(n5)
 		p5 := c.addPod("p5", n5, "")
 		if err := c.exchange(pods[0], p5, "tcp", false); err != nil {
