@@ -135,6 +135,10 @@ func TestShippedExamplesLoad(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no examples found in cni-conf/")
 	}
+	// The node's facts, as warpd publishes them, for examples that take
+	// their ranges from the node's pod CIDRs.
+	facts := filepath.Join(t.TempDir(), "node.json")
+	os.WriteFile(facts, []byte(`{"node":"n1","podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"],"mtu":1450}`), 0o644)
 	seen := 0
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -157,6 +161,9 @@ func TestShippedExamplesLoad(t *testing.T) {
 				continue
 			}
 			conf["name"], conf["cniVersion"] = list.Name, list.CNIVersion
+			if strings.Contains(string(p), `"podCIDR"`) {
+				ipam["nodeFacts"] = facts
+			}
 			b, _ := json.Marshal(conf)
 			if _, err := Load(b, ""); err != nil {
 				t.Errorf("%s: %v", f, err)

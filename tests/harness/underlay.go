@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 )
 
@@ -110,4 +111,22 @@ func (e *Env) Router(name string, segs ...*Segment) *NetNS {
 	}
 	r.Exec(e.t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return r
+}
+
+// Plug moves the existing link named link from the namespace at nsPath into
+// the segment and attaches it to the segment's switch: a cable from
+// something the harness did not create (a simulated PF's port) to this
+// segment.
+func (s *Segment) Plug(nsPath, link string) {
+	s.env.t.Helper()
+	s.ports++
+	port := fmt.Sprintf("p%d", s.ports)
+	for _, args := range [][]string{
+		{"-n", filepath.Base(nsPath), "link", "set", link, "netns", s.ns.Name, "name", port},
+		{"-n", s.ns.Name, "link", "set", port, "master", "br0", "up"},
+	} {
+		if err := runIP(args...); err != nil {
+			s.env.fatalf("%v", err)
+		}
+	}
 }

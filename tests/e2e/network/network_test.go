@@ -102,7 +102,7 @@ func (c *cluster) addNodeCIDRs(i int, seg *harness.Segment, withCIDRs bool, extr
 	c.createNode(n, withCIDRs)
 	n.warpd = append([]string{filepath.Join(harness.BinDir(), "warpd"),
 		"--kubeconfig", c.api.BridgeInto(t, n.ns), "--node-name", n.name,
-		"--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "",
+		"--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "127.0.0.1:9090",
 		"--routing", "auto", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56",
 		"--service-cidr", "10.96.0.0/16,fd00:96::/112"}, extraWarpd...)
 	c.startWarpd(n)
@@ -385,6 +385,16 @@ func TestClusterNetwork(t *testing.T) {
 			"fd00:10:244:3::/64 via fd00:200::13 dev eth0"} {
 			if !strings.Contains(r, want) {
 				t.Errorf("n1 lacks %q:\n%s", want, r)
+			}
+		}
+	})
+
+	t.Run("warpctl shows how each peer is reached", func(t *testing.T) {
+		out := c.nodes["n1"].ns.Exec(t, filepath.Join(harness.BinDir(), "warpctl"), "warpd", "status")
+		for _, want := range []string{"routing:", "auto (masquerade true)", "pod MTU 1450", "10.244.1.0/24",
+			"n2    native  10.200.0.12", "n4    tunnel  10.201.0.14"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("warpctl warpd status on n1 lacks %q:\n%s", want, out)
 			}
 		}
 	})
