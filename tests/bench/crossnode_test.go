@@ -9,6 +9,7 @@ import (
 
 	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/tests/harness"
+	"github.com/warpnet/warpnet/tests/loadgen/report"
 )
 
 // Pod to pod across two nodes on one L2 segment, side by side: routed
@@ -32,7 +33,7 @@ type crossCase struct {
 
 type crossResult struct {
 	tcpGbps, udpKpps []float64
-	rr               []loadgenReport
+	rr               []report.Report
 }
 
 func BenchmarkCrossNode(b *testing.B) {

@@ -12,21 +12,8 @@ import (
 	"time"
 
 	"github.com/warpnet/warpnet/tests/harness"
+	"github.com/warpnet/warpnet/tests/loadgen/report"
 )
-
-// loadgenReport is tests/loadgen's JSON report.
-type loadgenReport struct {
-	Mode    string  `json:"mode"`
-	Samples int     `json:"samples"`
-	Errors  int     `json:"errors"`
-	FirstEr string  `json:"firstError"`
-	Elapsed float64 `json:"elapsedSeconds"`
-	Rate    float64 `json:"perSecond"`
-	P50     float64 `json:"p50us"`
-	P90     float64 `json:"p90us"`
-	P99     float64 `json:"p99us"`
-	Max     float64 `json:"maxus"`
-}
 
 var (
 	loadgenOnce sync.Once
@@ -67,11 +54,11 @@ func serveLoadgen(b *testing.B, n *harness.NetNS, port string) {
 
 // runLoadgen runs a loadgen client (mode rr, crr or udprr) in n and returns
 // its report; errors fail the benchmark.
-func runLoadgen(b *testing.B, n *harness.NetNS, mode, addr string, samples int) loadgenReport {
+func runLoadgen(b *testing.B, n *harness.NetNS, mode, addr string, samples int) report.Report {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := n.Run(ctx, loadgen(b), mode, "--addr", addr, "--n", strconv.Itoa(samples), "--timeout", "2m")
-	var r loadgenReport
+	var r report.Report
 	i := strings.Index(out, "{")
 	if err != nil || i < 0 || json.Unmarshal([]byte(out[i:]), &r) != nil || r.Errors > 0 {
 		b.Fatalf("loadgen %s %s in %s: %v\n%s", mode, addr, n.Name, err, out)

@@ -24,21 +24,9 @@ import (
 	"os"
 	"slices"
 	"time"
-)
 
-// Report is what a client prints.
-type Report struct {
-	Mode    string  `json:"mode"`
-	Samples int     `json:"samples"`
-	Errors  int     `json:"errors"`
-	FirstEr string  `json:"firstError,omitempty"`
-	Elapsed float64 `json:"elapsedSeconds"`
-	Rate    float64 `json:"perSecond"`
-	P50     float64 `json:"p50us"`
-	P90     float64 `json:"p90us"`
-	P99     float64 `json:"p99us"`
-	Max     float64 `json:"maxus"`
-}
+	"github.com/warpnet/warpnet/tests/loadgen/report"
+)
 
 func usage() {
 	fmt.Fprint(os.Stderr, `loadgen: traffic generator for warpnet's benchmarks.
@@ -107,9 +95,9 @@ func main() {
 }
 
 // run takes n samples (fewer if timeout passes first).
-func run(mode string, sample func() error, n int, timeout time.Duration) Report {
+func run(mode string, sample func() error, n int, timeout time.Duration) report.Report {
 	lat := make([]time.Duration, 0, n)
-	rep := Report{Mode: mode}
+	rep := report.Report{Mode: mode}
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for i := 0; i < n && time.Now().Before(deadline); i++ {

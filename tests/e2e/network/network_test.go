@@ -7,6 +7,7 @@
 package network_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -31,7 +32,7 @@ import (
 
 const (
 	echoPort   = 8080 // harness.EchoServer: one exchange per connection, answers "<pod>:<msg>"
-	streamPort = 7000 // a plain echo for long-lived connections
+	streamPort = 7000 // harness.LineServer: answers lines until the client closes
 )
 
 type node struct {
@@ -174,7 +175,7 @@ func (c *cluster) addPod(name string, n *node, args string) *pod {
 		t.Fatalf("pod %s on %s got %v, want an IPv4 and an IPv6 address from %v", name, n.name, res.IPs, n.cidrs)
 	}
 	c.env.EchoServer(p.ns, name, echoPort)
-	c.streamServer(p.ns)
+	c.env.LineServer(p.ns, name, streamPort)
 	c.pods[name] = p
 	return p
 }
@@ -187,37 +188,6 @@ func (c *cluster) podConf(n *node) []byte {
 		"nodeFacts": n.facts, "bpffsRoot": n.bpffs,
 		"ipam": map[string]any{"type": "warp-ipam", "ranges": [][]map[string]any{{{"subnet": "podCIDR"}}},
 			"nodeFacts": n.facts, "dataDir": filepath.Join(c.env.TempDir, n.name, "ipam"), "detectConflicts": false}}))
-}
-
-// streamServer echoes everything on streamPort (TCP), for long-lived
-// connections.
-func (c *cluster) streamServer(n *harness.NetNS) {
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", streamPort)); return err }); err != nil {
-		c.t.Fatal(err)
-	}
-	c.env.Defer("stop stream server in "+n.Name, ln.Close)
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				buf := make([]byte, 256)
-				for {
-					nr, err := conn.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := conn.Write(buf[:nr]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
 }
 
 // exchange checks one request from pod a to pod b over network and family.
@@ -276,7 +246,13 @@ func (c *cluster) probe(pairs ...[2]*pod) *prober {
 		go func() { // one long-lived connection
 			defer p.done.Done()
 			defer conn.Close()
-			buf := make([]byte, 8)
+			r := bufio.NewReader(conn)
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := r.ReadString('\n'); err != nil { // the greeting
+				p.fail.Add(1)
+				p.errs.Store(fmt.Sprintf("long-lived %s -> %s: greeting: %v", a.name, b.name, err), true)
+				return
+			}
 			for i := 0; i < 100000; i++ {
 				select {
 				case <-p.stop:
@@ -284,9 +260,9 @@ func (c *cluster) probe(pairs ...[2]*pod) *prober {
 				case <-time.After(20 * time.Millisecond):
 				}
 				conn.SetDeadline(time.Now().Add(5 * time.Second))
-				_, err := conn.Write([]byte("ping"))
+				_, err := conn.Write([]byte("ping\n"))
 				if err == nil {
-					_, err = conn.Read(buf)
+					_, err = r.ReadString('\n')
 				}
 				if err != nil {
 					p.fail.Add(1)
