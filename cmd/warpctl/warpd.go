@@ -101,6 +101,7 @@ func printStatus(w io.Writer, st *status.Status) {
 		fmt.Fprintf(tw, "map %s:\t%d of %d (%.1f%%)\n", m.Map, m.Used, m.Capacity, 100*m.Ratio)
 	}
 	tw.Flush()
+	printNetwork(w, st.Network)
 	if len(st.Rejected) == 0 {
 		fmt.Fprintln(w, "rejected objects: none")
 		return
@@ -114,6 +115,36 @@ func printStatus(w io.Writer, st *status.Status) {
 			inForce = "last valid version"
 		}
 		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\n", r.Kind, r.Namespace, r.Name, inForce, r.Since.Format(time.RFC3339), r.Reason)
+	}
+	tw.Flush()
+}
+
+// printNetwork prints node networking: the mode, what is published for
+// the plugins, and how each peer is reached.
+func printNetwork(w io.Writer, n *status.Network) {
+	if n == nil {
+		fmt.Fprintln(w, "node networking: off (--routing none)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "routing:\t%s (masquerade %v)\n", n.Routing, n.Masquerade)
+	if n.Waiting != "" {
+		fmt.Fprintf(tw, "node networking:\twaiting: %s\n", n.Waiting)
+	}
+	if len(n.PodCIDRs) > 0 {
+		fmt.Fprintf(tw, "published:\tpod CIDRs %s, pod MTU %d (%s)\n", strings.Join(n.PodCIDRs, ", "), n.MTU, n.Facts)
+	}
+	if s := n.LastSync; s != nil && s.Error != "" {
+		fmt.Fprintf(tw, "node networking:\tFAILED in part at %s: %s\n", s.At.Format(time.RFC3339), s.Error)
+	}
+	tw.Flush()
+	if len(n.Peers) == 0 {
+		return
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tPATH\tVIA\tPOD CIDRS\tPROBLEM")
+	for _, p := range n.Peers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Path, p.Via, strings.Join(p.PodCIDRs, ","), p.Problem)
 	}
 	tw.Flush()
 }

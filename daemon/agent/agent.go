@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
@@ -38,6 +39,9 @@ type Config struct {
 	Resync       time.Duration // full resync, repairing any drift in the maps
 	ListenAddr   string        // /healthz, /metrics and /status; "" = none
 	Sizes        servicelb.Sizes
+	// Network is node networking (routes to other nodes' pods,
+	// masquerading, node facts); nil leaves it to someone else.
+	Network *nodenet.Config
 }
 
 // Agent runs one warpd.
@@ -56,6 +60,9 @@ type Agent struct {
 	sourceProblem error
 	rejected      map[string]status.Rejected // by services.Rejected.Key
 	inMaps        reconcile.Stats            // Services and Backends of the last sync
+	network       *status.Network            // nil with Config.Network nil
+
+	net *nodenet.Controller // used by runNetwork's goroutine only
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -108,7 +115,16 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot, "source", src.String(),
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
-	return &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}, nil
+	a := &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}
+	if cfg.Network != nil {
+		if a.net, err = nodenet.New(*cfg.Network); err != nil {
+			lb.Close()
+			return nil, err
+		}
+		a.network = &status.Network{Routing: string(cfg.Network.Routing.Mode), Masquerade: cfg.Network.Masquerade,
+			Facts: cfg.Network.FactsPath, Waiting: "the cluster's Nodes are not listed yet"}
+	}
+	return a, nil
 }
 
 // nodeAddresses lists the global unicast addresses of the current network
@@ -145,6 +161,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		return err
+	}
+	if a.net != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); a.runNetwork(ctx) }()
 	}
 	resync := time.NewTicker(a.cfg.Resync)
 	defer resync.Stop()
@@ -221,7 +242,6 @@ func (a *Agent) destroyStale(removed []reconcile.Removed) {
 	}
 }
 
-// record notes a sync's outcome for /healthz, /metrics and /status.
 // gc removes map entries that interrupted updates left behind.
 func (a *Agent) gc() {
 	if n, err := a.lb.GC(); err != nil {
@@ -231,6 +251,7 @@ func (a *Agent) gc() {
 	}
 }
 
+// record notes a sync's outcome for /healthz, /metrics and /status.
 func (a *Agent) record(st reconcile.Stats, err error, start time.Time, dur time.Duration) {
 	sizes := a.lb.Sizes()
 	a.metrics.synced(st, err, dur, sizes)

@@ -24,6 +24,8 @@ type metrics struct {
 	fill               *prometheus.GaugeVec
 	rejected           *prometheus.GaugeVec
 	sourceHealthyGauge prometheus.Gauge
+	peers              *prometheus.GaugeVec
+	networkSyncErrors  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -47,9 +49,14 @@ func newMetrics() *metrics {
 			Help: "Objects not applied as written (invalid, or claiming another service's frontend); see warpctl warpd status."}, []string{"kind"}),
 		sourceHealthyGauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "warpd_source_healthy",
 			Help: "1 while the services source can be followed, 0 while it cannot (the last good state stays in force)."}),
+		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "warpd_node_peers",
+			Help: "Other nodes by how their pods are reached: native (routed), tunnel (VXLAN), unreachable (see warpctl warpd status)."}, []string{"path"}),
+		networkSyncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_node_network_sync_errors_total",
+			Help: "Node networking syncs (routes, tunnel, masquerading, node facts) that failed in part."}),
 	}
 	m.reg.MustRegister(m.services, m.backends, m.syncs, m.syncErrors, m.syncDuration, m.lastSuccess, m.fill, m.rejected,
-		m.sourceHealthyGauge, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.sourceHealthyGauge, m.peers, m.networkSyncErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.sourceHealthyGauge.Set(1)
 	for _, kind := range []string{"Service", "EndpointSlice"} {
 		m.rejected.WithLabelValues(kind).Set(0)
@@ -99,4 +106,18 @@ func fill(st reconcile.Stats, sizes servicelb.Sizes) []status.MapFill {
 		}
 	}
 	return out
+}
+
+// networkSynced records a node networking sync.
+func (m *metrics) networkSynced(peers []status.Peer, err error) {
+	count := map[string]float64{"native": 0, "tunnel": 0, "unreachable": 0}
+	for _, p := range peers {
+		count[p.Path]++
+	}
+	for path, n := range count {
+		m.peers.WithLabelValues(path).Set(n)
+	}
+	if err != nil {
+		m.networkSyncErrors.Inc()
+	}
 }

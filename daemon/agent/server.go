@@ -74,6 +74,8 @@ func (a *Agent) health() (bool, string) {
 		return false, "services source unusable (the last good state stays in force): " + a.sourceProblem.Error()
 	case a.lastSync != nil && a.lastSync.Error != "":
 		return false, "the last sync failed in part: " + a.lastSync.Error
+	case a.network != nil && a.network.LastSync != nil && a.network.LastSync.Error != "":
+		return false, "node networking failed in part: " + a.network.LastSync.Error
 	case !a.synced:
 		return false, "not synced yet"
 	}
@@ -99,6 +101,10 @@ func (a *Agent) status() status.Status {
 	}
 	for _, r := range a.rejected {
 		s.Rejected = append(s.Rejected, r)
+	}
+	if a.network != nil {
+		n := *a.network
+		s.Network = &n
 	}
 	sort.Slice(s.Rejected, func(i, j int) bool {
 		x, y := s.Rejected[i], s.Rejected[j]

@@ -48,7 +48,9 @@ func (f *fakeMaps) Delete(fe servicelb.Frontend) error {
 func lbFE(ip string) servicelb.Frontend {
 	return servicelb.Frontend{Addr: netip.MustParseAddr(ip), Port: 80, Proto: l4.TCP}
 }
-func lbBE(ip string) servicelb.Backend { return servicelb.Backend{Addr: netip.MustParseAddr(ip), Port: 8080} }
+func lbBE(ip string) servicelb.Backend {
+	return servicelb.Backend{Addr: netip.MustParseAddr(ip), Port: 8080}
+}
 
 func fe(ip string) services.Frontend {
 	return services.Frontend{AddrPort: netip.AddrPortFrom(netip.MustParseAddr(ip), 80), Proto: l4.TCP}

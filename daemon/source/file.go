@@ -1,5 +1,5 @@
-// Package source provides warpd's inputs: Services and EndpointSlices, from
-// a YAML file (standalone nodes, the demo) or from the API server.
+// Package source provides warpd's inputs: Services, EndpointSlices and Nodes,
+// from a YAML file (standalone nodes, the demo) or from the API server.
 package source
 
 import (
@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,12 +28,46 @@ type Source interface {
 	Snapshot() (snap *Snapshot, changed bool, err error)
 	// String names the source for logs and warpd's status.
 	String() string
+
+	// NodeChanges is signalled when the cluster's Nodes may have changed
+	// in what node networking uses: the set of nodes, their pod CIDRs or
+	// their addresses (not at every status heartbeat).
+	NodeChanges() <-chan struct{}
+	// Nodes returns the cluster's Nodes (read only); ok is false until
+	// they are known.
+	Nodes() (nodes []*corev1.Node, ok bool)
 }
 
 // Snapshot is the whole input at one moment.
 type Snapshot struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
+	Nodes          []*corev1.Node
+}
+
+// networkKey is what node networking reads of a Node: a change in it is a
+// change that matters.
+func networkKey(n *corev1.Node) string {
+	return fmt.Sprint(n.Name, n.Spec.PodCIDR, n.Spec.PodCIDRs, n.Status.Addresses)
+}
+
+// nodesKey is networkKey over a set of nodes (in the order given).
+func nodesKey(nodes []*corev1.Node) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		b.WriteString(networkKey(n))
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// signal sends on a coalescing channel: one pending notification is
+// enough, since readers take the whole current state.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 var _ Source = (*File)(nil)
@@ -48,12 +83,14 @@ type File struct {
 	Poll   time.Duration // default 1s
 	Settle time.Duration // default Poll, at most 250ms
 
-	changes chan struct{}
+	changes     chan struct{}
+	nodeChanges chan struct{}
 
-	mu      sync.Mutex
-	snap    *Snapshot // last good state
-	fresh   bool      // snap not yet returned by Snapshot
-	problem error     // why the file cannot be followed now, if it cannot
+	mu       sync.Mutex
+	snap     *Snapshot // last good state
+	fresh    bool      // snap not yet returned by Snapshot
+	problem  error     // why the file cannot be followed now, if it cannot
+	nodesKey string    // nodesKey of snap.Nodes
 }
 
 // Start reads the file once and then polls it until ctx ends.
@@ -64,7 +101,7 @@ func (f *File) Start(ctx context.Context) error {
 	if f.Settle <= 0 {
 		f.Settle = min(f.Poll, 250*time.Millisecond)
 	}
-	f.changes = make(chan struct{}, 1)
+	f.changes, f.nodeChanges = make(chan struct{}, 1), make(chan struct{}, 1)
 	w := &fileWatch{f: f}
 	w.look(true) // at start nothing is being written that we could wait for
 	go func() {
@@ -123,17 +160,34 @@ func (w *fileWatch) look(now bool) time.Duration {
 func (f *File) set(snap *Snapshot, problem error) {
 	f.mu.Lock()
 	changed := snap != nil || fmt.Sprint(problem) != fmt.Sprint(f.problem)
+	nodesChanged := false
 	if snap != nil {
 		f.snap, f.fresh = snap, true
+		if key := nodesKey(snap.Nodes); key != f.nodesKey || f.nodesKey == "" {
+			f.nodesKey, nodesChanged = key, true
+		}
 	}
 	f.problem = problem
 	f.mu.Unlock()
 	if changed {
-		select {
-		case f.changes <- struct{}{}:
-		default:
-		}
+		signal(f.changes)
 	}
+	if nodesChanged {
+		signal(f.nodeChanges)
+	}
+}
+
+// NodeChanges is signalled when the file's Nodes changed.
+func (f *File) NodeChanges() <-chan struct{} { return f.nodeChanges }
+
+// Nodes returns the Nodes of the file's last good state.
+func (f *File) Nodes() ([]*corev1.Node, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.snap == nil {
+		return nil, false
+	}
+	return f.snap.Nodes, true
 }
 
 // Changes is signalled when the file's state or problem changed.

@@ -20,16 +20,18 @@ import (
 
 var _ Source = (*Kube)(nil)
 
-// Kube watches Services and EndpointSlices with shared informers. While the
-// API server is unreachable the informers keep retrying and the last state
-// stays in force: the datapath is never cleared for lack of news.
+// Kube watches Services, EndpointSlices and Nodes with shared informers.
+// While the API server is unreachable the informers keep retrying and the
+// last state stays in force: the datapath is never cleared for lack of news.
 type Kube struct {
-	host    string
-	factory informers.SharedInformerFactory
-	svcs    cache.SharedIndexInformer
-	slices  cache.SharedIndexInformer
-	changes chan struct{}
-	log     *slog.Logger
+	host        string
+	factory     informers.SharedInformerFactory
+	svcs        cache.SharedIndexInformer
+	slices      cache.SharedIndexInformer
+	nodes       cache.SharedIndexInformer
+	changes     chan struct{}
+	nodeChanges chan struct{}
+	log         *slog.Logger
 }
 
 // ClientConfig is the in-cluster configuration, or kubeconfig's when set.
@@ -62,14 +64,31 @@ func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
 	}
 	f := informers.NewSharedInformerFactory(client, 0)
 	k := &Kube{host: host, factory: f, svcs: f.Core().V1().Services().Informer(), slices: f.Discovery().V1().EndpointSlices().Informer(),
-		changes: make(chan struct{}, 1), log: log}
+		nodes: f.Core().V1().Nodes().Informer(), changes: make(chan struct{}, 1), nodeChanges: make(chan struct{}, 1), log: log}
 	notify := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { k.signal() },
-		UpdateFunc: func(any, any) { k.signal() },
-		DeleteFunc: func(any) { k.signal() },
+		AddFunc:    func(any) { signal(k.changes) },
+		UpdateFunc: func(any, any) { signal(k.changes) },
+		DeleteFunc: func(any) { signal(k.changes) },
 	}
-	for _, inf := range []cache.SharedIndexInformer{k.svcs, k.slices} {
-		inf.AddEventHandler(notify)
+	// Nodes change their status at every heartbeat; only pod CIDRs,
+	// addresses and the set of nodes matter to node networking.
+	nodeNotify := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { signal(k.nodeChanges) },
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Node)
+			c, ok2 := cur.(*corev1.Node)
+			if !ok1 || !ok2 || networkKey(o) != networkKey(c) {
+				signal(k.nodeChanges)
+			}
+		},
+		DeleteFunc: func(any) { signal(k.nodeChanges) },
+	}
+	for _, inf := range []cache.SharedIndexInformer{k.svcs, k.slices, k.nodes} {
+		handler := notify
+		if inf == k.nodes {
+			handler = nodeNotify
+		}
+		inf.AddEventHandler(handler)
 		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 			log.Warn("watching the API server failed; keeping the datapath as it is and retrying", "err", err)
 		})
@@ -99,32 +118,24 @@ func (r *reachability) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// signal coalesces events: one pending notification is enough, since a
-// sync reads the whole current state.
-func (k *Kube) signal() {
-	select {
-	case k.changes <- struct{}{}:
-	default:
-	}
-}
-
 // Start runs the informers and waits for their first full listing, logging
 // while the API server cannot be reached.
 func (k *Kube) Start(ctx context.Context) error {
 	k.factory.Start(ctx.Done())
 	for {
 		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		ok := cache.WaitForCacheSync(waitCtx.Done(), k.svcs.HasSynced, k.slices.HasSynced)
+		ok := cache.WaitForCacheSync(waitCtx.Done(), k.svcs.HasSynced, k.slices.HasSynced, k.nodes.HasSynced)
 		cancel()
 		if ok {
-			k.log.Info("listed Services and EndpointSlices from the API server")
-			k.signal()
+			k.log.Info("listed Services, EndpointSlices and Nodes from the API server")
+			signal(k.changes)
+			signal(k.nodeChanges)
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		k.log.Warn("still waiting for the first list of Services and EndpointSlices from the API server")
+		k.log.Warn("still waiting for the first list of Services, EndpointSlices and Nodes from the API server")
 	}
 }
 
@@ -144,4 +155,21 @@ func (k *Kube) Snapshot() (*Snapshot, bool, error) {
 		snap.EndpointSlices = append(snap.EndpointSlices, o.(*discoveryv1.EndpointSlice))
 	}
 	return snap, true, nil
+}
+
+// NodeChanges is signalled when a Node was added or removed, or changed its
+// pod CIDRs or addresses.
+func (k *Kube) NodeChanges() <-chan struct{} { return k.nodeChanges }
+
+// Nodes returns the informer's Nodes (shared with the informer: read only),
+// once it has listed them.
+func (k *Kube) Nodes() ([]*corev1.Node, bool) {
+	if !k.nodes.HasSynced() {
+		return nil, false
+	}
+	var out []*corev1.Node
+	for _, o := range k.nodes.GetStore().List() {
+		out = append(out, o.(*corev1.Node))
+	}
+	return out, true
 }

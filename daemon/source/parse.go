@@ -32,7 +32,7 @@ var decoder = func() runtime.Decoder {
 	return serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
 }()
 
-// ParseFile reads Services and EndpointSlices from a multi-document YAML
+// ParseFile reads Services, EndpointSlices and Nodes from a multi-document YAML
 // (or JSON) stream, exactly as the API server serves them: `kubectl get -o
 // yaml` output, `kind: List` and typed lists (ServiceList,
 // EndpointSliceList) work. Any other kind is an error, so a mistake does not
@@ -56,7 +56,7 @@ func ParseFile(data []byte) (*Snapshot, error) {
 			return nil, err
 		}
 	}
-	if !p.sawList && len(p.snap.Services)+len(p.snap.EndpointSlices) == 0 {
+	if !p.sawList && len(p.snap.Services)+len(p.snap.EndpointSlices)+len(p.snap.Nodes) == 0 {
 		return nil, ErrEmpty
 	}
 	return p.snap, nil
@@ -72,7 +72,7 @@ func (p *parser) add(raw []byte, where string) error {
 	obj, gvk, err := decoder.Decode(raw, nil, nil)
 	switch {
 	case runtime.IsNotRegisteredError(err), runtime.IsMissingKind(err), runtime.IsMissingVersion(err):
-		return fmt.Errorf("%s: unsupported object %s (want v1 Service or discovery.k8s.io/v1 EndpointSlice, or a List of them)", where, kindOf(raw))
+		return fmt.Errorf("%s: unsupported object %s (want v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, or a List of them)", where, kindOf(raw))
 	case err != nil:
 		return fmt.Errorf("%s (%s): %w", where, kindOf(raw), err)
 	}
@@ -81,6 +81,15 @@ func (p *parser) add(raw []byte, where string) error {
 		return p.object(where, "Service", o)
 	case *discoveryv1.EndpointSlice:
 		return p.object(where, "EndpointSlice", o)
+	case *corev1.Node:
+		return p.object(where, "Node", o)
+	case *corev1.NodeList:
+		p.sawList = true
+		for i := range o.Items {
+			if err := p.object(fmt.Sprintf("%s item %d", where, i), "Node", &o.Items[i]); err != nil {
+				return err
+			}
+		}
 	case *corev1.ServiceList:
 		p.sawList = true
 		for i := range o.Items {
@@ -103,7 +112,7 @@ func (p *parser) add(raw []byte, where string) error {
 			}
 		}
 	default:
-		return fmt.Errorf("%s: unsupported object %s %q (want v1 Service or discovery.k8s.io/v1 EndpointSlice, or a List of them)", where, gvk.GroupVersion(), gvk.Kind)
+		return fmt.Errorf("%s: unsupported object %s %q (want v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, or a List of them)", where, gvk.GroupVersion(), gvk.Kind)
 	}
 	return nil
 }
@@ -117,8 +126,8 @@ func (p *parser) object(where, kind string, o interface {
 	if o.GetName() == "" {
 		return fmt.Errorf("%s: %s without metadata.name", where, kind)
 	}
-	if o.GetNamespace() == "" {
-		o.SetNamespace("default")
+	if _, node := o.(*corev1.Node); !node && o.GetNamespace() == "" {
+		o.SetNamespace("default") // Nodes have no namespace
 	}
 	key := kind + " " + o.GetNamespace() + "/" + o.GetName()
 	if first, dup := p.seen[key]; dup {
@@ -130,6 +139,8 @@ func (p *parser) object(where, kind string, o interface {
 		p.snap.Services = append(p.snap.Services, o)
 	case *discoveryv1.EndpointSlice:
 		p.snap.EndpointSlices = append(p.snap.EndpointSlices, o)
+	case *corev1.Node:
+		p.snap.Nodes = append(p.snap.Nodes, o)
 	}
 	return nil
 }

@@ -27,6 +27,33 @@ type Status struct {
 	Maps []MapFill `json:"maps"`
 	// Rejected lists the objects warpd does not apply as written.
 	Rejected []Rejected `json:"rejected"`
+	// Network is node networking (routes to other nodes' pods,
+	// masquerading, the facts published for the plugins); nil when warpd
+	// runs with --routing none.
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is the state of node networking.
+type Network struct {
+	Routing    string `json:"routing"` // native, vxlan or auto
+	Masquerade bool   `json:"masquerade"`
+	// Waiting says why nothing is programmed yet (this node's Node object
+	// is not known).
+	Waiting  string   `json:"waiting,omitempty"`
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+	MTU      int      `json:"mtu,omitempty"` // published for pods
+	Facts    string   `json:"facts"`         // where the plugins read it
+	Peers    []Peer   `json:"peers"`
+	LastSync *Sync    `json:"lastSync,omitempty"` // Upserted/Deleted: entries added/removed
+}
+
+// Peer is how another node's pods are reached.
+type Peer struct {
+	Name     string   `json:"name"`
+	Path     string   `json:"path"` // native, tunnel or unreachable
+	Via      string   `json:"via,omitempty"`
+	PodCIDRs []string `json:"podCIDRs"`
+	Problem  string   `json:"problem,omitempty"`
 }
 
 // Sync is one sync of the maps with the source.

@@ -17,7 +17,10 @@ import (
 
 	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/daemon/agent"
+	"github.com/warpnet/warpnet/daemon/nodenet"
+	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/internal/buildinfo"
+	"github.com/warpnet/warpnet/internal/nodefacts"
 )
 
 func main() {
@@ -25,12 +28,17 @@ func main() {
 	var nodeIPs string
 	fs := flag.NewFlagSet("warpd", flag.ExitOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `warpd %s: socket-level eBPF Service load balancing for a node.
+		fmt.Fprintf(fs.Output(), `warpd %s: warpnet's node daemon: socket-level eBPF Service load
+balancing, and the node's part of the cluster network.
 
 Usage: warpd [--kubeconfig FILE | --services-file FILE] [flags]
 
 It attaches connect/sendmsg/recvmsg/getpeername hooks to the node's cgroup v2 and keeps
-the pinned service maps in sync with the services source. Maps, programs and links stay
+the pinned service maps in sync with the services source. From the cluster's Nodes it
+routes every other node's pod CIDRs (natively where the peer is on a directly connected
+subnet, through a VXLAN tunnel otherwise; --routing), masquerades pod egress to
+addresses outside the cluster (--masquerade), and publishes the node's pod CIDRs and pod
+MTU for the CNI plugins (--node-facts). Maps, programs and links stay
 pinned when warpd stops, so Services keep working while it is down or restarting; a new
 warpd adopts them and changes only what is stale.
 
@@ -48,7 +56,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server (default: in-cluster configuration)")
-	fs.StringVar(&cfg.ServicesFile, "services-file", "", "standalone mode: YAML file of v1 Services and discovery.k8s.io/v1 EndpointSlices instead of the API server (reloaded when changed and stable; empty or broken keeps the last good state)")
+	fs.StringVar(&cfg.ServicesFile, "services-file", "", "standalone mode: YAML file of v1 Services, discovery.k8s.io/v1 EndpointSlices and v1 Nodes instead of the API server (reloaded when changed and stable; empty or broken keeps the last good state)")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory whose sockets are translated (default: the cgroup2 mount)")
 	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", pinset.DefaultRoot, "bpffs directory for pinned maps, programs and links")
 	fs.StringVar(&cfg.Node.Name, "node-name", agent.Hostname(), "this node's name, for internalTrafficPolicy and externalTrafficPolicy Local ($NODE_NAME, else the hostname)")
@@ -63,6 +71,16 @@ Flags:
 	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries, summed over frontends (0: the pinned map's, or 65536)")
 	fs.IntVar(&cfg.Sizes.RevNAT, "map-revnat", 0, "capacity in remembered socket translations (0: the pinned map's, or 65536)")
 	fs.IntVar(&cfg.Sizes.Affinity, "map-affinity", 0, "capacity in session-affinity entries (0: the pinned map's, or 65536)")
+	net := nodenet.Config{}
+	routingMode := fs.String("routing", string(routing.Auto), "how other nodes' pods are reached: native (routes via the peer; peers must share an L2 subnet), vxlan (a tunnel to every peer), auto (native where possible, else the tunnel), or none (node networking is someone else's)")
+	fs.IntVar(&net.Routing.Port, "vxlan-port", routing.DefaultPort, "UDP port of the VXLAN tunnel (the same on every node)")
+	fs.IntVar(&net.Routing.VNI, "vxlan-vni", routing.DefaultVNI, "VXLAN network identifier (the same on every node)")
+	fs.BoolVar(&net.Masquerade, "masquerade", true, "masquerade traffic from pod CIDRs to addresses outside the cluster's pod and service CIDRs (nftables table inet warpnet)")
+	clusterCIDRs := fs.String("cluster-cidr", "", "comma-separated pod CIDRs of the whole cluster, masqueraded like the nodes' spec.podCIDRs (which always are)")
+	serviceCIDRs := fs.String("service-cidr", "", "comma-separated service CIDRs: never masquerade destinations")
+	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated networks traffic from or to which keeps pod addresses (routed underlays, SR-IOV VLANs)")
+	fs.IntVar(&net.MTU, "mtu", 0, "pod MTU to publish (0: the uplink's, less the VXLAN overhead unless --routing native)")
+	fs.StringVar(&net.FactsPath, "node-facts", nodefacts.DefaultPath, "where to publish the node's pod CIDRs and pod MTU for the CNI plugins")
 	fs.Parse(os.Args[1:])
 
 	if cfg.Resync <= 0 || cfg.Poll <= 0 {
@@ -81,6 +99,27 @@ Flags:
 		}
 		cfg.Node.Addresses = append(cfg.Node.Addresses, a)
 	}
+	if *routingMode != "none" {
+		mode, err := routing.ParseMode(*routingMode)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "warpd: --routing: %v (or none)\n", err)
+			os.Exit(2)
+		}
+		net.Routing.Mode, net.Routing.Self = mode, cfg.Node.Name
+		for _, f := range []struct {
+			name string
+			val  string
+			dst  *[]netip.Prefix
+		}{{"cluster-cidr", *clusterCIDRs, &net.ClusterCIDRs}, {"service-cidr", *serviceCIDRs, &net.ServiceCIDRs}, {"no-masquerade-cidrs", *noMasq, &net.NoMasquerade}} {
+			ps, err := parseCIDRs(f.val)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "warpd: --%s: %v\n", f.name, err)
+				os.Exit(2)
+			}
+			*f.dst = ps
+		}
+		cfg.Network = &net
+	}
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
@@ -92,4 +131,20 @@ Flags:
 		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// parseCIDRs parses a comma-separated list of CIDRs.
+func parseCIDRs(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Bits() == 0 {
+			return nil, fmt.Errorf("%q is not a CIDR such as 10.244.0.0/16", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/warpnet/warpnet/internal/cniargs"
 	"github.com/warpnet/warpnet/internal/cnierr"
+	"github.com/warpnet/warpnet/internal/nodefacts"
 )
 
 // DefaultDataDir is where reservations live unless dataDir says otherwise; it
@@ -141,6 +143,7 @@ type ipamJSON struct {
 	DNS             *types.DNS     `json:"dns"`
 	DetectConflicts *bool          `json:"detectConflicts"`
 	ProbeTimeout    string         `json:"probeTimeout"`
+	NodeFacts       string         `json:"nodeFacts"`
 }
 
 type netJSON struct {
@@ -235,6 +238,14 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 		if len(ns.set) == 0 {
 			return nil, cnierr.Invalid(ns.field, "empty range set")
 		}
+		if slices.ContainsFunc(ns.set, func(r rangeJSON) bool { return r.Subnet == PodCIDR }) {
+			expanded, err := podCIDRSets(ns.field, ns.set, ij.NodeFacts)
+			if err != nil {
+				return nil, err
+			}
+			c.Ranges = append(c.Ranges, expanded...)
+			continue
+		}
 		var rs RangeSet
 		for j, rj := range ns.set {
 			field := fmt.Sprintf("%s[%d]", ns.field, j)
@@ -296,6 +307,43 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// PodCIDR as a range's subnet stands for this node's pod CIDRs, as warpd
+// publishes them (internal/nodefacts): one range set per address family the
+// node has, so that one configuration serves every node.
+const PodCIDR = "podCIDR"
+
+// podCIDRSets expands a range set whose subnet is PodCIDR. Until warpd has
+// published the node's pod CIDRs, ADD cannot succeed: code 11, try again.
+func podCIDRSets(field string, set []rangeJSON, factsPath string) ([]RangeSet, error) {
+	if len(set) != 1 {
+		return nil, cnierr.Invalid(field, "a range set with subnet %q must hold that one range", PodCIDR)
+	}
+	if rj := set[0]; rj.RangeStart != "" || rj.RangeEnd != "" || rj.Gateway != "" {
+		return nil, cnierr.Invalid(field+"[0]", "subnet %q takes no rangeStart, rangeEnd or gateway (they differ per node)", PodCIDR)
+	}
+	if factsPath == "" {
+		factsPath = nodefacts.DefaultPath
+	} else if !filepath.IsAbs(factsPath) {
+		return nil, cnierr.Invalid("ipam.nodeFacts", "%q is not an absolute path", factsPath)
+	}
+	facts, err := nodefacts.Read(factsPath)
+	if err == nil && len(facts.PodCIDRs) == 0 {
+		err = fmt.Errorf("%s lists no pod CIDR for node %q (does the Node have spec.podCIDRs?)", factsPath, facts.Node)
+	}
+	if err != nil {
+		return nil, cnierr.New(types.ErrTryAgainLater, "%s[0].subnet: %q needs this node's pod CIDRs, which warpd publishes: %v", field, PodCIDR, err)
+	}
+	var out []RangeSet
+	for i, p := range facts.PodCIDRs {
+		r, err := parseRange(fmt.Sprintf("%s[0] (pod CIDR %d of node %s)", field, i, facts.Node), rangeJSON{Subnet: p.String()})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, RangeSet{r})
+	}
+	return out, nil
 }
 
 func parseRange(field string, rj rangeJSON) (Range, error) {

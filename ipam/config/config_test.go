@@ -135,6 +135,10 @@ func TestShippedExamplesLoad(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no examples found in cni-conf/")
 	}
+	// The node's facts, as warpd publishes them, for examples that take
+	// their ranges from the node's pod CIDRs.
+	facts := filepath.Join(t.TempDir(), "node.json")
+	os.WriteFile(facts, []byte(`{"node":"n1","podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"],"mtu":1450}`), 0o644)
 	seen := 0
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -157,6 +161,9 @@ func TestShippedExamplesLoad(t *testing.T) {
 				continue
 			}
 			conf["name"], conf["cniVersion"] = list.Name, list.CNIVersion
+			if strings.Contains(string(p), `"podCIDR"`) {
+				ipam["nodeFacts"] = facts
+			}
 			b, _ := json.Marshal(conf)
 			if _, err := Load(b, ""); err != nil {
 				t.Errorf("%s: %v", f, err)
@@ -166,5 +173,35 @@ func TestShippedExamplesLoad(t *testing.T) {
 	}
 	if seen == 0 {
 		t.Fatal("no example uses warp-ipam")
+	}
+}
+
+// "subnet": "podCIDR" becomes one range set per pod CIDR warpd published;
+// until then ADD must try again later (code 11).
+func TestPodCIDR(t *testing.T) {
+	facts := filepath.Join(t.TempDir(), "node.json")
+	ipam := `{"ranges":[[{"subnet":"podCIDR"}]],"nodeFacts":"` + facts + `"}`
+	_, err := load(ipam, "", "")
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Msg, "warpd") {
+		t.Fatalf("before publication: %v, want code 11 naming warpd", err)
+	}
+	os.WriteFile(facts, []byte(`{"node":"n1","podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"],"mtu":1450,"routing":"auto"}`), 0o644)
+	cfg, err := load(ipam, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Ranges) != 2 || cfg.Ranges[0][0].Subnet.String() != "10.244.1.0/24" || cfg.Ranges[1][0].Subnet.String() != "fd00:10:244:1::/64" ||
+		cfg.Ranges[0][0].Gateway.String() != "10.244.1.1" {
+		t.Errorf("ranges = %+v", cfg.Ranges)
+	}
+	for in, field := range map[string]string{
+		`{"ranges":[[{"subnet":"podCIDR","rangeStart":"10.244.1.5"}]],"nodeFacts":"` + facts + `"}`: "ipam.ranges[0][0]",
+		`{"ranges":[[{"subnet":"podCIDR"},{"subnet":"10.9.0.0/24"}]],"nodeFacts":"` + facts + `"}`:  "ipam.ranges[0]",
+		`{"ranges":[[{"subnet":"podCIDR"}]],"nodeFacts":"relative.json"}`:                           "ipam.nodeFacts",
+	} {
+		if _, err := load(in, "", ""); !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.HasPrefix(te.Msg, field) {
+			t.Errorf("%s: %v, want code 7 naming %s", in, err, field)
+		}
 	}
 }

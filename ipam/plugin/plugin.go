@@ -200,6 +200,11 @@ func inRanges(cfg *config.Config, ip netip.Addr) bool {
 // address, or a store that cannot be opened.
 func Status(args *skel.CmdArgs) error {
 	cfg, err := config.Load(args.StdinData, args.Args)
+	var te *types.Error
+	if errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
+		// Not ready yet (the node's pod CIDRs are not published).
+		return cnierr.New(cnierr.PluginNotAvailable, "%s", te.Msg)
+	}
 	if err != nil {
 		return err
 	}

@@ -12,11 +12,11 @@ import (
 	"github.com/warpnet/warpnet/daemon/source"
 )
 
-// Apply makes the server hold exactly the Services and EndpointSlices of
-// doc (YAML as warpd's --services-file takes it): objects are created or
-// updated (a Service's status.loadBalancer too, through the status
-// subresource), and those an earlier Apply created but doc lacks are
-// deleted.
+// Apply makes the server hold exactly the Services, EndpointSlices and
+// Nodes of doc (YAML as warpd's --services-file takes it): objects are
+// created or updated (a Service's status.loadBalancer and a Node's
+// status.addresses too, through the status subresource), and those an
+// earlier Apply created but doc lacks are deleted.
 // Tests use it to drive warpd the same way in file mode and API mode.
 func (s *Server) Apply(t testing.TB, doc string) {
 	t.Helper()
@@ -58,15 +58,37 @@ func (s *Server) Apply(t testing.TB, doc string) {
 			t.Fatal(err)
 		}
 	}
+	for _, n := range snap.Nodes {
+		want["node//"+n.Name] = true
+		api := client.CoreV1().Nodes()
+		var stored *corev1.Node
+		if cur, err := api.Get(ctx, n.Name, metav1.GetOptions{}); err == nil {
+			n.ResourceVersion = cur.ResourceVersion
+			if stored, err = api.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		} else if stored, err = api.Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !equality.Semantic.DeepEqual(stored.Status.Addresses, n.Status.Addresses) {
+			stored.Status.Addresses = n.Status.Addresses
+			if _, err := api.UpdateStatus(ctx, stored, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for key := range s.applied {
 		if want[key] {
 			continue
 		}
 		kind, rest, _ := strings.Cut(key, "/")
 		ns, name, _ := strings.Cut(rest, "/")
-		if kind == "svc" {
+		switch kind {
+		case "svc":
 			err = client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
-		} else {
+		case "node":
+			err = client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+		default:
 			err = client.DiscoveryV1().EndpointSlices(ns).Delete(ctx, name, metav1.DeleteOptions{})
 		}
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -37,12 +38,15 @@ func TestMain(m *testing.M) { harness.Main(m) }
 
 type node struct {
 	name    string
+	ip      string // on the node-to-node underlay
 	ns      *harness.NetNS
 	pods    *harness.Cgroup
 	bpffs   string
+	facts   string // where warpd publishes the node's pod CIDRs and MTU
 	pf      *sim.PF
-	podCIDR string // veth pods
-	vfNet   string // SR-IOV pods: the simulated underlay subnet, /24, .1 is the node
+	podCIDR string // veth pods: the Node's spec.podCIDRs
+	vfGW    string // SR-IOV pods: the node's own port on the VF VLAN, their gateway
+	vfFirst int    // and the first of the addresses its SR-IOV pods get
 }
 
 type pod struct {
@@ -65,32 +69,66 @@ func runTwoNodes(t *testing.T, mode string) {
 	env := harness.New(t)
 	say("building a two-node cluster in network namespaces (no link to this machine's network)")
 	nodes := []*node{
-		{name: "node1", podCIDR: "10.244.1.0/24", vfNet: "192.168.51"},
-		{name: "node2", podCIDR: "10.244.2.0/24", vfNet: "192.168.52"},
+		{name: "node1", podCIDR: "10.244.1.0/24", vfGW: "192.168.50.1", vfFirst: 10},
+		{name: "node2", podCIDR: "10.244.2.0/24", vfGW: "192.168.50.2", vfFirst: 50},
 	}
-	for _, n := range nodes {
+	// Two networks join the nodes, as in a rack: the node-to-node underlay,
+	// and the VLAN the SR-IOV NICs' ports are on. warpd routes between the
+	// nodes' pod CIDRs by itself; nothing else is wired.
+	underlay := env.Segment("underlay", "10.0.0.0/24", "")
+	vlan := env.Segment("vf-vlan", "192.168.50.0/24", "")
+	for i, n := range nodes {
 		n.ns, n.pods, n.bpffs = env.NetNS(n.name), env.Cgroup(n.name+"-pods"), env.BPFFS()
+		n.facts = filepath.Join(env.TempDir, n.name, "node.json")
+		ip, _ := underlay.Attach(n.ns, "eth0", 10+i+1, true)
+		n.ip = ip.String()
 		p, err := sim.Create(sim.Spec{NodeNetns: n.ns.Path, Dir: filepath.Join(env.TempDir, n.name+"-sriov"), NumVFs: 2})
 		if err != nil {
 			t.Fatal(err)
 		}
 		env.Defer("destroy "+n.name+"'s simulated PF", p.Destroy)
 		n.pf = p
-		// The node's own port on the VF underlay (as a real PF is on the
-		// NIC's embedded switch): the SR-IOV pods' gateway.
+		vlan.Plug(p.UnderlayNetns, p.UnderlayPort) // the PF's cable to the VLAN's switch
+		// The node's own port on the VLAN (through the PF, as a host's
+		// port on a NIC's embedded switch): the SR-IOV pods' gateway.
 		n.ns.Exec(t, "ip", "link", "add", "host0", "link", p.PFName, "type", "macvlan", "mode", "bridge")
-		n.ns.Exec(t, "ip", "addr", "add", n.vfNet+".1/24", "dev", "host0")
+		n.ns.Exec(t, "ip", "addr", "add", n.vfGW+"/24", "dev", "host0")
 		n.ns.Exec(t, "ip", "link", "set", "host0", "up")
 		n.ns.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	}
-	// The node-to-node underlay, and routes to each other's pods.
-	env.Veth(nodes[0].ns, "ul0", nodes[1].ns, "ul0")
-	env.Addr(nodes[0].ns, "ul0", "10.0.0.1/24")
-	env.Addr(nodes[1].ns, "ul0", "10.0.0.2/24")
-	for i, n := range nodes {
-		peer, via := nodes[1-i], fmt.Sprintf("10.0.0.%d", 2-i)
-		n.ns.Exec(t, "ip", "route", "add", peer.podCIDR, "via", via)
-		n.ns.Exec(t, "ip", "route", "add", peer.vfNet+".0/24", "via", via)
+
+	// warpd on each node: from the Nodes it routes between the nodes' pod
+	// CIDRs and publishes each node's pod CIDRs for warp-ipam.
+	say("starting warpd on each node (%s mode)", mode)
+	var apply func(doc string)
+	source := func(*node) []string { return nil }
+	if mode == "file" {
+		file := filepath.Join(env.TempDir, "services.yaml")
+		apply = func(doc string) {
+			if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		source = func(*node) []string { return []string{"--services-file", file} }
+	} else {
+		api := apiserver.Start(t)
+		ensureNamespace(t, api, "demo")
+		apply = func(doc string) { api.Apply(t, doc) }
+		source = func(n *node) []string { return []string{"--kubeconfig", api.BridgeInto(t, n.ns)} }
+	}
+	apply(nodesDoc(nodes))
+	for _, n := range nodes {
+		argv := append([]string{filepath.Join(harness.BinDir(), "warpd")}, source(n)...)
+		n.ns.Start(t, append(argv, "--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-name", n.name,
+			"--node-facts", n.facts, "--listen", "", "--poll", "200ms")...)
+	}
+	for _, n := range nodes {
+		harness.WaitFor(t, "warpd on "+n.name+" to publish the node's pod CIDRs", 20*time.Second, func() bool {
+			_, err := os.Stat(n.facts)
+			return err == nil
+		})
+		routes := strings.TrimSpace(n.ns.Exec(t, "ip", "route", "show", "proto", "119"))
+		say("%s (%s): pods %s; warpd's route: %s", n.name, n.ip, n.podCIDR, routes)
 	}
 
 	var pods []*pod
@@ -102,12 +140,16 @@ func runTwoNodes(t *testing.T, mode string) {
 		ipam := map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, n.name+"-ipam"), "detectConflicts": false}
 		call := harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0"}
 		if kind == "veth" {
+			// The same configuration on every node: addresses from the
+			// node's pod CIDRs, the MTU warpd publishes.
 			plugin = env.Plugin(t, "warp-veth").In(n.ns)
-			ipam["ranges"] = [][]map[string]any{{{"subnet": n.podCIDR}}}
-			conf = map[string]any{"ipam": ipam}
+			ipam["ranges"] = [][]map[string]any{{{"subnet": "podCIDR"}}}
+			ipam["nodeFacts"] = n.facts
+			conf = map[string]any{"ipam": ipam, "nodeFacts": n.facts}
 		} else {
 			plugin = env.Plugin(t, "warp-sriov").In(n.ns)
-			ipam["ranges"] = [][]map[string]any{{{"subnet": n.vfNet + ".0/24", "rangeStart": n.vfNet + ".10", "gateway": n.vfNet + ".1"}}}
+			ipam["ranges"] = [][]map[string]any{{{"subnet": "192.168.50.0/24", "gateway": n.vfGW,
+				"rangeStart": fmt.Sprintf("192.168.50.%d", n.vfFirst), "rangeEnd": fmt.Sprintf("192.168.50.%d", n.vfFirst+39)}}}
 			ipam["routes"] = []map[string]any{{"dst": "0.0.0.0/0"}}
 			conf = map[string]any{"ipam": ipam, "deviceID": n.pf.VFs[vfUsed[n]].PCI, "vlan": 0, "dataDir": filepath.Join(env.TempDir, n.name+"-sriov-data")}
 			vfUsed[n]++
@@ -131,24 +173,9 @@ func runTwoNodes(t *testing.T, mode string) {
 	}
 	clients := []*pod{addPod("client-v", "veth", nodes[0]), addPod("client-s", "sriov", nodes[0])}
 
-	say("starting warpd on each node (%s mode), with a TCP service %s:80 and a UDP service %s:53", mode, webIP, dnsIP)
-	doc := servicesDoc(backends)
-	source := func(*node) []string { return nil }
-	if mode == "file" {
-		file := filepath.Join(env.TempDir, "services.yaml")
-		if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		source = func(*node) []string { return []string{"--services-file", file} }
-	} else {
-		api := apiserver.Start(t)
-		ensureNamespace(t, api, "demo")
-		api.Apply(t, doc)
-		source = func(n *node) []string { return []string{"--kubeconfig", api.BridgeInto(t, n.ns)} }
-	}
+	say("services: a TCP service %s:80 and a UDP service %s:53 with every backend", webIP, dnsIP)
+	apply(nodesDoc(nodes) + servicesDoc(backends))
 	for _, n := range nodes {
-		argv := append([]string{filepath.Join(harness.BinDir(), "warpd")}, source(n)...)
-		n.ns.Start(t, append(argv, "--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-name", n.name, "--listen", "", "--poll", "200ms")...)
 		waitProgrammed(t, n, len(backends))
 	}
 
@@ -193,6 +220,16 @@ func runTwoNodes(t *testing.T, mode string) {
 		fmt.Printf("\nwarpctl lb services on %s:\n%s", n.name, out)
 	}
 	say("done; tearing everything down")
+}
+
+// nodesDoc is the cluster's Node objects: name, pod CIDRs, InternalIP.
+func nodesDoc(nodes []*node) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "apiVersion: v1\nkind: Node\nmetadata: {name: %s}\nspec: {podCIDR: %s, podCIDRs: [%s]}\n"+
+			"status: {addresses: [{type: InternalIP, address: %s}]}\n---\n", n.name, n.podCIDR, n.podCIDR, n.ip)
+	}
+	return b.String()
 }
 
 func servicesDoc(backends []*pod) string {

@@ -4,15 +4,18 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/internal/cnierr"
+	"github.com/warpnet/warpnet/internal/nodefacts"
 )
 
-// DefaultMTU is used when mtu is not set.
+// DefaultMTU is used when mtu is not set and warpd has published no MTU.
 const DefaultMTU = 1500
 
 // XDP says which XDP features the pod's host-side veth runs. "xdp": false
@@ -48,6 +51,9 @@ type NetConf struct {
 	MTU       int    `json:"mtu"`
 	XDP       *XDP   `json:"xdp"`
 	BPFFSRoot string `json:"bpffsRoot"`
+	// NodeFacts is where warpd publishes the node's pod MTU, used when mtu
+	// is not set (internal/nodefacts.DefaultPath).
+	NodeFacts string `json:"nodeFacts"`
 }
 
 // Load parses stdin, applies defaults and validates.
@@ -65,7 +71,11 @@ func Load(stdin []byte) (*NetConf, error) {
 		return nil, err
 	}
 	if n.MTU == 0 {
-		n.MTU = DefaultMTU
+		mtu, err := nodeMTU(n.NodeFacts)
+		if err != nil {
+			return nil, err
+		}
+		n.MTU = mtu
 	}
 	if n.MTU < 68 || n.MTU > 65535 {
 		return nil, cnierr.Invalid("mtu", "%d is out of range (68-65535)", n.MTU)
@@ -109,6 +119,27 @@ func LoadDel(stdin []byte) (*NetConf, error) {
 		n.BPFFSRoot = pinset.DefaultRoot
 	}
 	return n, nil
+}
+
+// nodeMTU is the pod MTU warpd published for this node (it follows the
+// routing mode: a tunnel's overhead is subtracted), or DefaultMTU while
+// nothing is published.
+func nodeMTU(factsPath string) (int, error) {
+	if factsPath == "" {
+		factsPath = nodefacts.DefaultPath
+	} else if !filepath.IsAbs(factsPath) {
+		return 0, cnierr.Invalid("nodeFacts", "%q is not an absolute path", factsPath)
+	}
+	f, err := nodefacts.Read(factsPath)
+	switch {
+	case errors.Is(err, nodefacts.ErrNotPublished):
+		return DefaultMTU, nil
+	case err != nil:
+		return 0, cnierr.New(types.ErrIOFailure, "nodeFacts: %v", err)
+	case f.MTU == 0:
+		return DefaultMTU, nil
+	}
+	return f.MTU, nil
 }
 
 func checkIPAM(pluginType string) error {

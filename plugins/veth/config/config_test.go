@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -83,5 +85,22 @@ func TestLoadDelToleratesTheRest(t *testing.T) {
 		if !errors.As(err, &te) || !strings.Contains(te.Msg, field) {
 			t.Errorf("%s: got %v, want an error naming %s", in, err, field)
 		}
+	}
+}
+
+// An omitted mtu is the node's published MTU, else 1500.
+func TestMTUFromNodeFacts(t *testing.T) {
+	facts := filepath.Join(t.TempDir(), "node.json")
+	conf := []byte(`{"cniVersion":"1.1.0","name":"n","type":"warp-veth","ipam":{"type":"warp-ipam"},"nodeFacts":"` + facts + `"}`)
+	if n, err := Load(conf); err != nil || n.MTU != DefaultMTU {
+		t.Fatalf("nothing published: %v, %v", n, err)
+	}
+	os.WriteFile(facts, []byte(`{"node":"n1","podCIDRs":["10.244.1.0/24"],"mtu":1450}`), 0o644)
+	if n, err := Load(conf); err != nil || n.MTU != 1450 {
+		t.Fatalf("published 1450: %v, %v", n, err)
+	}
+	explicit := []byte(`{"cniVersion":"1.1.0","name":"n","type":"warp-veth","ipam":{"type":"warp-ipam"},"mtu":9000,"nodeFacts":"` + facts + `"}`)
+	if n, err := Load(explicit); err != nil || n.MTU != 9000 {
+		t.Fatalf("explicit mtu: %v, %v", n, err)
 	}
 }
