@@ -49,8 +49,8 @@ demo: deps build ## two-node simulated cluster: warpd, veth and SR-IOV pods behi
 test: deps build ## unit + e2e tests (e2e needs root; CI=true turns skips into failures)
 	$(GO) test -count=1 -timeout 30m ./...
 
-bench: deps build ## benchmarks, side by side with the reference plugins; see docs/benchmarks.md
-	$(GO) test -run "^$$" -bench . -benchtime 1x -timeout 30m ./tests/bench/
+bench: deps build ## benchmarks side by side with the peers; writes their results into docs/benchmarks.md
+	WARP_BENCH_DOC=1 $(GO) test -run "^$$" -bench . -benchtime 1x -timeout 60m ./tests/bench/
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l .); \
