@@ -284,7 +284,13 @@ func (c *Cluster) CgroupDir() string {
 	return filepath.Join(u, cgroupParent, c.Name)
 }
 
+// makeCgroups creates the cluster's cgroups, under the base lock: the last
+// cluster to go removes the shared warpnet-k8s parents under the same lock.
 func (c *Cluster) makeCgroups() error {
+	return withBaseLock(c.makeCgroupsLocked)
+}
+
+func (c *Cluster) makeCgroupsLocked() error {
 	hs, err := hierarchies()
 	if err != nil {
 		return err
@@ -361,11 +367,9 @@ func (c *Cluster) start(what string, argv ...string) (*exec.Cmd, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", what, err)
 	}
-	if c.opts.Detach {
-		_ = cmd.Process.Release()
-	} else {
+	if !c.opts.Detach {
 		go func() { _ = cmd.Wait() }() // reap; Down kills it
-	}
+	} // detached: init reaps it once this process is gone
 	return cmd, nil
 }
 
@@ -982,6 +986,12 @@ func removeCreatedDirs() error {
 				return nil // another cluster still runs: its nodes mount on them
 			}
 		}
+		// The shared cgroup parents (created under this lock).
+		if hs, err := hierarchies(); err == nil {
+			for _, h := range hs {
+				_ = unix.Rmdir(filepath.Join(cgroupFS, h, cgroupParent))
+			}
+		}
 		list := filepath.Join(BaseDir(), "created-dirs")
 		data, err := os.ReadFile(list)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -992,7 +1002,10 @@ func removeCreatedDirs() error {
 		for _, d := range dirs {
 			_ = unix.Rmdir(d) // only empty ones go; a non-empty one is not ours alone
 		}
-		return os.Remove(list)
+		if err := os.Remove(list); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
 	})
 }
 

@@ -1,0 +1,143 @@
+// Command warp-cluster runs a real Kubernetes cluster with warpnet on this
+// machine, like kind but without docker: `make cluster` and `make
+// cluster-down`. See tests/k8s for how the nodes are made.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warpnet/warpnet/tests/k8s"
+)
+
+// name of the cluster; its namespaces are warpnet-net, warpnet-node1, ...
+const name = "warpnet"
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `Usage: warp-cluster up --image FILE --image-name REPO:TAG [--nodes N]
+       warp-cluster down
+
+up    starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler (%s) and N
+      kubelet + containerd nodes (network namespaces %s-node1..N, each with its own
+      mount namespace) on this machine, imports the warpnet image (make image) into
+      every node and installs warpnet with its Helm chart. Prints how to use kubectl.
+      The cluster keeps running until down.
+down  stops every process of the cluster and removes its namespaces, mounts,
+      cgroups and files.
+
+Needs root, and the Kubernetes binaries and helm (make kube helm; make cluster does it).
+`, k8s.KubeVersion, name)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	log := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+	dir := filepath.Join(k8s.BaseDir(), name)
+	switch os.Args[1] {
+	case "down":
+		if _, err := os.Stat(dir); err != nil {
+			fmt.Println("warp-cluster: no cluster is running")
+			return
+		}
+		if err := k8s.Down(dir, log); err != nil {
+			fmt.Fprintf(os.Stderr, "warp-cluster: down: %v\n", err)
+			os.Exit(1)
+		}
+	case "up":
+		fs := flag.NewFlagSet("up", flag.ExitOnError)
+		fs.Usage = usage
+		image := fs.String("image", "bin/warpnet-image.tar", "the warpnet image (make image)")
+		imageName := fs.String("image-name", "", "its name, repository:tag (make image prints it)")
+		nodes := fs.Int("nodes", 2, "number of nodes")
+		_ = fs.Parse(os.Args[2:])
+		if *imageName == "" {
+			fmt.Fprintln(os.Stderr, "warp-cluster: --image-name is required")
+			os.Exit(2)
+		}
+		if err := up(*image, *imageName, *nodes, log); err != nil {
+			fmt.Fprintf(os.Stderr, "warp-cluster: %v\n", err)
+			os.Exit(1)
+		}
+	case "-h", "--help", "help":
+		usage()
+	default:
+		usage()
+		os.Exit(2)
+	}
+}
+
+func up(image, imageName string, nodes int, log func(string, ...any)) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (namespaces, mounts, cgroups)")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := k8s.Sweep(log); err != nil {
+		log("warp-cluster: sweeping leftovers of killed test runs: %v", err)
+	}
+	helm, err := k8s.EnsureBinaries(ctx, log)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	c, err := k8s.Up(ctx, k8s.Options{Name: name, Nodes: nodes, Detach: true, Log: log})
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		log("warp-cluster: %v; taking the cluster down", err)
+		_ = k8s.Down(c.Dir, log)
+		return err
+	}
+	out, err := c.InstallWarpnet(ctx, helm, image, imageName)
+	if err != nil {
+		return fail(err)
+	}
+	log("%s", out)
+	if err := c.WaitDaemonSet(ctx, imageName, 5*time.Minute); err != nil {
+		return fail(err)
+	}
+	if err := c.WaitNodesReady(ctx, 3*time.Minute); err != nil {
+		return fail(err)
+	}
+	// Phase 1: pods of the other nodes could not reach each other yet (the
+	// cluster network, issue 10), and the conflist's range is the first
+	// node's podCIDR: keep ordinary pods on the first node.
+	for _, n := range c.Nodes[1:] {
+		patch := []byte(`{"spec":{"unschedulable":true}}`)
+		if _, err := c.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return fail(err)
+		}
+	}
+	fmt.Printf(`
+Cluster %q is up (%.0fs): %d nodes, warpnet %s installed with helm (release warpnet, namespace %s).
+
+  export KUBECONFIG=%s
+  kubectl get nodes -o wide
+  kubectl -n %s get pods -o wide
+  kubectl run web --image=%s --image-pull-policy=Never -- serve :8080
+  kubectl expose pod web --port=80 --target-port=8080
+  kubectl run client --image=%s --image-pull-policy=Never -- pause
+  kubectl exec client -- %s get http://$(kubectl get svc web -o jsonpath='{.spec.clusterIP}')/ 10
+
+Nodes are network namespaces (the machine's own network is never touched):
+  nsenter --net=/run/netns/%s ip route
+helm: %s --kubeconfig %s list -A
+Until the cluster network lands, only %s takes ordinary pods (the others are cordoned).
+Remove everything: make cluster-down
+`, name, time.Since(start).Seconds(), len(c.Nodes), imageName, k8s.Namespace, c.Kubeconfig, k8s.Namespace,
+		k8s.AppImage, k8s.AppImage, k8s.AppBinary, c.Nodes[0].Name, helm, c.Kubeconfig, c.Nodes[0].Name)
+	return nil
+}
