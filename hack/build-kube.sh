@@ -4,7 +4,7 @@
 # already there:
 #
 #   hack/build-kube.sh [NAME...]    NAME: kube-apiserver kube-controller-manager
-#                                   kube-scheduler kube-proxy kubelet (default: all)
+#                                   kube-scheduler kube-proxy kubelet kubectl (default: all)
 #
 # Each binary goes to ${XDG_CACHE_HOME:-$HOME/.cache}/warpnet/NAME-<version>
 # (WARP_KUBE_CACHE overrides the directory; WARP_APISERVER_BIN the path of
@@ -23,7 +23,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/hack/lib/cached-build.sh"
 mod="$root/tests/apiserver/build"
-all=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+all=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl)
 
 version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v[0-9]/ { print $2; exit }' "$mod/go.mod")
 if [ -z "$version" ]; then

@@ -19,8 +19,9 @@ import (
 // (pinned by tests/apiserver/build/go.mod).
 const KubeVersion = apiserver.Version
 
-// KubeBinaries are the Kubernetes binaries a cluster runs.
-var KubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"}
+// KubeBinaries are the Kubernetes binaries a cluster runs, and kubectl for
+// the people (and README tests) using it.
+var KubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
 
 // CacheDir is where hack/build-kube.sh and hack/build-helm.sh put binaries.
 func CacheDir() string {

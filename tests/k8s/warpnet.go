@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -112,4 +113,18 @@ func (c *Cluster) WaitDaemonSet(ctx context.Context, image string, timeout time.
 		}
 		return nil
 	})
+}
+
+// CordonAllButFirst marks every node but the first unschedulable (DaemonSet
+// pods still run there). Phase 1: pods on different nodes cannot reach each
+// other before the cluster network (issue 10), and the conflist's range is
+// the first node's podCIDR (see HelmValues).
+func (c *Cluster) CordonAllButFirst(ctx context.Context) error {
+	for _, n := range c.Nodes[1:] {
+		patch := []byte(`{"spec":{"unschedulable":true}}`)
+		if _, err := c.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -44,6 +44,7 @@ func TestWarpnetOnRealCluster(t *testing.T) {
 		fn   func(*testing.T)
 	}{
 		{"NodesReadyOnceInstallerWroteConflist", w.nodesReadyAfterInstall},
+		{"ReadmeTryItCommands", w.readme},
 		{"PodGetsAddressReachesPodAndClusterIP", w.podNetworking},
 		{"LogsAndExecThroughEgressProxy", w.logsAndExec},
 		{"TwentyPodsInARowThenTenAtOnce", w.churn},
@@ -76,11 +77,12 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// buildImage runs what `make image` runs, with the given tag.
-func buildImage(t *testing.T, tag string) (tar, name string) {
+// buildImage runs what `make image` runs, with the given tag, on the
+// binaries in binDir.
+func buildImage(t *testing.T, binDir, tag string) (tar, name string) {
 	t.Helper()
 	tar = filepath.Join(t.TempDir(), "warpnet-"+tag+".tar")
-	cmd := exec.Command("go", "run", "./install/mkimage", "--bin", harness.BinDir(), "--tag", tag, "--out", tar)
+	cmd := exec.Command("go", "run", "./install/mkimage", "--bin", binDir, "--tag", tag, "--out", tar)
 	cmd.Dir = harness.RepoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mkimage: %v\n%s", err, out)
@@ -105,7 +107,7 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 			t.Fatalf("%s has CNI config before install: %v", n.Name, ents)
 		}
 	}
-	tar, image := buildImage(t, "e2e-1")
+	tar, image := buildImage(t, harness.BinDir(), "e2e-1")
 	w.image = image
 	start := time.Now()
 	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image)
@@ -162,6 +164,53 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.podCIDR = netip.MustParsePrefix(cidr)
+	if err := w.c.CordonAllButFirst(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The kubectl lines of README.md's "Try it on a real cluster", as written,
+// with the kubectl built with the cluster's binaries.
+func (w *world) readme(t *testing.T) {
+	ctx := ctxFor(t, 5*time.Minute)
+	readme, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Try it on a real cluster")
+	_, block, ok2 := strings.Cut(section, "```sh\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README.md has no sh block under \"## Try it on a real cluster\"")
+	}
+	bin := t.TempDir()
+	if err := os.Symlink(k8s.KubeBinary("kubectl"), filepath.Join(bin, "kubectl")); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	n := 0
+	for _, line := range strings.Split(block, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); !strings.HasPrefix(line, "kubectl ") {
+			continue
+		}
+		cmd := exec.CommandContext(ctx, "bash", "-c", line)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+w.c.Kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("README: %s: %v\n%s", line, err, out)
+		}
+		last, n = string(out), n+1
+	}
+	if n < 5 || !strings.HasPrefix(last, "web ") {
+		t.Fatalf("README: ran %d kubectl lines; the last said %q, want the web pod's answer through its ClusterIP", n, last)
+	}
+	// Out of the way of the next subtests.
+	cl := w.c.Client()
+	if err := cl.CoreV1().Services(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.deletePods(t, ctx, "web", "client")
 }
 
 func (w *world) warpnetPods(t *testing.T, ctx context.Context) map[string]corev1.Pod {
@@ -444,7 +493,10 @@ func (w *world) upgrade(t *testing.T) {
 	}
 	before := w.warpnetPods(t, ctx)
 
-	tar, image := buildImage(t, "e2e-2")
+	// A real upgrade: every binary rebuilt as another version, so the
+	// installer has to replace the plugins on the nodes.
+	v2 := buildVersion(t, "e2e-2")
+	tar, image := buildImage(t, v2, "e2e-2")
 	if err := w.c.ImportImage(tar); err != nil {
 		t.Fatal(err)
 	}
@@ -469,6 +521,24 @@ func (w *world) upgrade(t *testing.T) {
 			t.Errorf("%s: installer image %s", node, got)
 		}
 	}
+	for _, n := range w.c.Nodes {
+		for _, p := range []string{"warp-veth", "warp-ipam", "warp-sriov"} {
+			got, _ := os.ReadFile(n.Root + "/opt/cni/bin/" + p)
+			want, _ := os.ReadFile(filepath.Join(v2, p))
+			if len(want) == 0 || string(got) != string(want) {
+				t.Errorf("%s: %s was not upgraded by the new installer", n.Name, p)
+			}
+		}
+	}
+	// A pod made by the old plugins is torn down by the new ones, completely.
+	oldIP := w.serverIP
+	w.deletePods(t, ctx, "web")
+	w.long = w.long[1:] // "client" stays
+	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
+		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
+	})
+	w.runPods(t, ctx, w.pod("web", map[string]string{"app": "web"}, "serve", ":8080"))
+	w.long = append(w.long, "web")
 	// New pods work with the upgraded plugins and warpd: an address, the
 	// ClusterIP of the service that existed before.
 	ips := w.runPods(t, ctx, w.pod("after-upgrade", nil, "pause"))
@@ -492,6 +562,26 @@ func (w *world) upgrade(t *testing.T) {
 		t.Fatalf("the connection held across the upgrade broke (%s):\n%s", p.Status.Phase, logs)
 	}
 	t.Logf("holder: %s", lastLine(logs))
+}
+
+// buildVersion builds the image's binaries stamped as version into a
+// temporary directory (as make build does, with another VERSION).
+func buildVersion(t *testing.T, version string) string {
+	t.Helper()
+	dir := t.TempDir()
+	pkgs := map[string]string{"warp-ipam": "./ipam", "warp-veth": "./plugins/veth", "warp-sriov": "./plugins/sriov",
+		"warpctl": "./cmd/warpctl", "warpd": "./daemon/warpd", "warp-install": "./cmd/warp-install",
+		"loopback": "github.com/containernetworking/plugins/plugins/main/loopback"}
+	for name, pkg := range pkgs {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/warpnet/warpnet/internal/buildinfo.Version="+version,
+			"-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = harness.RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return dir
 }
 
 func (w *world) logs(t *testing.T, ctx context.Context, pod string) string {

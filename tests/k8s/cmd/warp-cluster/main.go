@@ -8,13 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warpnet/warpnet/tests/k8s"
 )
@@ -112,14 +110,14 @@ func up(image, imageName string, nodes int, log func(string, ...any)) error {
 	if err := c.WaitNodesReady(ctx, 3*time.Minute); err != nil {
 		return fail(err)
 	}
-	// Phase 1: pods of the other nodes could not reach each other yet (the
-	// cluster network, issue 10), and the conflist's range is the first
-	// node's podCIDR: keep ordinary pods on the first node.
-	for _, n := range c.Nodes[1:] {
-		patch := []byte(`{"spec":{"unschedulable":true}}`)
-		if _, err := c.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			return fail(err)
-		}
+	// Phase 1: keep ordinary pods on the first node (see CordonAllButFirst).
+	if err := c.CordonAllButFirst(ctx); err != nil {
+		return fail(err)
+	}
+	kubectl := "kubectl"
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		kubectl = k8s.KubeBinary("kubectl") // built with the cluster's binaries
+		fmt.Printf("\n(no kubectl in PATH: use %s, e.g. ln -s it into /usr/local/bin)\n", kubectl)
 	}
 	fmt.Printf(`
 Cluster %q is up (%.0fs): %d nodes, warpnet %s installed with helm (release warpnet, namespace %s).
@@ -130,6 +128,7 @@ Cluster %q is up (%.0fs): %d nodes, warpnet %s installed with helm (release warp
   kubectl run web --image=%s --image-pull-policy=Never -- serve :8080
   kubectl expose pod web --port=80 --target-port=8080
   kubectl run client --image=%s --image-pull-policy=Never -- pause
+  kubectl wait --for=condition=Ready pod/web pod/client
   kubectl exec client -- %s get http://$(kubectl get svc web -o jsonpath='{.spec.clusterIP}')/ 10
 
 Nodes are network namespaces (the machine's own network is never touched):
