@@ -1,5 +1,7 @@
-// Build-only module for the kube-apiserver that tests/apiserver runs
-// (hack/build-apiserver.sh builds it). It is separate so that the project's
+// Build-only module for the Kubernetes binaries the tests run: the
+// kube-apiserver of tests/apiserver, and the control plane, kubelet and
+// kubectl of tests/k8s (one `tool` line each; hack/build-kube.sh builds
+// them, hack/build-apiserver.sh the apiserver alone). It is separate so that the project's
 // own go.mod never depends on k8s.io/kubernetes, and nested so that `go test
 // ./...` and `go vet ./...` at the repository root do not descend into it.
 //

@@ -11,6 +11,7 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -36,7 +37,7 @@ const ns = "default"
 // cluster (starting one costs about a minute); each subtest needs the ones
 // before it.
 func TestWarpnetOnRealCluster(t *testing.T) {
-	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"))
+	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), "bpftool")
 	c, helm := k8s.Start(t, 2)
 	w := &world{t: t, c: c, helm: helm, node: c.Nodes[0]}
 	for _, st := range []struct {
@@ -110,7 +111,9 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 	tar, image := buildImage(t, harness.BinDir(), "e2e-1")
 	w.image = image
 	start := time.Now()
-	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image)
+	// XDP on: pods get warp-veth's XDP datapath too, so the churn below
+	// also proves its map entries are removed with the pods.
+	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image, "--set", "cni.xdp=true")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,6 +395,12 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 			left = append(left, "route "+line)
 		}
 	}
+	// warp-veth's XDP maps (pinned in the node's own bpffs).
+	for _, m := range []string{"warp_ips", "warp_endpoints"} {
+		if n := w.mapEntries(t, ctx, m); n != len(w.long) {
+			left = append(left, fmt.Sprintf("%s has %d entries for %d pods", m, n, len(w.long)))
+		}
+	}
 	resDir := w.node.Root + "/var/lib/cni/networks/warpnet"
 	ents, _ := os.ReadDir(resDir)
 	for _, e := range ents {
@@ -400,6 +409,21 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 		}
 	}
 	return left
+}
+
+// mapEntries counts the entries of one of warp-veth's pinned XDP maps in
+// the node's bpffs.
+func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
+	t.Helper()
+	out, err := w.node.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
+	if err != nil {
+		t.Fatalf("dump %s: %v", m, err)
+	}
+	var entries []any
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("dump %s: %v\n%s", m, err, out)
+	}
+	return len(entries)
 }
 
 func (w *world) warpLinks(t *testing.T, ctx context.Context) int {
@@ -457,6 +481,9 @@ func (w *world) churn(t *testing.T) {
 	if got := w.warpLinks(t, ctx); got != len(w.long)+10 {
 		t.Errorf("%d warp links with 10 more pods, want %d", got, len(w.long)+10)
 	}
+	if got := w.mapEntries(t, ctx, "warp_endpoints"); got != len(w.long)+10 {
+		t.Errorf("%d XDP endpoints with 10 more pods, want %d", got, len(w.long)+10)
+	}
 	w.deletePods(t, ctx, names...)
 	t.Logf("10 pods at once: running and deleted in %.1fs, 10 distinct IPs", time.Since(start).Seconds())
 
@@ -482,9 +509,11 @@ func (w *world) upgrade(t *testing.T) {
 	// An existing connection through a ClusterIP, held open across the upgrade.
 	echo := map[string]string{"app": "echo"}
 	w.runPods(t, ctx, w.pod("echo", echo, "echo", ":7000"))
+	w.long = append(w.long, "echo")
 	vip := w.service(t, ctx, "echo", echo, 7, 7000)
 	// The hold client retries its connect until warpd has the service.
 	w.runPods(t, ctx, w.pod("holder", nil, "hold", vip+":7", "0"))
+	w.long = append(w.long, "holder")
 	harness.WaitFor(t, "holder connected", 2*time.Minute, func() bool {
 		return roundTrips(w.logs(t, ctx, "holder")) >= 50
 	})
@@ -533,7 +562,7 @@ func (w *world) upgrade(t *testing.T) {
 	// A pod made by the old plugins is torn down by the new ones, completely.
 	oldIP := w.serverIP
 	w.deletePods(t, ctx, "web")
-	w.long = w.long[1:] // "client" stays
+	w.forget("web")
 	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
 		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
 	})
@@ -562,6 +591,16 @@ func (w *world) upgrade(t *testing.T) {
 		t.Fatalf("the connection held across the upgrade broke (%s):\n%s", p.Status.Phase, logs)
 	}
 	t.Logf("holder: %s", lastLine(logs))
+}
+
+func (w *world) forget(pod string) {
+	var keep []string
+	for _, p := range w.long {
+		if p != pod {
+			keep = append(keep, p)
+		}
+	}
+	w.long = keep
 }
 
 // buildVersion builds the image's binaries stamped as version into a
