@@ -492,6 +492,9 @@ func (c *Cluster) startEtcdAndAPIServer(ctx context.Context, cp string) error {
 		ports[i] = p
 	}
 	client, peer := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	// Fresh logs: an earlier attempt's "address already in use" must not count.
+	_ = os.Remove(c.LogPath("etcd"))
+	_ = os.Remove(c.LogPath("kube-apiserver"))
 	data := filepath.Join(cp, "etcd")
 	_ = os.RemoveAll(data)
 	etcd, err := c.start("etcd", "etcd", "--name=default", "--data-dir="+data,
@@ -958,12 +961,12 @@ func Down(dir string, log func(string, ...any)) error {
 			errs = append(errs, err)
 		}
 	}
-	// 5. The directory (after checking nothing is mounted inside it).
-	if mounts, _ := mountinfo.Read(); true {
-		for _, m := range mounts {
-			if strings.HasPrefix(m.MountPoint, dir+"/") {
-				_ = unix.Unmount(m.MountPoint, unix.MNT_DETACH)
-			}
+	// 5. The directory, after detaching anything still mounted inside it
+	//    (RemoveAll would otherwise descend into it).
+	mounts, _ := mountinfo.Read()
+	for _, m := range mounts {
+		if strings.HasPrefix(m.MountPoint, dir+"/") {
+			_ = unix.Unmount(m.MountPoint, unix.MNT_DETACH)
 		}
 	}
 	if err := os.RemoveAll(dir); err != nil {

@@ -107,7 +107,8 @@ func (c *Cluster) Node(name string) *Node {
 // Run runs argv in the node's network namespace (and mount namespace),
 // e.g. `ip -o link` to see the node's links.
 func (n *Node) Run(ctx context.Context, argv ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, n.inMount(argv...)[0], n.inMount(argv...)[1:]...).CombinedOutput()
+	full := n.inMount(argv...)
+	out, err := exec.CommandContext(ctx, full[0], full[1:]...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s on %s: %w\n%s", strings.Join(argv, " "), n.Name, err, out)
 	}
