@@ -36,6 +36,10 @@ func (c *Cluster) Client() kubernetes.Interface {
 	return kubernetes.NewForConfigOrDie(c.RESTConfig())
 }
 
+// waitRegistered waits until every node is registered and the controller
+// manager has made what every pod needs: the default namespace's
+// ServiceAccount and the kube-root-ca.crt ConfigMap (before them, pods are
+// refused or stuck).
 func (c *Cluster) waitRegistered(ctx context.Context) error {
 	cl := c.Client()
 	return waitUntil(ctx, 3*time.Minute, "nodes registered", func() error {
@@ -43,6 +47,12 @@ func (c *Cluster) waitRegistered(ctx context.Context) error {
 			if _, err := cl.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{}); err != nil {
 				return fmt.Errorf("%s: %w\n%s", n.Name, err, tail(c.LogPath(fmt.Sprintf("node%d-kubelet", n.Index)), 10))
 			}
+		}
+		if _, err := cl.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("kube-controller-manager: %w", err)
+		}
+		if _, err := cl.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("kube-controller-manager: %w", err)
 		}
 		return nil
 	})
