@@ -17,12 +17,12 @@ import (
 	"github.com/warpnet/warpnet/tests/k8s"
 )
 
-// name of the cluster; its namespaces are warpnet-net, warpnet-node1, ...
-const name = "warpnet"
+// defaultName of the cluster; its namespaces are warpnet-net, warpnet-node1, ...
+const defaultName = "warpnet"
 
 func usage() {
-	fmt.Fprintf(os.Stderr, `Usage: warp-cluster up --image FILE --image-name REPO:TAG [--nodes N]
-       warp-cluster down
+	fmt.Fprintf(os.Stderr, `Usage: warp-cluster up --image FILE --image-name REPO:TAG [--nodes N] [--name NAME]
+       warp-cluster down [--name NAME]
 
 up    starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler (%s) and N
       kubelet + containerd nodes (network namespaces %s-node1..N, each with its own
@@ -32,8 +32,10 @@ up    starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler (%s) 
 down  stops every process of the cluster and removes its namespaces, mounts,
       cgroups and files.
 
+--name names the cluster (default %s); --owner PID (tests) makes it a leftover for the
+next sweep once that process is gone.
 Needs root, and the Kubernetes binaries and helm (make kube helm; make cluster does it).
-`, k8s.KubeVersion, name)
+`, k8s.KubeVersion, defaultName, defaultName)
 }
 
 func main() {
@@ -42,9 +44,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
-	dir := filepath.Join(k8s.BaseDir(), name)
 	switch os.Args[1] {
 	case "down":
+		fs := flag.NewFlagSet("down", flag.ExitOnError)
+		fs.Usage = usage
+		name := fs.String("name", defaultName, "the cluster's name")
+		_ = fs.Parse(os.Args[2:])
+		dir := filepath.Join(k8s.BaseDir(), *name)
 		if _, err := os.Stat(dir); err != nil {
 			fmt.Println("warp-cluster: no cluster is running")
 			return
@@ -59,12 +65,14 @@ func main() {
 		image := fs.String("image", "bin/warpnet-image.tar", "the warpnet image (make image)")
 		imageName := fs.String("image-name", "", "its name, repository:tag (make image prints it)")
 		nodes := fs.Int("nodes", 2, "number of nodes")
+		name := fs.String("name", defaultName, "the cluster's name ([a-z0-9-], at most 20 characters)")
+		owner := fs.Int("owner", 0, "PID whose death makes the cluster a leftover for the next sweep (tests); 0: kept until down")
 		_ = fs.Parse(os.Args[2:])
 		if *imageName == "" {
 			fmt.Fprintln(os.Stderr, "warp-cluster: --image-name is required")
 			os.Exit(2)
 		}
-		if err := up(*image, *imageName, *nodes, log); err != nil {
+		if err := up(*name, *image, *imageName, *nodes, *owner, log); err != nil {
 			fmt.Fprintf(os.Stderr, "warp-cluster: %v\n", err)
 			os.Exit(1)
 		}
@@ -76,7 +84,7 @@ func main() {
 	}
 }
 
-func up(image, imageName string, nodes int, log func(string, ...any)) error {
+func up(name, image, imageName string, nodes, owner int, log func(string, ...any)) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (namespaces, mounts, cgroups)")
 	}
@@ -90,7 +98,7 @@ func up(image, imageName string, nodes int, log func(string, ...any)) error {
 		return err
 	}
 	start := time.Now()
-	c, err := k8s.Up(ctx, k8s.Options{Name: name, Nodes: nodes, Detach: true, Log: log})
+	c, err := k8s.Up(ctx, k8s.Options{Name: name, Nodes: nodes, Owner: owner, Detach: true, Log: log})
 	if err != nil {
 		return err
 	}
@@ -114,6 +122,10 @@ func up(image, imageName string, nodes int, log func(string, ...any)) error {
 	if err := c.CordonAllButFirst(ctx); err != nil {
 		return fail(err)
 	}
+	downCmd := "make cluster-down"
+	if name != defaultName {
+		downCmd = "go run ./tests/k8s/cmd/warp-cluster down --name " + name
+	}
 	kubectl := "kubectl"
 	if _, err := exec.LookPath("kubectl"); err != nil {
 		kubectl = k8s.KubeBinary("kubectl") // built with the cluster's binaries
@@ -135,8 +147,8 @@ Nodes are network namespaces (the machine's own network is never touched):
   nsenter --net=/run/netns/%s ip route
 helm: %s --kubeconfig %s list -A
 Until the cluster network lands, only %s takes ordinary pods (the others are cordoned).
-Remove everything: make cluster-down
+Remove everything: %s
 `, name, time.Since(start).Seconds(), len(c.Nodes), imageName, k8s.Namespace, c.Kubeconfig, k8s.Namespace,
-		k8s.AppImage, k8s.AppImage, k8s.AppBinary, c.Nodes[0].Name, helm, c.Kubeconfig, c.Nodes[0].Name)
+		k8s.AppImage, k8s.AppImage, k8s.AppBinary, c.Nodes[0].Name, helm, c.Kubeconfig, c.Nodes[0].Name, downCmd)
 	return nil
 }
