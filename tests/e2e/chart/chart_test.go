@@ -77,6 +77,24 @@ func TestManifestsAreUpToDate(t *testing.T) {
 	}
 }
 
+// helm's own server-side dry run: renders against the live API server
+// (lookups, capabilities, its OpenAPI validation) without changing it.
+func TestHelmInstallDryRunServer(t *testing.T) {
+	h := helm(t)
+	s := apiserver.Start(t)
+	cmd := exec.Command(h, "--kubeconfig", s.Kubeconfig, "install", "warpnet", k8s.Chart(), "--namespace", "kube-system",
+		"--dry-run=server", "--set", "examples.networkAttachmentDefinitions=false")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "kind: DaemonSet") {
+		t.Fatalf("helm install --dry-run=server: %v\n%s", err, out)
+	}
+	// Nothing was created.
+	if _, err := s.Client(t).AppsV1().DaemonSets("kube-system").Get(t.Context(), "warpnet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the dry run created the DaemonSet (%v)", err)
+	}
+}
+
 func decode(t *testing.T, path string) []*unstructured.Unstructured {
 	t.Helper()
 	f, err := os.Open(path)
