@@ -24,9 +24,9 @@
 //     cgroupRoot), so Down kills everything with one cgroup.kill.
 //   - per node, a mount namespace (nodeN/mnt.ns) shared by containerd, runc
 //     and kubelet, in which: the node's own copies of /var/lib/kubelet,
-//     /var/lib/containerd, /run/containerd, /var/lib/cni, /var/log, /opt/cni/bin
-//     and /etc/cni/net.d are bind-mounted (two kubelets would collide on
-//     them); files holding the values kubelet wants are bind-mounted over the
+//     /var/lib/containerd, /run/containerd, /var/lib/cni, /var/log, /opt/cni/bin,
+//     /etc/cni/net.d and /run/warpnet are bind-mounted (two kubelets, or two
+//     warpds, would collide on them); files holding the values kubelet wants are bind-mounted over the
 //     machine-wide sysctls it would otherwise rewrite (protectKernelDefaults
 //     makes a missing one fail instead of touching the machine); and a fresh
 //     bpffs is mounted at /sys/fs/bpf, so each node's warpd and plugins pin
@@ -78,7 +78,8 @@ const (
 )
 
 // nodePaths are the host paths each node gets its own copy of.
-var nodePaths = []string{"/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/var/lib/cni", "/var/log", "/opt/cni/bin", "/etc/cni/net.d"}
+var nodePaths = []string{"/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/var/lib/cni", "/var/log", "/opt/cni/bin", "/etc/cni/net.d",
+	"/run/warpnet"} // warpd's node facts, read by the plugins on the host
 
 // sysctls are the machine-wide values kubelet insists on, served to it from
 // files instead.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -127,4 +128,21 @@ func (c *Cluster) CordonAllButFirst(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// WarpnetLogs returns the last lines of every warpnet pod's containers (for
+// a failure report).
+func (c *Cluster) WarpnetLogs(ctx context.Context, lines int64) []string {
+	pods, err := c.Client().CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, p := range pods.Items {
+		for _, ctr := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+			b, err := c.Client().CoreV1().Pods(Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: ctr.Name, TailLines: &lines}).DoRaw(ctx)
+			out = append(out, fmt.Sprintf("--- %s/%s on %s (%v):\n%s", p.Name, ctr.Name, p.Spec.NodeName, err, b))
+		}
+	}
+	return out
 }

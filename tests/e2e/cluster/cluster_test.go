@@ -233,13 +233,8 @@ func (w *world) warpnetPods(t *testing.T, ctx context.Context) map[string]corev1
 
 func (w *world) dumpWarpnetPods(t *testing.T) {
 	ctx := ctxFor(t, time.Minute)
-	list, _ := w.c.Client().CoreV1().Pods(k8s.Namespace).List(ctx, metav1.ListOptions{})
-	for _, p := range list.Items {
-		t.Logf("pod %s on %s: %s %+v %+v", p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.InitContainerStatuses, p.Status.ContainerStatuses)
-		for _, ctr := range []string{"install-cni", "warpd"} {
-			logs, err := w.c.Logs(ctx, k8s.Namespace, p.Name, ctr)
-			t.Logf("logs %s/%s (%v):\n%s", p.Name, ctr, err, logs)
-		}
+	for _, l := range w.c.WarpnetLogs(ctx, 30) {
+		t.Log(l)
 	}
 	ev, _ := w.c.Client().CoreV1().Events("").List(ctx, metav1.ListOptions{})
 	for _, e := range ev.Items {

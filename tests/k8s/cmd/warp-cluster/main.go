@@ -103,6 +103,9 @@ func up(name, image, imageName string, nodes, owner int, log func(string, ...any
 		return err
 	}
 	fail := func(err error) error {
+		for _, l := range c.WarpnetLogs(ctx, 20) {
+			log("%s", l)
+		}
 		log("warp-cluster: %v; taking the cluster down", err)
 		_ = k8s.Down(c.Dir, log)
 		return err
