@@ -58,10 +58,10 @@ test: deps build kube helm ## unit + e2e tests (e2e needs root; CI=true turns sk
 image: build ## the warpnet OCI image (no docker): bin/warpnet-image.tar, for ctr -n k8s.io images import
 	$(GO) run ./install/mkimage --bin $(BIN) --repository $(IMAGE_REPO) --tag $(IMAGE_TAG) --out $(BIN)/warpnet-image.tar
 
-kube: ## build the Kubernetes binaries the tests run (kubelet, apiserver, ...) into a cache, once (~20 min cold)
+kube: ## build the Kubernetes binaries the tests run (kubelet, apiserver, ...) into a cache, once (~12 min cold on 2 cores)
 	@bash hack/build-kube.sh
 
-helm: ## build helm into the same cache, once (~2 min)
+helm: ## build helm into the same cache, once (~3 min)
 	@bash hack/build-helm.sh
 
 manifests: ## re-render install/manifests/ from the chart (committed; a test checks they are up to date)

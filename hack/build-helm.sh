@@ -3,7 +3,7 @@
 # module proxy only, into ${XDG_CACHE_HOME:-$HOME/.cache}/warpnet/helm-<version>
 # (WARP_KUBE_CACHE overrides the directory), unless it is there. The version
 # and every dependency are pinned by tests/helm/build/go.mod and go.sum (a
-# module of its own). About 2 minutes, once; serialized with flock.
+# module of its own). About 3 minutes, once; serialized with flock.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,5 +36,5 @@ ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version -X helm.sh/h
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kminor"
 done
-echo "build-helm: building helm $version into $bin (about 2 minutes, once)"
+echo "build-helm: building helm $version into $bin (about 3 minutes, once)"
 cached_build "helm-$version" "$mod" "$cache" "$ldflags" "helm=$bin" -- helm.sh/helm/v3/cmd/helm

@@ -92,5 +92,5 @@ for n in $want; do
   dests+=("$n=$(path_of "$n")")
   pkgs+=("k8s.io/kubernetes/cmd/$n")
 done
-echo "build-kube: building" $want "($version) into $cache, once (cold: about 4 minutes for kube-apiserver alone, 20 for all on 2 busy cores)"
+echo "build-kube: building" $want "($version) into $cache, once (cold: about 4 minutes for kube-apiserver alone, 12 for all six on 2 cores)"
 cached_build "kube-$version" "$mod" "$cache" "$ldflags" "${dests[@]}" -- "${pkgs[@]}"

@@ -66,7 +66,7 @@ func HelmVersion() (string, error) {
 var buildMu sync.Mutex
 
 // EnsureBinaries builds the Kubernetes binaries and helm that are not in the
-// cache yet (hack/build-kube.sh, hack/build-helm.sh; once, about 20 minutes
+// cache yet (hack/build-kube.sh, hack/build-helm.sh; once, about 15 minutes
 // cold, serialized across processes with flock) and returns helm's path.
 // Progress lines go to log.
 func EnsureBinaries(ctx context.Context, log func(string, ...any)) (helm string, err error) {
@@ -84,7 +84,7 @@ func EnsureBinaries(ctx context.Context, log func(string, ...any)) (helm string,
 		}
 	}
 	if len(missing) > 0 {
-		log("k8s: %v not built yet: hack/build-kube.sh (once; about 20 minutes cold, `make kube` does it ahead of time)", missing)
+		log("k8s: %v not built yet: hack/build-kube.sh (once; about 12 minutes cold, `make kube` does it ahead of time)", missing)
 		if err := runScript(ctx, log, "build-kube.sh", missing...); err != nil {
 			return "", err
 		}
