@@ -1,0 +1,646 @@
+// Package cluster_test installs warpnet the way operators do (helm install
+// of install/chart/warpnet, the image from `make image` imported into each
+// node's containerd) into a real Kubernetes cluster on this machine
+// (tests/k8s: control plane + 2 kubelet/containerd nodes in namespaces, no
+// kube-proxy, no CNI preinstalled), and proves it under its real callers:
+// the kubelet, containerd's CRI, the scheduler, the DaemonSet controller.
+//
+// Phase 1 of issue 11: pods run on one node (pods across nodes need the
+// cluster network of issue 10).
+package cluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/warpnet/warpnet/tests/harness"
+	"github.com/warpnet/warpnet/tests/k8s"
+)
+
+const ns = "default"
+
+// TestWarpnetOnRealCluster runs the phase-1 scenarios in order on one
+// cluster (starting one costs about a minute); each subtest needs the ones
+// before it.
+func TestWarpnetOnRealCluster(t *testing.T) {
+	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), "bpftool")
+	c, helm := k8s.Start(t, 2)
+	w := &world{t: t, c: c, helm: helm, node: c.Nodes[0]}
+	for _, st := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"NodesReadyOnceInstallerWroteConflist", w.nodesReadyAfterInstall},
+		{"ReadmeTryItCommands", w.readme},
+		{"PodGetsAddressReachesPodAndClusterIP", w.podNetworking},
+		{"LogsAndExecThroughEgressProxy", w.logsAndExec},
+		{"TwentyPodsInARowThenTenAtOnce", w.churn},
+		{"HelmUpgradeKeepsConnectionsAndNewPodsWork", w.upgrade},
+	} {
+		start := time.Now()
+		ok := t.Run(st.name, st.fn)
+		t.Logf("%s: %.1fs", st.name, time.Since(start).Seconds())
+		if !ok {
+			t.FailNow()
+		}
+	}
+}
+
+type world struct {
+	t    *testing.T
+	c    *k8s.Cluster
+	helm string
+	node *k8s.Node // where pods run (phase 1)
+
+	image               string
+	podCIDR             netip.Prefix
+	serverIP, clusterIP string
+	long                []string // pods that live across subtests
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// buildImage runs what `make image` runs, with the given tag, on the
+// binaries in binDir.
+func buildImage(t *testing.T, binDir, tag string) (tar, name string) {
+	t.Helper()
+	tar = filepath.Join(t.TempDir(), "warpnet-"+tag+".tar")
+	cmd := exec.Command("go", "run", "./install/mkimage", "--bin", binDir, "--tag", tag, "--out", tar)
+	cmd.Dir = harness.RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mkimage: %v\n%s", err, out)
+	} else {
+		t.Logf("%s", strings.TrimSpace(string(out)))
+	}
+	return tar, "localhost/warpnet:" + tag
+}
+
+func (w *world) nodesReadyAfterInstall(t *testing.T) {
+	ctx := ctxFor(t, 8*time.Minute)
+	// Before: no CNI, so every node is NotReady for that reason.
+	for _, n := range w.c.Nodes {
+		cond, err := w.c.NodeReady(ctx, n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cond.Status == corev1.ConditionTrue || !strings.Contains(strings.ToLower(cond.Message), "cni") {
+			t.Fatalf("%s before install: Ready=%s %q, want NotReady for lack of a CNI", n.Name, cond.Status, cond.Message)
+		}
+		if ents, _ := os.ReadDir(n.Root + "/etc/cni/net.d"); len(ents) != 0 {
+			t.Fatalf("%s has CNI config before install: %v", n.Name, ents)
+		}
+	}
+	tar, image := buildImage(t, harness.BinDir(), "e2e-1")
+	w.image = image
+	start := time.Now()
+	// XDP on: pods get warp-veth's XDP datapath too, so the churn below
+	// also proves its map entries are removed with the pods.
+	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image, "--set", "cni.xdp=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("helm install:\n%s", out)
+	if err := w.c.WaitDaemonSet(ctx, image, 5*time.Minute); err != nil {
+		w.dumpWarpnetPods(t)
+		t.Fatal(err)
+	}
+	if err := w.c.WaitNodesReady(ctx, 3*time.Minute); err != nil {
+		w.dumpWarpnetPods(t)
+		t.Fatal(err)
+	}
+	t.Logf("DaemonSet ready and nodes Ready %.1fs after helm install", time.Since(start).Seconds())
+
+	pods := w.warpnetPods(t, ctx)
+	for _, n := range w.c.Nodes {
+		conflist := n.Root + "/etc/cni/net.d/10-warpnet.conflist"
+		if _, err := os.Stat(conflist); err != nil {
+			t.Errorf("%s: no conflist: %v", n.Name, err)
+		}
+		for _, p := range []string{"warp-veth", "warp-ipam", "warp-sriov", "loopback"} {
+			if _, err := os.Stat(n.Root + "/opt/cni/bin/" + p); err != nil {
+				t.Errorf("%s: %s not installed: %v", n.Name, p, err)
+			}
+		}
+		if _, err := os.Stat(n.Root + "/etc/cni/net.d/warpnet.d/warp-ipam.kubeconfig"); err != nil {
+			t.Errorf("%s: warp-ipam kubeconfig: %v", n.Name, err)
+		}
+		// The node turned Ready after (not before) its installer finished.
+		p, ok := pods[n.Name]
+		if !ok {
+			t.Fatalf("no warpnet pod on %s", n.Name)
+		}
+		term := p.Status.InitContainerStatuses[0].State.Terminated
+		if term == nil || term.ExitCode != 0 {
+			t.Fatalf("%s: install-cni did not succeed: %+v", n.Name, p.Status.InitContainerStatuses[0].State)
+		}
+		cond, _ := w.c.NodeReady(ctx, n.Name)
+		// (API timestamps have whole seconds.)
+		if cond.LastTransitionTime.Add(time.Second).Before(term.FinishedAt.Time) {
+			t.Errorf("%s Ready at %v, before its installer finished at %v", n.Name, cond.LastTransitionTime, term.FinishedAt)
+		}
+	}
+	for _, p := range []string{"/opt/cni/bin/warp-veth", "/etc/cni/net.d/10-warpnet.conflist"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("the installer wrote %s on the machine itself", p)
+		}
+	}
+	cidr, err := w.c.PodCIDR(ctx, w.node.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.podCIDR = netip.MustParsePrefix(cidr)
+	if err := w.c.CordonAllButFirst(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The kubectl lines of README.md's "Try it on a real cluster", as written,
+// with the kubectl built with the cluster's binaries.
+func (w *world) readme(t *testing.T) {
+	ctx := ctxFor(t, 5*time.Minute)
+	readme, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Try it on a real cluster")
+	_, block, ok2 := strings.Cut(section, "```sh\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README.md has no sh block under \"## Try it on a real cluster\"")
+	}
+	bin := t.TempDir()
+	if err := os.Symlink(k8s.KubeBinary("kubectl"), filepath.Join(bin, "kubectl")); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	n := 0
+	for _, line := range strings.Split(block, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); !strings.HasPrefix(line, "kubectl ") {
+			continue
+		}
+		cmd := exec.CommandContext(ctx, "bash", "-c", line)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+w.c.Kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("README: %s: %v\n%s", line, err, out)
+		}
+		last, n = string(out), n+1
+	}
+	if n < 5 || !strings.HasPrefix(last, "web ") {
+		t.Fatalf("README: ran %d kubectl lines; the last said %q, want the web pod's answer through its ClusterIP", n, last)
+	}
+	// Out of the way of the next subtests.
+	cl := w.c.Client()
+	if err := cl.CoreV1().Services(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.deletePods(t, ctx, "web", "client")
+}
+
+func (w *world) warpnetPods(t *testing.T, ctx context.Context) map[string]corev1.Pod {
+	t.Helper()
+	list, err := w.c.Client().CoreV1().Pods(k8s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=warpnet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]corev1.Pod{}
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			m[p.Spec.NodeName] = p
+		}
+	}
+	return m
+}
+
+func (w *world) dumpWarpnetPods(t *testing.T) {
+	ctx := ctxFor(t, time.Minute)
+	for _, l := range w.c.WarpnetLogs(ctx, 30) {
+		t.Log(l)
+	}
+	ev, _ := w.c.Client().CoreV1().Events("").List(ctx, metav1.ListOptions{})
+	for _, e := range ev.Items {
+		if e.Type != corev1.EventTypeNormal {
+			t.Logf("event %s/%s: %s %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+		}
+	}
+}
+
+// pod is an app pod on w.node, placed there by the scheduler (nodeSelector).
+func (w *world) pod(name string, labels map[string]string, args ...string) *corev1.Pod {
+	zero := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: corev1.PodSpec{
+			NodeSelector:                  map[string]string{"kubernetes.io/hostname": w.node.Name},
+			TerminationGracePeriodSeconds: &zero,
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{
+				Name: "app", Image: k8s.AppImage, ImagePullPolicy: corev1.PullNever, Args: args,
+			}},
+		},
+	}
+}
+
+// runPods creates the pods and waits until each runs with an IP.
+func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) map[string]string {
+	t.Helper()
+	cl := w.c.Client().CoreV1().Pods(ns)
+	for _, p := range pods {
+		if _, err := cl.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ips := map[string]string{}
+	for _, p := range pods {
+		var last *corev1.Pod
+		harness.WaitFor(t, "pod "+p.Name+" running with an IP", 3*time.Minute, func() bool {
+			got, err := cl.Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			last = got
+			return got.Status.Phase == corev1.PodRunning && got.Status.PodIP != ""
+		})
+		if last.Spec.NodeName != w.node.Name {
+			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, w.node.Name)
+		}
+		ip, err := netip.ParseAddr(last.Status.PodIP)
+		if err != nil || !w.podCIDR.Contains(ip) {
+			t.Fatalf("pod %s got %q, want an address in %s (warp-ipam's range)", p.Name, last.Status.PodIP, w.podCIDR)
+		}
+		ips[p.Name] = last.Status.PodIP
+	}
+	return ips
+}
+
+func (w *world) deletePods(t *testing.T, ctx context.Context, names ...string) {
+	t.Helper()
+	cl := w.c.Client().CoreV1().Pods(ns)
+	zero := int64(0)
+	for _, n := range names {
+		if err := cl.Delete(ctx, n, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range names {
+		harness.WaitFor(t, "pod "+n+" gone", 2*time.Minute, func() bool {
+			_, err := cl.Get(ctx, n, metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		})
+	}
+}
+
+func (w *world) exec(t *testing.T, ctx context.Context, pod string, argv ...string) string {
+	t.Helper()
+	stdout, stderr, err := w.c.Exec(ctx, ns, pod, "app", argv...)
+	if err != nil {
+		t.Fatalf("exec in %s: %v: %v\nstdout: %s\nstderr: %s", pod, argv, err, stdout, stderr)
+	}
+	return stdout
+}
+
+func (w *world) service(t *testing.T, ctx context.Context, name string, selector map[string]string, port, target int32) string {
+	t.Helper()
+	svc, err := w.c.Client().CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Selector: selector, Ports: []corev1.ServicePort{{
+			Port: port, TargetPort: intstr.FromInt32(target), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc.Spec.ClusterIP
+}
+
+func (w *world) podNetworking(t *testing.T) {
+	ctx := ctxFor(t, 6*time.Minute)
+	web := map[string]string{"app": "web"}
+	ips := w.runPods(t, ctx, w.pod("web", web, "serve", ":8080"), w.pod("client", nil, "pause"))
+	w.long = append(w.long, "web", "client")
+	w.serverIP = ips["web"]
+	if ips["web"] == ips["client"] {
+		t.Fatalf("two pods share %s", ips["web"])
+	}
+	// warp-veth made the pod's host end in the node's namespace, with a /32
+	// route to the pod.
+	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", ips["web"]+"/32")
+	if err != nil || !strings.Contains(routes, "dev warp") {
+		t.Fatalf("no warp-veth route to %s on %s: %q %v", ips["web"], w.node.Name, routes, err)
+	}
+	// Pod to pod, from inside the client pod.
+	out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips["web"]+":8080/", "20")
+	if !strings.HasPrefix(out, "web ") {
+		t.Fatalf("pod to pod: got %q, want the web pod's answer", out)
+	}
+	// Pod to ClusterIP: no kube-proxy runs, so only warpd's socket LB can
+	// translate it; retried while warpd learns the EndpointSlice.
+	w.clusterIP = w.service(t, ctx, "web", web, 80, 8080)
+	out = w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+	if !strings.HasPrefix(out, "web ") {
+		t.Fatalf("pod to ClusterIP %s: got %q", w.clusterIP, out)
+	}
+	if rules, err := w.node.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
+		t.Fatalf("kube-proxy rules on the node (%s): the ClusterIP must be warpd's", rules)
+	}
+}
+
+func (w *world) logsAndExec(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	for node, p := range w.warpnetPods(t, ctx) {
+		logs, err := w.c.Logs(ctx, k8s.Namespace, p.Name, "install-cni")
+		if err != nil || !strings.Contains(logs, "warp-install: done") {
+			t.Errorf("kubectl logs %s -c install-cni (%s): %v\n%s", p.Name, node, err, logs)
+		}
+	}
+	if out := w.exec(t, ctx, "client", k8s.AppBinary, "addrs"); !strings.Contains(out, w.serverIP[:strings.LastIndex(w.serverIP, ".")]) {
+		t.Errorf("exec addrs in client: %q", out)
+	}
+}
+
+// leftovers lists what the node holds for pods that no longer exist:
+// warp-veth host links and routes, warp-ipam reservations.
+func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]bool) []string {
+	t.Helper()
+	var left []string
+	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", "proto", "static")
+	if err != nil {
+		routes, _ = w.node.Run(ctx, "ip", "-4", "route")
+	}
+	for _, line := range strings.Split(routes, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && gone[f[0]] {
+			left = append(left, "route "+line)
+		}
+	}
+	// warp-veth's XDP maps (pinned in the node's own bpffs).
+	for _, m := range []string{"warp_ips", "warp_endpoints"} {
+		if n := w.mapEntries(t, ctx, m); n != len(w.long) {
+			left = append(left, fmt.Sprintf("%s has %d entries for %d pods", m, n, len(w.long)))
+		}
+	}
+	resDir := w.node.Root + "/var/lib/cni/networks/warpnet"
+	ents, _ := os.ReadDir(resDir)
+	for _, e := range ents {
+		if gone[e.Name()] {
+			left = append(left, "reservation "+e.Name())
+		}
+	}
+	return left
+}
+
+// mapEntries counts the entries of one of warp-veth's pinned XDP maps in
+// the node's bpffs.
+func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
+	t.Helper()
+	out, err := w.node.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
+	if err != nil {
+		t.Fatalf("dump %s: %v", m, err)
+	}
+	var entries []any
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("dump %s: %v\n%s", m, err, out)
+	}
+	return len(entries)
+}
+
+func (w *world) warpLinks(t *testing.T, ctx context.Context) int {
+	t.Helper()
+	out, err := w.node.Run(ctx, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "warp") {
+			n++
+		}
+	}
+	return n
+}
+
+func (w *world) churn(t *testing.T) {
+	ctx := ctxFor(t, 15*time.Minute)
+	links := w.warpLinks(t, ctx)
+	if links != len(w.long) {
+		t.Fatalf("%d warp links before churn, want %d (one per running pod)", links, len(w.long))
+	}
+	seen := map[string]string{}
+	gone := map[string]bool{}
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("seq-%d", i)
+		ip := w.runPods(t, ctx, w.pod(name, nil, "pause"))[name]
+		if other, dup := seen[ip]; dup {
+			t.Fatalf("%s got %s, which %s had", name, ip, other)
+		}
+		seen[ip] = name
+		w.deletePods(t, ctx, name)
+		gone[ip] = true
+	}
+	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs", time.Since(start).Seconds())
+
+	start = time.Now()
+	var batch []*corev1.Pod
+	var names []string
+	for i := 0; i < 10; i++ {
+		names = append(names, fmt.Sprintf("par-%d", i))
+		batch = append(batch, w.pod(names[i], nil, "pause"))
+	}
+	ips := w.runPods(t, ctx, batch...)
+	at := map[string]string{}
+	for name, ip := range ips {
+		if other, dup := at[ip]; dup {
+			t.Fatalf("%s and %s both got %s", name, other, ip)
+		}
+		at[ip] = name
+		gone[ip] = true
+	}
+	if got := w.warpLinks(t, ctx); got != len(w.long)+10 {
+		t.Errorf("%d warp links with 10 more pods, want %d", got, len(w.long)+10)
+	}
+	if got := w.mapEntries(t, ctx, "warp_endpoints"); got != len(w.long)+10 {
+		t.Errorf("%d XDP endpoints with 10 more pods, want %d", got, len(w.long)+10)
+	}
+	w.deletePods(t, ctx, names...)
+	t.Logf("10 pods at once: running and deleted in %.1fs, 10 distinct IPs", time.Since(start).Seconds())
+
+	// Nothing left behind: links, routes, reservations. The kubelet's delete
+	// returns before containerd's CNI DEL may have finished: wait for it.
+	for ip := range gone {
+		if ip == w.serverIP {
+			t.Fatalf("a churn pod got the live web pod's address %s", ip)
+		}
+	}
+	var left []string
+	harness.WaitFor(t, "CNI DEL of every deleted pod", 2*time.Minute, func() bool {
+		left = w.leftovers(t, ctx, gone)
+		return len(left) == 0 && w.warpLinks(t, ctx) == len(w.long)
+	})
+	if len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
+
+func (w *world) upgrade(t *testing.T) {
+	ctx := ctxFor(t, 12*time.Minute)
+	// An existing connection through a ClusterIP, held open across the upgrade.
+	echo := map[string]string{"app": "echo"}
+	w.runPods(t, ctx, w.pod("echo", echo, "echo", ":7000"))
+	w.long = append(w.long, "echo")
+	vip := w.service(t, ctx, "echo", echo, 7, 7000)
+	// The hold client retries its connect until warpd has the service.
+	w.runPods(t, ctx, w.pod("holder", nil, "hold", vip+":7", "0"))
+	w.long = append(w.long, "holder")
+	harness.WaitFor(t, "holder connected", 2*time.Minute, func() bool {
+		return roundTrips(w.logs(t, ctx, "holder")) >= 50
+	})
+	if logs := w.logs(t, ctx, "holder"); !strings.Contains(logs, "(peer as seen: "+vip+":7)") {
+		t.Fatalf("the holder's socket does not show the ClusterIP as its peer (warpd's getpeername hook):\n%s", logs)
+	}
+	before := w.warpnetPods(t, ctx)
+
+	// A real upgrade: every binary rebuilt as another version, so the
+	// installer has to replace the plugins on the nodes.
+	v2 := buildVersion(t, "e2e-2")
+	tar, image := buildImage(t, v2, "e2e-2")
+	if err := w.c.ImportImage(tar); err != nil {
+		t.Fatal(err)
+	}
+	_, tag, _ := strings.Cut(image, ":")
+	start := time.Now()
+	if out, err := w.c.Helm(ctx, w.helm, "upgrade", "warpnet", k8s.Chart(), "--namespace", k8s.Namespace, "--reuse-values", "--set", "image.tag="+tag); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("helm upgrade:\n%s", out)
+	}
+	if err := w.c.WaitDaemonSet(ctx, image, 5*time.Minute); err != nil {
+		w.dumpWarpnetPods(t)
+		t.Fatal(err)
+	}
+	t.Logf("DaemonSet rolled to %s in %.1fs", image, time.Since(start).Seconds())
+	after := w.warpnetPods(t, ctx)
+	for node, p := range after {
+		if p.UID == before[node].UID {
+			t.Errorf("%s: warpnet pod not replaced by the upgrade", node)
+		}
+		if got := p.Spec.InitContainers[0].Image; got != image {
+			t.Errorf("%s: installer image %s", node, got)
+		}
+	}
+	for _, n := range w.c.Nodes {
+		for _, p := range []string{"warp-veth", "warp-ipam", "warp-sriov"} {
+			got, _ := os.ReadFile(n.Root + "/opt/cni/bin/" + p)
+			want, _ := os.ReadFile(filepath.Join(v2, p))
+			if len(want) == 0 || string(got) != string(want) {
+				t.Errorf("%s: %s was not upgraded by the new installer", n.Name, p)
+			}
+		}
+	}
+	// A pod made by the old plugins is torn down by the new ones, completely.
+	oldIP := w.serverIP
+	w.deletePods(t, ctx, "web")
+	w.forget("web")
+	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
+		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
+	})
+	w.runPods(t, ctx, w.pod("web", map[string]string{"app": "web"}, "serve", ":8080"))
+	w.long = append(w.long, "web")
+	// New pods work with the upgraded plugins and warpd: an address, the
+	// ClusterIP of the service that existed before.
+	ips := w.runPods(t, ctx, w.pod("after-upgrade", nil, "pause"))
+	out := w.exec(t, ctx, "after-upgrade", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+	if !strings.HasPrefix(out, "web ") {
+		t.Fatalf("new pod %s to ClusterIP after upgrade: %q", ips["after-upgrade"], out)
+	}
+	// The held connection survived: the holder exits at its first failed
+	// round trip; it must still be running and have made round trips after
+	// the rollout completed.
+	seen := roundTrips(w.logs(t, ctx, "holder"))
+	harness.WaitFor(t, "50 more round trips after the rollout", 2*time.Minute, func() bool {
+		return roundTrips(w.logs(t, ctx, "holder")) >= seen+50
+	})
+	p, err := w.c.Client().CoreV1().Pods(ns).Get(ctx, "holder", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := w.logs(t, ctx, "holder")
+	if p.Status.Phase != corev1.PodRunning || strings.Contains(logs, "broke") {
+		t.Fatalf("the connection held across the upgrade broke (%s):\n%s", p.Status.Phase, logs)
+	}
+	t.Logf("holder: %s", lastLine(logs))
+}
+
+func (w *world) forget(pod string) {
+	var keep []string
+	for _, p := range w.long {
+		if p != pod {
+			keep = append(keep, p)
+		}
+	}
+	w.long = keep
+}
+
+// buildVersion builds the image's binaries stamped as version into a
+// temporary directory (as make build does, with another VERSION).
+func buildVersion(t *testing.T, version string) string {
+	t.Helper()
+	dir := t.TempDir()
+	pkgs := map[string]string{"warp-ipam": "./ipam", "warp-veth": "./plugins/veth", "warp-sriov": "./plugins/sriov",
+		"warpctl": "./cmd/warpctl", "warpd": "./daemon/warpd", "warp-install": "./cmd/warp-install",
+		"loopback": "github.com/containernetworking/plugins/plugins/main/loopback"}
+	for name, pkg := range pkgs {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/warpnet/warpnet/internal/buildinfo.Version="+version,
+			"-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = harness.RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return dir
+}
+
+func (w *world) logs(t *testing.T, ctx context.Context, pod string) string {
+	t.Helper()
+	logs, err := w.c.Logs(ctx, ns, pod, "app")
+	if err != nil {
+		t.Logf("logs of %s: %v", pod, err)
+	}
+	return logs
+}
+
+// roundTrips is the last count the holder logged ("N round trips").
+func roundTrips(logs string) int {
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[1] == "round" {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				n = v
+			}
+		}
+	}
+	return n
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}

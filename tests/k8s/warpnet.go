@@ -1,0 +1,148 @@
+package k8s
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warpnet/warpnet/tests/harness"
+)
+
+// Namespace is where the cluster's warpnet release lives.
+const Namespace = "warpnet"
+
+// Chart is the path of warpnet's Helm chart.
+func Chart() string { return filepath.Join(harness.RepoRoot(), "install", "chart", "warpnet") }
+
+// PodCIDR waits until the controller-manager has given the node its
+// spec.podCIDR and returns it.
+func (c *Cluster) PodCIDR(ctx context.Context, node string) (string, error) {
+	var cidr string
+	err := waitUntil(ctx, 2*time.Minute, "podCIDR of "+node, func() error {
+		n, err := c.Client().CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cidr = n.Spec.PodCIDR; cidr == "" {
+			return fmt.Errorf("no spec.podCIDR yet")
+		}
+		return nil
+	})
+	return cidr, err
+}
+
+// HelmValues are the chart values this cluster needs besides the image:
+// the API server's real address (no kube-proxy), and the cgroup of each
+// node's pods for warpd (all nodes share the machine's cgroup2 mount; each
+// node's pods are below its own directory there, named like the node).
+//
+// Until the cluster network (issue 10) lets warp-ipam take "podCIDR" from
+// the node facts warpd publishes, the pod range is set explicitly: the first
+// node's spec.podCIDR, so pods belong on that node (phase 1 runs pods on one
+// node only).
+func (c *Cluster) HelmValues(ctx context.Context) ([]string, error) {
+	cidr, err := c.PodCIDR(ctx, c.Nodes[0].Name)
+	if err != nil {
+		return nil, err
+	}
+	ranges, _ := json.Marshal([][]map[string]string{{{"subnet": cidr}}})
+	return []string{
+		"--set", "apiServer.host=127.0.0.1", "--set", fmt.Sprintf("apiServer.port=%d", c.APIPort),
+		"--set", "warpd.cgroupHostPath=" + c.CgroupDir(), "--set", "warpd.cgroupSubPath=$(NODE_NAME)",
+		"--set-json", "cni.ranges=" + string(ranges),
+	}, nil
+}
+
+// InstallWarpnet imports the warpnet image tar (make image) into every node
+// and runs `helm install warpnet` with it, plus extra helm arguments. It
+// does not wait: nodes turn Ready once the DaemonSet's init container ran.
+func (c *Cluster) InstallWarpnet(ctx context.Context, helm, imageTar, image string, extra ...string) (string, error) {
+	if err := c.ImportImage(imageTar); err != nil {
+		return "", err
+	}
+	repo, tag, ok := strings.Cut(image, ":")
+	if !ok {
+		return "", fmt.Errorf("image %q: want repository:tag", image)
+	}
+	vals, err := c.HelmValues(ctx)
+	if err != nil {
+		return "", err
+	}
+	args := append([]string{"install", "warpnet", Chart(), "--namespace", Namespace, "--create-namespace",
+		"--set", "image.repository=" + repo, "--set", "image.tag=" + tag}, vals...)
+	return c.Helm(ctx, helm, append(args, extra...)...)
+}
+
+// WaitNodesReady waits until every node is Ready.
+func (c *Cluster) WaitNodesReady(ctx context.Context, timeout time.Duration) error {
+	return waitUntil(ctx, timeout, "nodes Ready", func() error {
+		for _, n := range c.Nodes {
+			cond, err := c.NodeReady(ctx, n.Name)
+			if err != nil {
+				return err
+			}
+			if cond.Status != "True" {
+				return fmt.Errorf("%s: %s: %s", n.Name, cond.Reason, cond.Message)
+			}
+		}
+		return nil
+	})
+}
+
+// WaitDaemonSet waits until the warpnet DaemonSet's pods run the image on
+// every node and are ready.
+func (c *Cluster) WaitDaemonSet(ctx context.Context, image string, timeout time.Duration) error {
+	return waitUntil(ctx, timeout, "warpnet DaemonSet ready with "+image, func() error {
+		ds, err := c.Client().AppsV1().DaemonSets(Namespace).Get(ctx, "warpnet", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s := ds.Status
+		if ds.Spec.Template.Spec.Containers[0].Image != image {
+			return fmt.Errorf("template has image %s", ds.Spec.Template.Spec.Containers[0].Image)
+		}
+		if s.ObservedGeneration < ds.Generation || s.UpdatedNumberScheduled != s.DesiredNumberScheduled ||
+			s.NumberReady != s.DesiredNumberScheduled || s.DesiredNumberScheduled != int32(len(c.Nodes)) || s.NumberUnavailable > 0 {
+			return fmt.Errorf("desired %d, updated %d, ready %d, unavailable %d", s.DesiredNumberScheduled, s.UpdatedNumberScheduled, s.NumberReady, s.NumberUnavailable)
+		}
+		return nil
+	})
+}
+
+// CordonAllButFirst marks every node but the first unschedulable (DaemonSet
+// pods still run there). Phase 1: pods on different nodes cannot reach each
+// other before the cluster network (issue 10), and the conflist's range is
+// the first node's podCIDR (see HelmValues).
+func (c *Cluster) CordonAllButFirst(ctx context.Context) error {
+	for _, n := range c.Nodes[1:] {
+		patch := []byte(`{"spec":{"unschedulable":true}}`)
+		if _, err := c.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WarpnetLogs returns the last lines of every warpnet pod's containers (for
+// a failure report).
+func (c *Cluster) WarpnetLogs(ctx context.Context, lines int64) []string {
+	pods, err := c.Client().CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, p := range pods.Items {
+		for _, ctr := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+			b, err := c.Client().CoreV1().Pods(Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: ctr.Name, TailLines: &lines}).DoRaw(ctx)
+			out = append(out, fmt.Sprintf("--- %s/%s on %s (%v):\n%s", p.Name, ctr.Name, p.Spec.NodeName, err, b))
+		}
+	}
+	return out
+}
