@@ -221,8 +221,10 @@ func (o Object) OpenCurrent(objs any) error {
 // them, as long as their layout is this build's: for tools that inspect
 // (readOnly: the kernel refuses every write through these descriptors)
 // and for cleanups that must not load anything. Nothing pinned is an error
-// wrapping ErrNotPinned; another layout one wrapping ErrIncompatible.
-// Program fields are left nil: a program pin cannot be opened read-only.
+// wrapping ErrNotPinned; another layout one wrapping ErrIncompatible. A map
+// without a pin (one this build added, pinned by the next Load) is left
+// nil. Program fields are left nil: a program pin cannot be opened
+// read-only.
 func (o Object) OpenMaps(objs any, readOnly bool) error {
 	opts := &ebpf.LoadPinOptions{ReadOnly: readOnly}
 	m, err := o.pinnedMeta(opts)
@@ -242,7 +244,13 @@ func (o Object) OpenMaps(objs any, readOnly bool) error {
 			maps = append(maps, f)
 		}
 	}
-	return openFields(maps, func(f field) (any, error) { return ebpf.LoadPinnedMap(o.MapPin(f.name), opts) })
+	return openFields(maps, func(f field) (any, error) {
+		m, err := ebpf.LoadPinnedMap(o.MapPin(f.name), opts)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return m, err
+	})
 }
 
 // pinnedMeta reads the pinned metadata; none is an error wrapping

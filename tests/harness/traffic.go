@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +142,43 @@ func (n *NetNS) MustExchange(t testing.TB, network, addr, msg string) string {
 		t.Fatalf("%s %s from %s: reply %q, want \"<server>:%s\"", network, addr, n, reply, msg)
 	}
 	return server
+}
+
+// Forwarded returns how many IPv4 and IPv6 packets n's stack has forwarded
+// (ForwDatagrams of /proc/net/snmp, Ip6OutForwDatagrams of
+// /proc/net/snmp6, read inside n): a datapath that delivers packets itself
+// leaves them flat, the forwarding path makes them grow.
+func (n *NetNS) Forwarded(t testing.TB) (v4, v6 uint64) {
+	t.Helper()
+	snmp := n.Exec(t, "cat", "/proc/net/snmp", "/proc/net/snmp6")
+	var v4Names []string
+	found4, found6 := false, false
+	for _, line := range strings.Split(snmp, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 1 && f[0] == "Ip:" && v4Names == nil:
+			v4Names = f[1:] // the header line; the values follow
+		case len(f) > 1 && f[0] == "Ip:":
+			for i, name := range v4Names {
+				if name == "ForwDatagrams" && i+1 < len(f) {
+					v4, found4 = parseCounter(t, f[i+1]), true
+				}
+			}
+		case len(f) == 2 && f[0] == "Ip6OutForwDatagrams":
+			v6, found6 = parseCounter(t, f[1]), true
+		}
+	}
+	if !found4 || !found6 {
+		t.Fatalf("harness: no forwarding counters in %s's /proc/net/snmp{,6}:\n%s", n, snmp)
+	}
+	return v4, v6
+}
+
+func parseCounter(t testing.TB, s string) uint64 {
+	t.Helper()
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("harness: counter %q: %v", s, err)
+	}
+	return v
 }
