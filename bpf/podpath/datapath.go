@@ -249,7 +249,8 @@ func openMaps(pinDir string, readOnly bool) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{obj: o, readOnly: readOnly}
-	if err := o.OpenMaps(&d.objs.podMaps, readOnly); err != nil {
+	// warp_neigh_dsts came with the tc datapath, in layout 1.
+	if err := o.OpenMaps(&d.objs.podMaps, readOnly, podMapWarpNeighDsts); err != nil {
 		if errors.Is(err, pinset.ErrIncompatible) {
 			return nil, incompatible(o.Dir, err)
 		}
