@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -157,4 +158,39 @@ func TestMTUFromNodeFacts(t *testing.T) {
 	if n, err := Load(explicit); err != nil || n.MTU != 9000 {
 		t.Fatalf("explicit mtu: %v, %v", n, err)
 	}
+}
+
+// The shipped conflist's warp-veth entry loads, with the tc datapath, and
+// takes MTU and the cluster's pod CIDRs from the node's facts.
+func TestShippedConflist(t *testing.T) {
+	data, err := os.ReadFile("../../../cni-conf/10-warpnet.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		CNIVersion string           `json:"cniVersion"`
+		Name       string           `json:"name"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatal(err)
+	}
+	facts := filepath.Join(t.TempDir(), "node.json")
+	os.WriteFile(facts, []byte(`{"node":"n1","podCIDRs":["10.244.1.0/24"],"mtu":1450,"clusterPodCIDRs":["10.244.0.0/16"]}`), 0o644)
+	for _, p := range list.Plugins {
+		if p["type"] != "warp-veth" {
+			continue
+		}
+		p["cniVersion"], p["name"], p["nodeFacts"] = list.CNIVersion, list.Name, facts
+		b, _ := json.Marshal(p)
+		n, err := Load(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.TC != (TC{Redirect: true, AntiSpoof: true}) || n.XDP.Enabled || n.MTU != 1450 || len(n.ClusterPodCIDRs) != 1 {
+			t.Errorf("shipped warp-veth configuration: %+v, TC %+v", n, n.TC)
+		}
+		return
+	}
+	t.Fatal("no warp-veth in cni-conf/10-warpnet.conflist")
 }
