@@ -238,6 +238,8 @@ static __always_inline int check_ipv4(void *data_end, struct ethhdr *eth, const 
 		return CHK_PASS;
 	if (ip->ttl <= 1)
 		return CHK_PASS; /* the stack sends ICMP time exceeded */
+	if (ip->ihl != 5)
+		return CHK_PASS; /* options: the forwarding path processes them */
 	dst->family = WARP_FAMILY_V4;
 	__builtin_memcpy(dst->addr, &ip->daddr, 4);
 	return CHK_FWD;
@@ -276,6 +278,8 @@ static __always_inline int check_ipv6(void *data_end, struct ethhdr *eth, const 
 		return CHK_PASS; /* multicast: never a pod address */
 	if (ip6->hop_limit <= 1)
 		return CHK_PASS; /* the stack sends ICMPv6 time exceeded */
+	if (ip6->nexthdr == 0)
+		return CHK_PASS; /* hop-by-hop options: for every node on the path */
 	dst->family = WARP_FAMILY_V6;
 	__builtin_memcpy(dst->addr, ip6->daddr.in6_u.u6_addr8, 16);
 	return CHK_FWD;

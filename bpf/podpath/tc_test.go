@@ -101,6 +101,18 @@ func TestTCRedirect(t *testing.T) {
 		}
 	})
 
+	t.Run("IPv4 options go to the stack", func(t *testing.T) {
+		// ping -R: record route, which the forwarding path fills in.
+		before := tp.counters(d, a)
+		ok, out := topo.Ping(t, a, b.IP4, "-R")
+		if !ok || !strings.Contains(out, "RR:") {
+			t.Fatalf("ping -R: %s", out)
+		}
+		if after := tp.counters(d, a); after.RedirectPackets != before.RedirectPackets || after.PassPackets < before.PassPackets+3 {
+			t.Errorf("ping -R: counters %+v -> %+v, want 3 passed, none redirected", before, after)
+		}
+	})
+
 	t.Run("to a pod without a fast path", func(t *testing.T) {
 		// C is registered for anti-spoofing only, D not at all: both
 		// are reached through the node's forwarding path.
