@@ -36,8 +36,8 @@ func openPodNS(path string) (ns.NetNS, error) {
 
 // Add builds the pod's veth pair and routes. Every step is undone if a later
 // one fails: the BPF map entries and tc link, the pair (which takes its
-// routes, neighbours and XDP programs with it) and the IPAM reservation. Each step
-// is a crash point (internal/faultpoint) from which DEL recovers.
+// routes, neighbours and XDP programs with it) and the IPAM reservation.
+// Each step is a crash point (internal/faultpoint) from which DEL recovers.
 func Add(args *skel.CmdArgs) (err error) {
 	conf, err := config.Load(args.StdinData)
 	if err != nil {
@@ -166,9 +166,9 @@ func buildResult(ipamRes *current.Result, att Attachment, args *skel.CmdArgs, ip
 }
 
 // Del removes the BPF state (tc link, map entries), the pair and its
-// routes, and releases the addresses. It reads only the IPAM type and bpffsRoot (config.LoadDel), so
-// it still works when the rest of the configuration has since become
-// invalid. It succeeds when the namespace or the link is already gone, and
+// routes, and releases the addresses. It reads only the IPAM type and
+// bpffsRoot (config.LoadDel), so it still works when the rest of the
+// configuration has since become invalid. It succeeds when the namespace or the link is already gone, and
 // when run again; each step is a crash point that a repeated DEL finishes.
 func Del(args *skel.CmdArgs) error {
 	conf, err := config.LoadDel(args.StdinData)
