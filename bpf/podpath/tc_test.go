@@ -221,23 +221,28 @@ func udpSink(t *testing.T, n *harness.NetNS, port int) func() int {
 	return func() int { return len(got) }
 }
 
-// sendUDP sends n datagrams from p to dst:port.
-func sendUDP(t *testing.T, p *topo.Pod, dst netip.Addr, port, n int) {
+// sendUDP sends n datagrams from p to dst:port, where sink counts them,
+// in batches that the sink takes in before the next one is sent (so that a
+// busy machine does not overflow its socket buffer); received is the
+// sink's count before.
+func sendUDP(t *testing.T, p *topo.Pod, dst netip.Addr, port, n int, sink func() int, received int) {
 	t.Helper()
-	if err := p.NS.Do(func() error {
-		c, err := net.Dial("udp", netip.AddrPortFrom(dst, uint16(port)).String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range n {
-			if _, err := c.Write([]byte("x")); err != nil {
-				return err
-			}
-		}
-		return nil
+	var c net.Conn
+	if err := p.NS.Do(func() (err error) {
+		c, err = net.Dial("udp", netip.AddrPortFrom(dst, uint16(port)).String())
+		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+	defer c.Close()
+	for sent := 0; sent < n; {
+		for range min(50, n-sent) {
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		harness.WaitFor(t, "the datagrams to arrive", 10*time.Second, func() bool { return sink() >= received+sent })
 	}
 }
 
@@ -260,9 +265,8 @@ func TestTCNextHop(t *testing.T) {
 		t.Run("to a remote pod "+topo.FamilyName(dst), func(t *testing.T) {
 			before := tp.counters(d, a)
 			f4, f6 := tp.Node.Forwarded(t)
-			sendUDP(t, a, dst, port, n)
+			sendUDP(t, a, dst, port, n, sink, received)
 			received += n
-			harness.WaitFor(t, "the datagrams to arrive", 10*time.Second, func() bool { return sink() >= received })
 			after := tp.counters(d, a)
 			if after.RedirectPackets < before.RedirectPackets+n {
 				t.Errorf("redirect counters: %+v -> %+v, want %d more", before, after, n)
@@ -291,9 +295,8 @@ func TestTCNextHop(t *testing.T) {
 		}
 		before := tp.counters(d, a)
 		f4, _ := tp.Node.Forwarded(t)
-		sendUDP(t, a, r.pod4, port, n)
+		sendUDP(t, a, r.pod4, port, n, sink, received)
 		received += n
-		harness.WaitFor(t, "the datagrams to arrive", 10*time.Second, func() bool { return sink() >= received })
 		if after := tp.counters(d, a); after.RedirectPackets != before.RedirectPackets {
 			t.Errorf("redirected although not in warp_neigh_dsts: %+v -> %+v", before, after)
 		}
