@@ -130,8 +130,9 @@ func BenchmarkCrossNode(b *testing.B) {
 				setMode(c.mode)
 			}
 			r := &results[i]
-			r.tcpGbps = append(r.tcpGbps, iperf(b, c.client, c.server, c.addr, "", 1)/1e9)
-			r.udpKpps = append(r.udpKpps, iperf(b, c.client, c.server, c.addr, "udp", 1)/1e3)
+			bps, _ := iperf(b, c.client, c.server, c.addr, "", 1)
+			pps, _ := iperf(b, c.client, c.server, c.addr, "udp", 1)
+			r.tcpGbps, r.udpKpps = append(r.tcpGbps, bps/1e9), append(r.udpKpps, pps/1e3)
 			r.rr = append(r.rr, runLoadgen(b, c.client, "rr", c.addr+":7000", crossSamples))
 		}
 	}

@@ -74,6 +74,7 @@ type p2pNode struct {
 	c                    p2pCase
 	node, client, server *harness.NetNS // node is nil for loopback
 	serverIP             string
+	serverProc           *os.Process // loadgen serve
 	plugin               *harness.Plugin
 	conf                 []byte
 	cniPod               *harness.NetNS
@@ -94,7 +95,7 @@ func newP2PNode(b *testing.B, env *harness.Env, c p2pCase) *p2pNode {
 	if c.plugin == "" {
 		ns := env.NetNS(c.id)
 		n.client, n.server, n.serverIP = ns, ns, "127.0.0.1"
-		serveLoadgen(b, n.server, p2pPort)
+		n.serverProc = serveLoadgen(b, n.server, p2pPort)
 		return n
 	}
 	n.node = env.NetNS(c.id + "-node")
@@ -109,7 +110,7 @@ func newP2PNode(b *testing.B, env *harness.Env, c p2pCase) *p2pNode {
 	n.plugin.MustSucceed(b, n.call("ADD", "client", n.client))
 	res := harness.ParseResult(b, n.plugin.MustSucceed(b, n.call("ADD", "server", n.server)))
 	n.serverIP = res.IPs[0].Address.IP.String()
-	serveLoadgen(b, n.server, p2pPort)
+	n.serverProc = serveLoadgen(b, n.server, p2pPort)
 	return n
 }
 
@@ -135,24 +136,6 @@ func (n *p2pNode) cni(b *testing.B, i int) {
 			n.cniDel = append(n.cniDel, elapsed)
 		}
 	}
-}
-
-// cpuBusy is the time all CPUs of the machine have been busy (everything
-// but idle and iowait in /proc/stat), in seconds.
-func cpuBusy(b *testing.B) float64 {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		b.Fatal(err)
-	}
-	f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0]) // "cpu user nice system idle iowait irq softirq steal ..."
-	var busy uint64
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		if i != 3 && i != 4 && i < 8 { // not idle, iowait, guest
-			busy += n
-		}
-	}
-	return float64(busy) / 100 // USER_HZ
 }
 
 // backlogPackets is how many packets the CPUs' backlog queues have
@@ -221,30 +204,30 @@ func BenchmarkPodToPod(b *testing.B) {
 	for round := range p2pRounds {
 		for s, streams := range []int{1, 4} {
 			rotate(round, nodes, func(n *p2pNode) {
-				cpu := cpuBusy(b)
-				bps := iperf(b, n.client, n.server, n.serverIP, "", streams)
+				bps, cpu := iperf(b, n.client, n.server, n.serverIP, "", streams)
 				n.tcp[s] = append(n.tcp[s], bps/1e9)
 				if streams == 1 {
-					n.cpuPerGB = append(n.cpuPerGB, (cpuBusy(b)-cpu)/(bps*iperfSeconds/8/1e9))
+					n.cpuPerGB = append(n.cpuPerGB, cpu.Seconds()/(bps*iperfSeconds/8/1e9))
 				}
 			})
 			rotate(round, nodes, func(n *p2pNode) {
 				if n.node != nil {
-					n.tcp[2+s] = append(n.tcp[2+s], iperf(b, n.client, n.node, p2pNodeIP, "", streams)/1e9)
+					bps, _ := iperf(b, n.client, n.node, p2pNodeIP, "", streams)
+					n.tcp[2+s] = append(n.tcp[2+s], bps/1e9)
 				}
 			})
 		}
 		rotate(round, nodes, func(n *p2pNode) {
-			cpu := cpuBusy(b)
-			pps := iperf(b, n.client, n.server, n.serverIP, "udp", 1)
+			pps, cpu := iperf(b, n.client, n.server, n.serverIP, "udp", 1)
 			n.udp = append(n.udp, pps/1e3)
-			n.cpuPerDgram = append(n.cpuPerDgram, (cpuBusy(b)-cpu)/(pps*iperfSeconds)*1e6)
+			n.cpuPerDgram = append(n.cpuPerDgram, cpu.Seconds()/(pps*iperfSeconds)*1e6)
 		})
 		rotate(round, nodes, func(n *p2pNode) {
-			cpu, backlog := cpuBusy(b), backlogPackets(b)
-			r := runLoadgen(b, n.client, "rr", n.serverIP+":"+p2pPort, p2pRRSamples)
+			srv, backlog := processCPU(b, n.serverProc.Pid), backlogPackets(b)
+			r, cpu := runLoadgenCPU(b, n.client, "rr", n.serverIP+":"+p2pPort, p2pRRSamples)
+			cpu += processCPU(b, n.serverProc.Pid) - srv
 			n.rr = append(n.rr, r)
-			n.cpuPerRT = append(n.cpuPerRT, (cpuBusy(b)-cpu)/float64(r.Samples)*1e6)
+			n.cpuPerRT = append(n.cpuPerRT, cpu.Seconds()/float64(r.Samples)*1e6)
 			n.backlogPerRT = append(n.backlogPerRT, float64(backlogPackets(b)-backlog)/float64(r.Samples))
 		})
 	}
@@ -286,7 +269,7 @@ func BenchmarkPodToPod(b *testing.B) {
 func p2pTable(nodes []*p2pNode, loadBefore, loadAfter string) string {
 	var out strings.Builder
 	fmt.Fprintf(&out, "Same-node traffic, median of %d rounds. TCP bulk: iperf3, %d s, 1 and 4 streams; UDP: 64-byte datagrams "+
-		"as fast as one iperf3 client sends them, received per second; RR: 1-byte request/response over one TCP connection "+
+		"as fast as one iperf3 client sends them, delivered to the server pod's UDP stack per second; RR: 1-byte request/response over one TCP connection "+
 		"between two loadgen processes, %d round trips per round (p50 and p99 are each round's, then the median). "+
 		"Load average (1 min) before / after the run: %s / %s.\n\n", p2pRounds, iperfSeconds, p2pRRSamples, loadBefore, loadAfter)
 	out.WriteString("| datapath | pod→pod TCP, 1 stream | 4 streams | pod→node TCP, 1 stream | 4 streams | UDP 64 B | RR p50 | RR p99 |\n")
@@ -345,10 +328,11 @@ func p2pTable(nodes []*p2pNode, loadBefore, loadAfter string) string {
 		goal("UDP 64 B", tc.udp/ptp.udp, 1.15, true),
 		goal("RR p50", tc.p50/ptp.p50, 0.85, false))
 
-	fmt.Fprintf(&out, "\nWhere the time goes: busy CPU time of the whole machine (/proc/stat, both CPUs, so other load counts too) "+
-		"per unit of work in the runs above, the packets the CPUs' backlog queues processed per round trip "+
-		"(/proc/net/softnet_stat: a veth transmit without NAPI queues each packet there once), and the pod datapath program's "+
-		"own run time per packet (BPF run-time stats, during one more RR run):\n\n")
+	fmt.Fprintf(&out, "\nWhere the time goes: CPU time of the client and server processes per unit of work in the runs above "+
+		"(user and system, with the kernel's network work done in their context: the veth, forwarding and receive path runs in "+
+		"the sender's softirq), the packets the CPUs' backlog queues processed per round trip (/proc/net/softnet_stat, the whole "+
+		"machine: a veth transmit without NAPI queues each packet there once), and the pod datapath program's own run time per "+
+		"packet (BPF run-time stats, during one more RR run):\n\n")
 	out.WriteString("| datapath | CPU per RR round trip | backlog packets per round trip | CPU per 64 B datagram | CPU per GB, TCP 1 stream | BPF program per packet |\n")
 	out.WriteString("|---|---:|---:|---:|---:|---:|\n")
 	for _, n := range nodes {
