@@ -2,11 +2,11 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,11 +83,11 @@ type p2pNode struct {
 	rr                   []report.Report
 	cniAdd, cniDel       []time.Duration
 	bpffs                string
-	// The profile: busy CPU time of the whole machine per unit of work
-	// (per round), backlog packets per round trip, and the BPF program's
-	// own time per run.
-	cpuPerGB, cpuPerDgram, cpuPerRT, backlogPerRT []float64
-	progNs                                        float64
+	// The profile (per round): the client's and server's CPU time per
+	// unit of work, device transmits (backlog passes) per round trip; and
+	// the BPF program's own time per run.
+	cpuPerGB, cpuPerDgram, cpuPerRT, txPerRT []float64
+	progNs                                   float64
 }
 
 func newP2PNode(b *testing.B, env *harness.Env, c p2pCase) *p2pNode {
@@ -138,18 +138,31 @@ func (n *p2pNode) cni(b *testing.B, i int) {
 	}
 }
 
-// backlogPackets is how many packets the CPUs' backlog queues have
-// processed (/proc/net/softnet_stat, first column): every netif_rx, as a
-// veth transmit without NAPI does, is one.
-func backlogPackets(b *testing.B) uint64 {
-	data, err := os.ReadFile("/proc/net/softnet_stat")
-	if err != nil {
-		b.Fatal(err)
+// transmits is how many packets the case's veth devices (or, for
+// loopback, lo) have transmitted, over its namespaces: a veth transmit
+// without NAPI queues the packet on a CPU's backlog for the peer to
+// receive, so this counts the backlog passes of the case's own traffic.
+func (n *p2pNode) transmits(b *testing.B) uint64 {
+	nss, sel := []*harness.NetNS{n.node, n.client, n.server}, []string{"type", "veth"}
+	if n.node == nil {
+		nss, sel = []*harness.NetNS{n.client}, []string{"dev", "lo"}
 	}
 	var sum uint64
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		n, _ := strconv.ParseUint(strings.Fields(line)[0], 16, 32)
-		sum += n
+	for _, ns := range nss {
+		var links []struct {
+			Stats64 struct {
+				TX struct {
+					Packets uint64 `json:"packets"`
+				} `json:"tx"`
+			} `json:"stats64"`
+		}
+		out := ns.Exec(b, append([]string{"ip", "-j", "-s", "link", "show"}, sel...)...)
+		if err := json.Unmarshal([]byte(out), &links); err != nil {
+			b.Fatalf("ip -j -s link in %s: %v\n%s", ns.Name, err, out)
+		}
+		for _, l := range links {
+			sum += l.Stats64.TX.Packets
+		}
 	}
 	return sum
 }
@@ -223,12 +236,12 @@ func BenchmarkPodToPod(b *testing.B) {
 			n.cpuPerDgram = append(n.cpuPerDgram, cpu.Seconds()/(pps*iperfSeconds)*1e6)
 		})
 		rotate(round, nodes, func(n *p2pNode) {
-			srv, backlog := processCPU(b, n.serverProc.Pid), backlogPackets(b)
+			srv, tx := processCPU(b, n.serverProc.Pid), n.transmits(b)
 			r, cpu := runLoadgenCPU(b, n.client, "rr", n.serverIP+":"+p2pPort, p2pRRSamples)
 			cpu += processCPU(b, n.serverProc.Pid) - srv
 			n.rr = append(n.rr, r)
 			n.cpuPerRT = append(n.cpuPerRT, cpu.Seconds()/float64(r.Samples)*1e6)
-			n.backlogPerRT = append(n.backlogPerRT, float64(backlogPackets(b)-backlog)/float64(r.Samples))
+			n.txPerRT = append(n.txPerRT, float64(n.transmits(b)-tx)/float64(r.Samples))
 		})
 	}
 	// The BPF programs' own cost, with run-time stats on (which costs a
@@ -330,17 +343,17 @@ func p2pTable(nodes []*p2pNode, loadBefore, loadAfter string) string {
 
 	fmt.Fprintf(&out, "\nWhere the time goes: CPU time of the client and server processes per unit of work in the runs above "+
 		"(user and system, with the kernel's network work done in their context: the veth, forwarding and receive path runs in "+
-		"the sender's softirq), the packets the CPUs' backlog queues processed per round trip (/proc/net/softnet_stat, the whole "+
-		"machine: a veth transmit without NAPI queues each packet there once), and the pod datapath program's own run time per "+
-		"packet (BPF run-time stats, during one more RR run):\n\n")
-	out.WriteString("| datapath | CPU per RR round trip | backlog packets per round trip | CPU per 64 B datagram | CPU per GB, TCP 1 stream | BPF program per packet |\n")
+		"the sender's softirq), the packets the case's veth devices (loopback: lo) transmitted per round trip (each veth "+
+		"transmit queues the packet on a CPU's backlog once), and the pod datapath program's own run time per packet (BPF "+
+		"run-time stats, during one more RR run):\n\n")
+	out.WriteString("| datapath | CPU per RR round trip | device transmits per round trip | CPU per 64 B datagram | CPU per GB, TCP 1 stream | BPF program per packet |\n")
 	out.WriteString("|---|---:|---:|---:|---:|---:|\n")
 	for _, n := range nodes {
 		prog := "—"
 		if n.progNs > 0 {
 			prog = fmt.Sprintf("%.0f ns", n.progNs)
 		}
-		fmt.Fprintf(&out, "| %s | %.1f µs | %.1f | %.2f µs | %.2f s | %s |\n", n.c.name, median(n.cpuPerRT), median(n.backlogPerRT),
+		fmt.Fprintf(&out, "| %s | %.1f µs | %.1f | %.2f µs | %.2f s | %s |\n", n.c.name, median(n.cpuPerRT), median(n.txPerRT),
 			median(n.cpuPerDgram), median(n.cpuPerGB), prog)
 	}
 
