@@ -78,6 +78,9 @@ func (s RangeSet) String() string {
 	parts := make([]string, len(s))
 	for i, r := range s {
 		parts[i] = r.Start.String() + "-" + r.End.String()
+		if r.Pool != "" {
+			parts[i] = "IPPool " + r.Pool + " " + parts[i]
+		}
 	}
 	return strings.Join(parts, ", ")
 }

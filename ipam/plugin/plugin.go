@@ -84,6 +84,11 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	leases, err := alloc.Allocate(key, probe)
 	if err != nil {
+		if kr != nil {
+			if aerr := kr.st.Abandon(key); aerr != nil {
+				err = rollback.With(err, aerr)
+			}
+		}
 		return cniError(kr, err)
 	}
 	var undo rollback.Stack

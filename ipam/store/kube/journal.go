@@ -101,3 +101,23 @@ func (s *Store) Drain() (released int, err error) {
 	}
 	return released, nil
 }
+
+// Abandon queues the claims of this call whose outcome it could not learn
+// (the API server stopped answering mid-request) and drops them from k's
+// index, so that a runtime that never DELs the failed attachment leaks
+// nothing either. Addresses k held before this call are left alone.
+func (s *Store) Abandon(k store.Key) error {
+	if len(s.unknown) == 0 {
+		return nil
+	}
+	if err := s.queue(k, s.unknown); err != nil {
+		return err
+	}
+	for _, e := range s.unknown {
+		if err := s.updateEntry(k, e.Address, func(*entry) bool { return false }); err != nil {
+			return err
+		}
+	}
+	s.unknown = nil
+	return nil
+}

@@ -71,7 +71,8 @@ type Store struct {
 	owner *Owner
 	adopt map[netip.Addr]*kube.IPAllocation // pinned objects of this pod that Reserve takes over
 
-	taken map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
+	taken   map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
+	unknown []entry             // claims of this call whose outcome was lost (see Abandon)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -267,9 +268,13 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	} else {
 		uid, err = s.create(k, ip)
 	}
-	if err != nil && !errors.Is(err, kube.ErrUnreachable) {
-		// Refused for sure: nothing was claimed.
-		_ = s.updateEntry(k, ip, func(*entry) bool { return false })
+	if (err == nil && uid == "") || (err != nil && !errors.Is(err, kube.ErrUnreachable)) {
+		// Held by another, or refused for sure: nothing was claimed.
+		if derr := s.updateEntry(k, ip, func(*entry) bool { return false }); err == nil {
+			err = derr
+		}
+	} else if err != nil {
+		s.unknown = append(s.unknown, entry{Address: ip, Pool: s.poolOf(ip), Pinned: pinned})
 	}
 	if err != nil || uid == "" {
 		return false, err

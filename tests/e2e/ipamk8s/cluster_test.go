@@ -299,3 +299,48 @@ var (
 func harnessWithPrev(t *testing.T, conf []byte, r *current.Result) []byte {
 	return harness.WithPrevResult(t, conf, r)
 }
+
+var (
+	getOpts    = metav1.GetOptions{}
+	updateOpts = metav1.UpdateOptions{}
+)
+
+// inSubnet checks that the result holds one address in each subnet, in
+// order.
+func inSubnet(t *testing.T, r *current.Result, subnets ...string) {
+	t.Helper()
+	if len(r.IPs) != len(subnets) {
+		t.Fatalf("result has %v, want one address in each of %v", ips(r), subnets)
+	}
+	for i, s := range subnets {
+		if !netip.MustParsePrefix(s).Contains(mustAddr(t, r.IPs[i].Address.IP.String())) {
+			t.Errorf("address %d is %s, want one in %s", i, r.IPs[i].Address.IP, s)
+		}
+	}
+}
+
+func harnessParse(t *testing.T, out []byte) *current.Result { return harness.ParseResult(t, out) }
+
+// updatePool replaces a pool (the test client has no helper for it: only
+// tests change pools).
+func updatePool(c *cluster, p *kube.IPPool) error {
+	hc, err := rest.HTTPClientFor(c.api.RESTConfig())
+	if err != nil {
+		return err
+	}
+	p.APIVersion, p.Kind = kube.APIVersion, "IPPool"
+	body, _ := json.Marshal(p)
+	req, _ := http.NewRequest(http.MethodPut, c.api.URL+"/apis/"+kube.Group+"/"+kube.Version+"/ippools/"+p.Name, strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var st struct{ Message string }
+	json.NewDecoder(resp.Body).Decode(&st)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s: %s", resp.Status, st.Message)
+	}
+	return nil
+}
