@@ -22,8 +22,8 @@ func TestPoolAcrossNodes(t *testing.T) {
 	c.pool("storage", kube.IPPoolSpec{Subnet: "10.60.0.0/24", Gateway: "10.60.0.254",
 		Ranges:  []kube.PoolRange{{Start: "10.60.0.10", End: "10.60.0.29"}, {Start: "10.60.0.100", End: "10.60.0.109"}},
 		Exclude: []string{"10.60.0.12", "10.60.0.20/30"}, VLAN: ptrInt(300),
-		Routes:  []kube.PoolRoute{{Dst: "10.61.0.0/16", GW: "10.60.0.254"}},
-		DNS:     &kube.PoolDNS{Nameservers: []string{"10.60.0.53"}, Search: []string{"storage.local"}}})
+		Routes: []kube.PoolRoute{{Dst: "10.61.0.0/16", GW: "10.60.0.254"}},
+		DNS:    &kube.PoolDNS{Nameservers: []string{"10.60.0.53"}, Search: []string{"storage.local"}}})
 	allowed := map[string]bool{}
 	for _, r := range [][2]string{{"10.60.0.10", "10.60.0.29"}, {"10.60.0.100", "10.60.0.109"}} {
 		for a := netip.MustParseAddr(r[0]); a.Compare(netip.MustParseAddr(r[1])) <= 0; a = a.Next() {
