@@ -13,13 +13,20 @@ import (
 )
 
 // queued is a journal entry: releases of one attachment that could not
-// reach the API server. Entries empty means "whatever the attachment holds"
-// (its index was gone too): the retry asks the API server.
+// reach the API server. All means "whatever the attachment holds" (its
+// index was gone too): the retry asks the API server.
 type queued struct {
 	ContainerID string    `json:"containerID"`
 	IfName      string    `json:"ifName"`
 	Since       time.Time `json:"since"`
 	Entries     []entry   `json:"entries,omitempty"`
+	All         bool      `json:"all,omitempty"`
+}
+
+// queuedFor reports whether k has queued releases.
+func (s *Store) queuedFor(k store.Key) bool {
+	_, err := os.Stat(s.journalPath(k))
+	return err == nil
 }
 
 func (s *Store) journalPath(k store.Key) string { return filepath.Join(s.dir, journalDir, fileName(k)) }
@@ -39,7 +46,7 @@ func (s *Store) queue(k store.Key, es []entry) error {
 		}
 	}
 	if len(es) == 0 {
-		q.Entries = nil
+		q.All = true
 	}
 	fmt.Fprintf(os.Stderr, "warp-ipam: the API server cannot be reached; the release of %s/%s is queued in %s and retried by the next call on this node\n",
 		k.ContainerID, k.IfName, s.journalPath(k))
@@ -77,7 +84,7 @@ func (s *Store) Drain() (released int, err error) {
 			return released, err
 		}
 		es := q.Entries
-		if len(es) == 0 {
+		if q.All {
 			objs, err := s.c.ListAllocations(s.ctx, kube.LabelAttachment+"="+kube.AttachmentLabel(k.ContainerID, k.IfName))
 			if err != nil {
 				return released, err

@@ -506,6 +506,9 @@ func (s *Store) ReleaseKey(k store.Key) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(es) == 0 && s.queuedFor(k) {
+		return nil, nil // a DEL repeated while its release waits in the journal
+	}
 	if len(es) == 0 {
 		objs, err := s.c.ListAllocations(s.ctx, kube.LabelAttachment+"="+kube.AttachmentLabel(k.ContainerID, k.IfName))
 		if errors.Is(err, kube.ErrUnreachable) {

@@ -344,3 +344,12 @@ func updatePool(c *cluster, p *kube.IPPool) error {
 	}
 	return nil
 }
+
+func readFile(t *testing.T, n *node, journalEntry string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(kubestore.Dir(n.dataDir, network), "journal", journalEntry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
