@@ -59,6 +59,8 @@ type node struct {
 	kubeconfig string
 	dataDir    string
 	ipam       *harness.Plugin
+	bpffs      string // warpd's, once started
+	cgroup     string
 }
 
 // newCluster starts an API server with the CRDs (and, unless noPolicy, the
@@ -352,4 +354,18 @@ func readFile(t *testing.T, n *node, journalEntry string) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+var deleteNow = metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}
+
+// gcConf is a GC configuration listing the valid attachments (ifname net1).
+func gcConf(t *testing.T, n *node, ipam map[string]any, valid ...string) []byte {
+	var m map[string]any
+	json.Unmarshal(n.conf(ipam), &m)
+	var list []map[string]string
+	for _, id := range valid {
+		list = append(list, map[string]string{"containerID": id, "ifname": "net1"})
+	}
+	m["cni.dev/valid-attachments"] = list
+	return harness.ConfigJSON(t, m)
 }
