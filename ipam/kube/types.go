@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"math/big"
 	"net/netip"
 	"slices"
 	"strings"
@@ -318,4 +319,74 @@ func (a *IPAllocation) DeepCopyAlloc() *IPAllocation {
 		b.Spec.StatefulSet = &ss
 	}
 	return &b
+}
+
+// Size is the number of addresses the pool can hand out: its ranges, less
+// the gateway, the network and broadcast addresses, and exclusions.
+func (p *IPPool) Size() (*big.Int, error) {
+	rs, excl, err := p.Ranges()
+	if err != nil {
+		return nil, err
+	}
+	total := new(big.Int)
+	for _, r := range rs {
+		total.Add(total, span(r.Start, r.End))
+		// Exclusions clipped to the range, merged so none counts twice.
+		var cut [][2]netip.Addr
+		for _, e := range excl {
+			lo, hi := e.Masked().Addr(), lastOf(e)
+			if lo.Less(r.Start) {
+				lo = r.Start
+			}
+			if r.End.Less(hi) {
+				hi = r.End
+			}
+			if lo.BitLen() == r.Start.BitLen() && !hi.Less(lo) {
+				cut = append(cut, [2]netip.Addr{lo, hi})
+			}
+		}
+		for _, a := range []netip.Addr{r.Gateway, r.Subnet.Addr(), lastOf(r.Subnet)} {
+			if r.Contains(a) && (a != lastOf(r.Subnet) || a.Is4()) {
+				cut = append(cut, [2]netip.Addr{a, a})
+			}
+		}
+		slices.SortFunc(cut, func(x, y [2]netip.Addr) int { return x[0].Compare(y[0]) })
+		var cur *[2]netip.Addr
+		for i := range cut {
+			c := cut[i]
+			if cur != nil && !cur[1].Less(c[0].Prev()) {
+				if cur[1].Less(c[1]) {
+					cur[1] = c[1]
+				}
+				continue
+			}
+			if cur != nil {
+				total.Sub(total, span(cur[0], cur[1]))
+			}
+			cur = &c
+		}
+		if cur != nil {
+			total.Sub(total, span(cur[0], cur[1]))
+		}
+	}
+	return total, nil
+}
+
+// span counts the addresses from a to b inclusive.
+func span(a, b netip.Addr) *big.Int {
+	x, y := a.As16(), b.As16()
+	d := new(big.Int).Sub(new(big.Int).SetBytes(y[:]), new(big.Int).SetBytes(x[:]))
+	return d.Add(d, big.NewInt(1))
+}
+
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	host := len(b)*8 - p.Bits()
+	for i := len(b) - 1; i >= 0 && host > 0; i-- {
+		n := min(host, 8)
+		b[i] |= byte(0xff >> (8 - n))
+		host -= n
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
