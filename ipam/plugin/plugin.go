@@ -83,6 +83,10 @@ func Add(args *skel.CmdArgs) (err error) {
 		probe = prober(args.Netns, args.IfName, cfg.ProbeTimeout)
 	}
 	leases, err := alloc.Allocate(key, probe)
+	if errors.Is(err, allocator.ErrExhausted) && kr != nil && kr.st.Relist() {
+		// The node's view of the held addresses was a few seconds old.
+		leases, err = alloc.Allocate(key, probe)
+	}
 	if err != nil {
 		if kr != nil {
 			if aerr := kr.st.Abandon(key); aerr != nil {

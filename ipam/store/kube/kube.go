@@ -15,6 +15,12 @@
 //	journal/<k>      releases that could not reach the API server (DEL while it
 //	                 was down): DEL succeeds, and every later call of the plugin
 //	                 on this node retries them first
+//	taken.<pools>    which addresses the pools held when this node last listed
+//	                 them (after losing a race): a hint for the next ADDs, so a
+//	                 nearly full pool costs one list per node every few seconds
+//	                 instead of one per ADD; it only ever makes an ADD skip an
+//	                 address (a stale hint that leaves nothing free is
+//	                 re-listed), and the create stays the claim
 //
 // A pinned address (a StatefulSet pod's) outlives its sandboxes: DEL only
 // detaches it, and the next sandbox of the same pod, on any node, takes it
@@ -71,9 +77,13 @@ type Store struct {
 	owner *Owner
 	adopt map[netip.Addr]*kube.IPAllocation // pinned objects of this pod that Reserve takes over
 
-	taken   map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
-	unknown []entry             // claims of this call whose outcome was lost (see Abandon)
+	taken    map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
+	fromHint bool                // taken came from the node's hint file, not a list of this call
+	unknown  []entry             // claims of this call whose outcome was lost (see Abandon)
 }
+
+// hintTTL is how long a node trusts its list of held addresses.
+const hintTTL = 10 * time.Second
 
 var _ store.Store = (*Store)(nil)
 
@@ -303,7 +313,7 @@ func (s *Store) create(k store.Key, ip netip.Addr) (string, error) {
 	// from now on skip what the pools hold, read once, instead of paying
 	// a refused create per held address.
 	if s.taken == nil {
-		if err := s.loadTaken(); err != nil {
+		if err := s.loadTaken(true); err != nil {
 			return "", err
 		}
 	}
@@ -346,25 +356,62 @@ func (s *Store) ours(a *kube.IPAllocation) bool {
 		a.Spec.Pod.Interface == s.owner.Pod.Interface
 }
 
-// loadTaken reads which addresses the pools of this ADD hold.
-func (s *Store) loadTaken() error {
+// hint is the node's last list of the held addresses of some pools.
+type hint struct {
+	At    time.Time    `json:"at"`
+	Addrs []netip.Addr `json:"addrs"`
+}
+
+// loadTaken reads which addresses the pools of this ADD hold: from the
+// node's hint when useHint and it is fresh, else from the API server (and
+// then it refreshes the hint).
+func (s *Store) loadTaken(useHint bool) error {
 	pools := map[string]bool{}
 	for _, rs := range s.cfg.Ranges {
 		for _, r := range rs {
 			pools[kube.LabelValue(r.Pool)] = true
 		}
 	}
-	names, err := s.c.ListAllocationNames(s.ctx, kube.LabelPool+" in ("+strings.Join(slices.Sorted(maps.Keys(pools)), ",")+")")
+	labels := slices.Sorted(maps.Keys(pools))
+	path := filepath.Join(s.dir, "taken."+strings.Join(labels, "+"))
+	if useHint {
+		var h hint
+		if err := readJSON(path, &h); err == nil && time.Since(h.At) < hintTTL && time.Since(h.At) >= 0 {
+			s.taken, s.fromHint = make(map[netip.Addr]bool, len(h.Addrs)), true
+			for _, ip := range h.Addrs {
+				s.taken[ip] = true
+			}
+			return nil
+		}
+	}
+	at := time.Now()
+	names, err := s.c.ListAllocationNames(s.ctx, kube.LabelPool+" in ("+strings.Join(labels, ",")+")")
 	if err != nil {
 		return err
 	}
-	s.taken = map[netip.Addr]bool{}
+	s.taken, s.fromHint = make(map[netip.Addr]bool, len(names)), false
+	h := hint{At: at}
 	for _, n := range names {
 		if ip, ok := kube.AddrFromName(n); ok {
 			s.taken[ip] = true
+			h.Addrs = append(h.Addrs, ip)
 		}
 	}
+	if err := writeJSON(path, h); err != nil {
+		fmt.Fprintf(os.Stderr, "warp-ipam: cannot keep the list of held addresses in %s: %v\n", path, err)
+	}
 	return nil
+}
+
+// Relist forgets a list of held addresses that came from the node's hint,
+// and reports whether it did: an ADD that found no free address with a
+// stale view retries with a fresh one.
+func (s *Store) Relist() bool {
+	if !s.fromHint {
+		return false
+	}
+	s.taken, s.fromHint = nil, false
+	return true
 }
 
 // Held answers from one read of the pools' allocations (STATUS scans whole
@@ -374,7 +421,7 @@ func (s *Store) Held(ip netip.Addr) (bool, error) {
 		if s.cfg == nil {
 			return false, errors.New("kubernetes store: Held outside ADD or STATUS")
 		}
-		if err := s.loadTaken(); err != nil {
+		if err := s.loadTaken(false); err != nil {
 			return false, err
 		}
 	}
