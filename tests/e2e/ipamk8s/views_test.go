@@ -16,6 +16,8 @@ import (
 func TestWarpctlIPAMViews(t *testing.T) {
 	c := newCluster(t, "node1")
 	n := c.nodes["node1"]
+	// The shipped RBAC rules are well-formed (the tests run as admin).
+	c.api.ApplyManifests(t, filepath.Join(harness.RepoRoot(), "install", "rbac", "ipam.yaml"))
 	c.pool("a", kube.IPPoolSpec{Subnet: "10.88.0.0/24", VLAN: ptrInt(42), NodeSelector: &kube.LabelSelector{MatchLabels: map[string]string{"rack": "r1"}}})
 	c.pool("b", kube.IPPoolSpec{Subnet: "fd00:88::/120"})
 	labelNode(t, c, "node1", "rack", "r1")
