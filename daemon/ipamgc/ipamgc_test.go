@@ -43,7 +43,9 @@ func TestVerdict(t *testing.T) {
 			}
 			return false
 		}
-		set := func(ns, name string) (*appsv1.StatefulSet, bool) { return tc.set, tc.set != nil && ns == "ns" && name == "db" }
+		set := func(ns, name string) (*appsv1.StatefulSet, bool) {
+			return tc.set, tc.set != nil && ns == "ns" && name == "db"
+		}
 		if got, why := Verdict(tc.a, pod, set); got != tc.leaked {
 			t.Errorf("%s: leaked=%v (%s), want %v", tc.name, got, why, tc.leaked)
 		}

@@ -296,8 +296,10 @@ func (c *Client) ListAllocations(ctx context.Context, selector string) ([]IPAllo
 
 // ListAllocationNames lists the names of allocations matching a label
 // selector, without their specs: a cheap view of which addresses are held.
+// It is served from the API server's cache (resourceVersion=0), so it may
+// miss the latest changes: it is for hints, never for a claim.
 func (c *Client) ListAllocationNames(ctx context.Context, selector string) ([]string, error) {
-	q := url.Values{}
+	q := url.Values{"resourceVersion": {"0"}}
 	if selector != "" {
 		q.Set("labelSelector", selector)
 	}

@@ -130,9 +130,15 @@ func BenchmarkIPAMCluster(b *testing.B) {
 		}},
 		{"whereabouts", &harness.Plugin{Name: "whereabouts", Path: wbBin, CNIPath: filepath.Dir(wbBin)}, func(n *clusterNode, pool string) []byte {
 			r := wbRanges[pool]
+			// whereabouts wants its node's flat file (its DaemonSet
+			// writes one), here beside the node's state.
+			flat := n.dataDir + "-whereabouts.conf"
+			if _, err := os.Stat(flat); err != nil {
+				os.WriteFile(flat, harness.ConfigJSON(b, map[string]any{"kubernetes": map[string]any{"kubeconfig": n.kubeconfig}, "log_level": "error"}), 0o644)
+			}
 			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
 				"type": "whereabouts", "range": r[0], "range_start": r[1], "range_end": r[2], "log_level": "error",
-				"kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
+				"configuration_path": flat, "kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
 		}},
 	}
 
@@ -162,9 +168,16 @@ func BenchmarkIPAMCluster(b *testing.B) {
 		{fmt.Sprintf("%d allocations, pool of %d at 95%%", fullN, fullPool), "bench-full", pods[allocs:]},
 	}
 	results := map[string]map[string]*clusterRun{}
+	// WARP_BENCH_IPAM_ONLY=warp-ipam (or whereabouts) runs one plugin, for
+	// trial runs; make bench runs both.
+	only := os.Getenv("WARP_BENCH_IPAM_ONLY")
 	for _, ph := range phases {
 		results[ph.title] = map[string]*clusterRun{}
 		for _, p := range plugins {
+			if only != "" && p.name != only {
+				results[ph.title][p.name] = &clusterRun{plugin: p.name}
+				continue
+			}
 			b.Logf("%s: %s ...", ph.title, p.name)
 			r := runClusterADDs(b, api, hc, nodes, p.name, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
 			delAll(b, nodes, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
@@ -192,24 +205,27 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	for _, ph := range phases {
 		for _, p := range plugins {
 			r := results[ph.title][p.name]
+			if r.wall == 0 {
+				continue // not run (WARP_BENCH_IPAM_ONLY)
+			}
 			label, q := quantile(len(r.lat))
 			failed := fmt.Sprint(r.failed)
 			if r.notRun > 0 {
 				failed += fmt.Sprintf(" (+%d not run within %v)", r.notRun, clusterRunBound)
 			}
 			fmt.Fprintf(&out, "| %s | %s | %d | %s | %.1f | %s | %s (%s) | %.1f | %d | %d |\n", ph.title, p.name, r.ok, failed,
-				float64(r.ok)/r.wall.Seconds(), roundMs(pct(r.lat, 0.5)), roundMs(pct(r.lat, q)), label,
+				float64(r.ok)/r.wall.Seconds(), roundMs(pctOr(r.lat, 0.5)), roundMs(pctOr(r.lat, q)), label,
 				r.requests/float64(max(r.ok, 1)), r.dups, r.leaks)
 		}
 		w, wb := results[ph.title]["warp-ipam"], results[ph.title]["whereabouts"]
-		if w.ok > 0 && wb.ok > 0 {
+		if w.ok > 0 && wb.ok > 0 && w.wall > 0 && wb.wall > 0 {
 			fmt.Fprintf(&out, "| %s | **warp-ipam / whereabouts** | | | **%.1fx** | **%.1fx** faster | | | | |\n", ph.title,
 				(float64(w.ok)/w.wall.Seconds())/(float64(wb.ok)/wb.wall.Seconds()), float64(pct(wb.lat, 0.5))/float64(pct(w.lat, 0.5)))
 		}
 	}
 	for _, p := range plugins {
 		r0, r1 := results[phases[0].title][p.name], results[phases[1].title][p.name]
-		if r0.ok > 0 && r1.ok > 0 {
+		if r0.ok > 0 && r1.ok > 0 && r0.wall > 0 && r1.wall > 0 {
 			fmt.Fprintf(&out, "\n%s at 95%% full: %.2fx its rate from the empty pool.", p.name,
 				(float64(r1.ok)/r1.wall.Seconds())/(float64(r0.ok)/r0.wall.Seconds()))
 		}
@@ -236,6 +252,14 @@ func addrAdd(a netip.Addr, n int) netip.Addr {
 		a = a.Next()
 	}
 	return a
+}
+
+// pctOr is pct, or 0 for no samples (a plugin none of whose ADDs worked).
+func pctOr(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return pct(d, p)
 }
 
 func roundMs(d time.Duration) string {
@@ -426,7 +450,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 							if o != nil {
 								msg = strings.TrimSpace(string(o.Stdout) + " " + string(o.Stderr))
 							}
-							r.failures = append(r.failures, fmt.Sprintf("%s after %v: %.300s", job.pod, took.Round(time.Millisecond), msg))
+							r.failures = append(r.failures, fmt.Sprintf("%s after %v: %.400s", job.pod, took.Round(time.Millisecond), strings.Join(strings.Fields(msg), " ")))
 						}
 					}
 					mu.Unlock()

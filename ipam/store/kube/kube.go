@@ -77,9 +77,10 @@ type Store struct {
 	owner *Owner
 	adopt map[netip.Addr]*kube.IPAllocation // pinned objects of this pod that Reserve takes over
 
-	taken    map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
-	fromHint bool                // taken came from the node's hint file, not a list of this call
-	unknown  []entry             // claims of this call whose outcome was lost (see Abandon)
+	taken       map[netip.Addr]bool // the pools' held addresses, read once on the first lost race; nil until then
+	fromHint    bool                // taken came from the node's hint file, not a list of this call
+	hintChecked bool                // Reserve looked for a fresh hint already
+	unknown     []entry             // claims of this call whose outcome was lost (see Abandon)
 }
 
 // hintTTL is how long a node trusts its list of held addresses.
@@ -264,10 +265,23 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	}
 	pinned := s.owner.StatefulSet != nil
 	adopt := s.adopt[ip]
+	if s.taken == nil && !s.hintChecked {
+		// A node that recently listed a nearly full pool skips what it
+		// knows is held from the first candidate on.
+		s.hintChecked = true
+		if err := s.loadTaken(true, true); err != nil {
+			return false, err
+		}
+	}
 	if adopt == nil && s.taken[ip] {
 		return false, nil
 	}
-	if err := s.updateEntry(k, ip, func(e *entry) bool { e.Pool, e.Pinned = s.poolOf(ip), pinned; return true }); err != nil {
+	retry := false // an earlier Reserve of this attachment may have claimed ip already
+	if err := s.updateEntry(k, ip, func(e *entry) bool {
+		retry = e.Pool != "" || e.UID != ""
+		e.Pool, e.Pinned = s.poolOf(ip), pinned
+		return true
+	}); err != nil {
 		return false, err
 	}
 	faultpoint.Hit("warp-ipam.kube.add.after-index")
@@ -276,7 +290,7 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	if adopt != nil {
 		uid, err = s.takeOver(k, adopt)
 	} else {
-		uid, err = s.create(k, ip)
+		uid, err = s.create(k, ip, retry)
 	}
 	if (err == nil && uid == "") || (err != nil && !errors.Is(err, kube.ErrUnreachable)) {
 		// Held by another, or refused for sure: nothing was claimed.
@@ -294,7 +308,8 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 }
 
 // create claims ip; "" without error means another attachment holds it.
-func (s *Store) create(k store.Key, ip netip.Addr) (string, error) {
+// retry says that an earlier call for k may have claimed ip already.
+func (s *Store) create(k store.Key, ip netip.Addr, retry bool) (string, error) {
 	created, err := s.c.CreateAllocation(s.ctx, s.record(k, ip))
 	if err == nil {
 		return string(created.UID), nil
@@ -302,18 +317,20 @@ func (s *Store) create(k store.Key, ip netip.Addr) (string, error) {
 	if !kube.IsAlreadyExists(err) {
 		return "", err
 	}
-	cur, gerr := s.c.GetAllocation(s.ctx, kube.AllocationName(ip))
-	switch {
-	case gerr == nil && cur.HeldBy(k.ContainerID, k.IfName):
-		return string(cur.UID), nil // ours already: an interrupted Reserve
-	case gerr != nil && !kube.IsNotFound(gerr):
-		return "", gerr
+	if retry {
+		cur, gerr := s.c.GetAllocation(s.ctx, kube.AllocationName(ip))
+		switch {
+		case gerr == nil && cur.HeldBy(k.ContainerID, k.IfName):
+			return string(cur.UID), nil // ours already: an interrupted Reserve
+		case gerr != nil && !kube.IsNotFound(gerr):
+			return "", gerr
+		}
 	}
 	// Lost a race with another node (or the address is pinned or fixed):
 	// from now on skip what the pools hold, read once, instead of paying
 	// a refused create per held address.
 	if s.taken == nil {
-		if err := s.loadTaken(true); err != nil {
+		if err := s.loadTaken(true, false); err != nil {
 			return "", err
 		}
 	}
@@ -342,7 +359,7 @@ func (s *Store) takeOver(k store.Key, a *kube.IPAllocation) (string, error) {
 			return "", err
 		}
 		if a, err = s.c.GetAllocation(s.ctx, kube.AllocationName(ip)); kube.IsNotFound(err) {
-			return s.create(k, ip) // released meanwhile (StatefulSet scaled down and up)
+			return s.create(k, ip, true) // released meanwhile (StatefulSet scaled down and up)
 		} else if err != nil {
 			return "", err
 		}
@@ -364,16 +381,9 @@ type hint struct {
 
 // loadTaken reads which addresses the pools of this ADD hold: from the
 // node's hint when useHint and it is fresh, else from the API server (and
-// then it refreshes the hint).
-func (s *Store) loadTaken(useHint bool) error {
-	pools := map[string]bool{}
-	for _, rs := range s.cfg.Ranges {
-		for _, r := range rs {
-			pools[kube.LabelValue(r.Pool)] = true
-		}
-	}
-	labels := slices.Sorted(maps.Keys(pools))
-	path := filepath.Join(s.dir, "taken."+strings.Join(labels, "+"))
+// then it refreshes the hint); with hintOnly, only from a fresh hint.
+func (s *Store) loadTaken(useHint, hintOnly bool) error {
+	labels, path := s.poolLabels(), s.hintPath()
 	if useHint {
 		var h hint
 		if err := readJSON(path, &h); err == nil && time.Since(h.At) < hintTTL && time.Since(h.At) >= 0 {
@@ -383,6 +393,9 @@ func (s *Store) loadTaken(useHint bool) error {
 			}
 			return nil
 		}
+	}
+	if hintOnly {
+		return nil
 	}
 	at := time.Now()
 	names, err := s.c.ListAllocationNames(s.ctx, kube.LabelPool+" in ("+strings.Join(labels, ",")+")")
@@ -411,7 +424,26 @@ func (s *Store) Relist() bool {
 		return false
 	}
 	s.taken, s.fromHint = nil, false
+	if err := os.Remove(s.hintPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "warp-ipam: %v\n", err)
+	}
 	return true
+}
+
+// hintPath is where the node keeps its list of the held addresses of this
+// ADD's pools.
+func (s *Store) hintPath() string {
+	return filepath.Join(s.dir, "taken."+strings.Join(s.poolLabels(), "+"))
+}
+
+func (s *Store) poolLabels() []string {
+	pools := map[string]bool{}
+	for _, rs := range s.cfg.Ranges {
+		for _, r := range rs {
+			pools[kube.LabelValue(r.Pool)] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(pools))
 }
 
 // Held answers from one read of the pools' allocations (STATUS scans whole
@@ -421,7 +453,7 @@ func (s *Store) Held(ip netip.Addr) (bool, error) {
 		if s.cfg == nil {
 			return false, errors.New("kubernetes store: Held outside ADD or STATUS")
 		}
-		if err := s.loadTaken(false); err != nil {
+		if err := s.loadTaken(false, false); err != nil {
 			return false, err
 		}
 	}
