@@ -296,10 +296,14 @@ func (c *Client) ListAllocations(ctx context.Context, selector string) ([]IPAllo
 
 // ListAllocationNames lists the names of allocations matching a label
 // selector, without their specs: a cheap view of which addresses are held.
-// It is served from the API server's cache (resourceVersion=0), so it may
-// miss the latest changes: it is for hints, never for a claim.
-func (c *Client) ListAllocationNames(ctx context.Context, selector string) ([]string, error) {
-	q := url.Values{"resourceVersion": {"0"}}
+// With fromCache it is served from the API server's cache
+// (resourceVersion=0), cheaper but possibly missing the latest changes: for
+// hints, never for a claim.
+func (c *Client) ListAllocationNames(ctx context.Context, selector string, fromCache bool) ([]string, error) {
+	q := url.Values{}
+	if fromCache {
+		q.Set("resourceVersion", "0")
+	}
 	if selector != "" {
 		q.Set("labelSelector", selector)
 	}

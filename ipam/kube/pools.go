@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -168,6 +169,10 @@ type Selection struct {
 	Skipped []string
 }
 
+// ErrNoPool is wrapped by Select's error when a named pool does not exist
+// (in the pools it was given: a cached list may predate the pool).
+var ErrNoPool = errors.New("no such IPPool")
+
 // Select resolves the pools a pod's interface draws from into cfg: the
 // candidates (the pod's ipam.warpnet.io/pool annotation, else the
 // configuration's pool or pools) that exist, do not overlap an older pool,
@@ -175,8 +180,9 @@ type Selection struct {
 // order. Each family becomes one range set, so a pod gets one address per
 // family (as from host-local's range sets, an address from one of the
 // family's pools, tried in order). Addresses asked for by the annotation
-// ipam.warpnet.io/ip join cfg.Requests.
-func Select(ctx context.Context, c *Client, cfg *config.Config, pod *Pod, node, ifName string) (*Selection, error) {
+// ipam.warpnet.io/ip join cfg.Requests. all are the cluster's pools; cfg
+// is only changed when Select succeeds.
+func Select(ctx context.Context, c *Client, cfg *config.Config, pod *Pod, node, ifName string, all []IPPool) (*Selection, error) {
 	names, ips, err := PodRequest(pod.Annotations, ifName)
 	if err != nil {
 		return nil, err
@@ -188,10 +194,6 @@ func Select(ctx context.Context, c *Client, cfg *config.Config, pod *Pod, node, 
 	if len(names) == 0 {
 		return nil, cnierr.Invalid("ipam.pools", "missing: name the IPPools with \"pool\" or \"pools\", or annotate pod %s/%s with %s", pod.Namespace, pod.Name, AnnotationPool)
 	}
-	all, err := c.ListPools(ctx)
-	if err != nil {
-		return nil, err
-	}
 	byName := map[string]*IPPool{}
 	for i := range all {
 		byName[all[i].Name] = &all[i]
@@ -199,10 +201,11 @@ func Select(ctx context.Context, c *Client, cfg *config.Config, pod *Pod, node, 
 	sel := &Selection{Pools: map[string]*IPPool{}}
 	var nodeLabels, nsLabels map[string]string
 	var v4, v6 config.RangeSet
+	var exclude []netip.Prefix
 	for _, name := range names {
 		p, ok := byName[name]
 		if !ok {
-			return nil, cnierr.Invalid(field, "IPPool %q does not exist (kubectl get ippools.%s)", name, Group)
+			return nil, fmt.Errorf("%w: %w", ErrNoPool, cnierr.Invalid(field, "IPPool %q does not exist (kubectl get ippools.%s)", name, Group))
 		}
 		if q, bad := Overlapping(p, all); bad {
 			sel.Skipped = append(sel.Skipped, fmt.Sprintf("IPPool %s (%s) overlaps the older IPPool %s (%s)", p.Name, p.Spec.Subnet, q.Name, q.Spec.Subnet))
@@ -243,20 +246,23 @@ func Select(ctx context.Context, c *Client, cfg *config.Config, pod *Pod, node, 
 		} else {
 			v6 = append(v6, rs...)
 		}
-		cfg.Exclude = append(cfg.Exclude, excl...)
+		exclude = append(exclude, excl...)
 		sel.Pools[p.Name] = p
 	}
+	var ranges []config.RangeSet
 	for _, rs := range []config.RangeSet{v4, v6} {
 		if len(rs) > 0 {
-			cfg.Ranges = append(cfg.Ranges, rs)
+			ranges = append(ranges, rs)
 		}
 	}
-	if len(cfg.Ranges) == 0 {
+	if len(ranges) == 0 {
 		return nil, cnierr.Invalid(field, "no pool of %s serves pod %s/%s on node %s: %s", strings.Join(names, ", "), pod.Namespace, pod.Name, node, strings.Join(sel.Skipped, "; "))
 	}
-	if err := config.CheckOverlaps(cfg.Ranges); err != nil {
+	if err := config.CheckOverlaps(ranges); err != nil {
 		return nil, err
 	}
+	cfg.Ranges = append(cfg.Ranges, ranges...)
+	cfg.Exclude = append(cfg.Exclude, exclude...)
 	for _, ip := range ips {
 		cfg.Requests = append(cfg.Requests, config.Request{Field: "pod annotation " + AnnotationIP, Addr: ip})
 	}

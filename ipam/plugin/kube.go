@@ -2,10 +2,13 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -121,7 +124,7 @@ func (r *kubeRun) prepareAdd(args *skel.CmdArgs) (*kube.Selection, []*kube.IPAll
 	if uid == "" {
 		uid = string(pod.UID)
 	}
-	sel, err := kube.Select(r.ctx, r.client, r.cfg, pod, r.node, args.IfName)
+	sel, err := r.selectPools(pod, args.IfName)
 	if err != nil {
 		return nil, nil, r.apiError(err)
 	}
@@ -162,6 +165,44 @@ func (r *kubeRun) prepareAdd(args *skel.CmdArgs) (*kube.Selection, []*kube.IPAll
 	}
 	r.st.ForPod(r.cfg, owner, adopt)
 	return sel, superseded, nil
+}
+
+// poolsTTL is how long a node reuses its list of the cluster's IPPools:
+// pools change rarely, and reading them once per ADD would be a third of
+// its requests. A pool the list lacks is looked up again at once; other
+// changes (new exclusions, a deleted pool) are seen within poolsTTL.
+const poolsTTL = 5 * time.Second
+
+type poolsCache struct {
+	At    time.Time     `json:"at"`
+	Pools []kube.IPPool `json:"pools"`
+}
+
+// selectPools resolves the pod's pools into r.cfg from the node's recent
+// list of pools, or a fresh one.
+func (r *kubeRun) selectPools(pod *kube.Pod, ifName string) (*kube.Selection, error) {
+	path := filepath.Join(kubestore.Dir(r.cfg.DataDir, r.cfg.Network), "pools.json")
+	var cached poolsCache
+	if data, err := os.ReadFile(path); err == nil && json.Unmarshal(data, &cached) == nil {
+		if age := time.Since(cached.At); age >= 0 && age < poolsTTL {
+			sel, err := kube.Select(r.ctx, r.client, r.cfg, pod, r.node, ifName, cached.Pools)
+			if !errors.Is(err, kube.ErrNoPool) {
+				return sel, err
+			}
+		}
+	}
+	at := time.Now()
+	pools, err := r.client.ListPools(r.ctx)
+	if err != nil {
+		return nil, err
+	}
+	if data, err := json.Marshal(poolsCache{At: at, Pools: pools}); err == nil {
+		tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+		if os.WriteFile(tmp, data, 0o644) == nil {
+			_ = os.Rename(tmp, path)
+		}
+	}
+	return kube.Select(r.ctx, r.client, r.cfg, pod, r.node, ifName, pools)
 }
 
 // usable reports whether ip may still be handed out from cfg's ranges (a

@@ -277,7 +277,11 @@ func Status(args *skel.CmdArgs) error {
 		if len(cfg.Kube.Pools) == 0 {
 			return nil // every pod names its pools: nothing to check per network
 		}
-		if _, err := kube.Select(kr.ctx, kr.client, cfg, &kube.Pod{}, kr.node, ""); err != nil {
+		pools, err := kr.client.ListPools(kr.ctx)
+		if err != nil {
+			return cnierr.New(cnierr.PluginNotAvailable, "%s", errMsg(kr.apiError(err)))
+		}
+		if _, err := kube.Select(kr.ctx, kr.client, cfg, &kube.Pod{}, kr.node, "", pools); err != nil {
 			return cnierr.New(cnierr.PluginNotAvailable, "%s", errMsg(kr.apiError(err)))
 		}
 		kr.st.ForPod(cfg, &kubestore.Owner{}, nil)

@@ -509,7 +509,7 @@ func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf fun
 // warpLeaks counts the pool's IPAllocations beyond the prefilled ones, and
 // releases still queued on the nodes.
 func warpLeaks(b *testing.B, c *kube.Client, pool string, prefilled bool, nPrefill int, nodes []*clusterNode) int {
-	names, err := c.ListAllocationNames(context.Background(), kube.LabelPool+"="+pool)
+	names, err := c.ListAllocationNames(context.Background(), kube.LabelPool+"="+pool, false)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -398,8 +398,16 @@ func (s *Store) loadTaken(useHint, hintOnly bool) error {
 		return nil
 	}
 	at := time.Now()
-	names, err := s.c.ListAllocationNames(s.ctx, kube.LabelPool+" in ("+strings.Join(labels, ",")+")")
+	// A hint may come from the API server's cache; Held (STATUS) reads
+	// consistently.
+	names, err := s.c.ListAllocationNames(s.ctx, kube.LabelPool+" in ("+strings.Join(labels, ",")+")", useHint)
 	if err != nil {
+		if useHint && !errors.Is(err, context.DeadlineExceeded) && s.ctx.Err() == nil {
+			// No hint then (the cache may still be filling): the
+			// scan goes on with creates, which are the truth anyway.
+			s.taken, s.fromHint = map[netip.Addr]bool{}, false
+			return nil
+		}
 		return err
 	}
 	s.taken, s.fromHint = make(map[netip.Addr]bool, len(names)), false

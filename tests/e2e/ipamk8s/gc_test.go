@@ -48,6 +48,16 @@ func (n *node) startWarpd() *warpd {
 		"--routing", "none", "--listen", warpdListen}, gcFlags...)
 	w := &warpd{n: n, cmd: n.ns.Start(t, argv...), exited: make(chan struct{})}
 	go func() { _ = w.cmd.Wait(); close(w.exited) }()
+	// Reaped here, so stop it here too, before the harness's cleanup
+	// (which would wait for it a second time).
+	t.Cleanup(func() {
+		_ = w.cmd.Process.Kill()
+		select {
+		case <-w.exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("warpd on %s did not exit within 30s of SIGKILL", n.name)
+		}
+	})
 	w.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
 			err = n.ns.Do(func() error {
