@@ -9,8 +9,9 @@
 //     (a pod recreated under its old name, a static pod's mirror): the old
 //     sandbox's DEL, or the node's CNI GC, which knows the live sandboxes,
 //     frees such an address, not a cluster-wide guess;
-//   - a pinned address is released only when its StatefulSet is gone, or
-//     scaled below its ordinal and the pod is gone;
+//   - a pinned address is released only when its pod is gone and its
+//     StatefulSet is gone too or scaled below the ordinal (an orphaned pod
+//     of a deleted StatefulSet keeps it);
 //   - an address must look leaked in every sweep for the grace period, its
 //     object must be older than that (an ADD in progress for a pod the
 //     caches do not know yet), the verdict is confirmed by reading the pod
@@ -199,30 +200,31 @@ func (c *Collector) lead(ctx context.Context) {
 // exists: pod(namespace, name) and statefulSet(namespace, name).
 func Verdict(a *kube.IPAllocation, pod func(ns, name string) bool, statefulSet func(ns, name string) (*appsv1.StatefulSet, bool)) (bool, string) {
 	ns, name := a.Spec.Pod.Namespace, a.Spec.Pod.Name
-	if ss := a.Spec.StatefulSet; ss != nil {
-		set, ok := statefulSet(ns, ss.Name)
-		if !ok {
-			return true, fmt.Sprintf("StatefulSet %s/%s is gone", ns, ss.Name)
-		}
-		start, replicas := int32(0), int32(1)
-		if set.Spec.Ordinals != nil {
-			start = set.Spec.Ordinals.Start
-		}
-		if set.Spec.Replicas != nil {
-			replicas = *set.Spec.Replicas
-		}
-		if int32(ss.Ordinal) >= start && int32(ss.Ordinal) < start+replicas {
-			return false, ""
-		}
-		if pod(ns, name) {
-			return false, "" // scaled down, but the pod is still terminating
-		}
-		return true, fmt.Sprintf("StatefulSet %s/%s has ordinals %d-%d, not %d", ns, ss.Name, start, start+replicas-1, ss.Ordinal)
-	}
 	if pod(ns, name) {
+		// A pod of that name uses it: also a pinned address whose
+		// StatefulSet is gone (deleted with --cascade=orphan, its pods run
+		// on) or scaled down (the pod still terminating).
 		return false, ""
 	}
-	return true, fmt.Sprintf("pod %s/%s is gone", ns, name)
+	ss := a.Spec.StatefulSet
+	if ss == nil {
+		return true, fmt.Sprintf("pod %s/%s is gone", ns, name)
+	}
+	set, ok := statefulSet(ns, ss.Name)
+	if !ok {
+		return true, fmt.Sprintf("pod %s/%s and its StatefulSet %s are gone", ns, name, ss.Name)
+	}
+	start, replicas := int32(0), int32(1)
+	if set.Spec.Ordinals != nil {
+		start = set.Spec.Ordinals.Start
+	}
+	if set.Spec.Replicas != nil {
+		replicas = *set.Spec.Replicas
+	}
+	if int32(ss.Ordinal) >= start && int32(ss.Ordinal) < start+replicas {
+		return false, "" // the pod will come back: keep its address
+	}
+	return true, fmt.Sprintf("StatefulSet %s/%s has ordinals %d-%d, not %d, and pod %s is gone", ns, ss.Name, start, start+replicas-1, ss.Ordinal, name)
 }
 
 func (c *Collector) cachedPod(ns, name string) bool {
