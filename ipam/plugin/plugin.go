@@ -155,6 +155,16 @@ func prober(netns, ifName string, timeout time.Duration) allocator.Prober {
 // release is queued on the node and DEL succeeds.
 func Del(args *skel.CmdArgs) error {
 	cfg, st, kr, err := openExistingStore(args.StdinData)
+	if err != nil && cfg != nil && cfg.Store == config.StoreKubernetes {
+		// No way to the API server with this configuration: queue the
+		// release on the node, as when the API server is down.
+		key := store.Key{ContainerID: args.ContainerID, IfName: args.IfName}
+		if qerr := kubestore.QueueRelease(cfg.DataDir, cfg.Network, key); qerr != nil {
+			return rollback.With(err, qerr)
+		}
+		fmt.Fprintf(os.Stderr, "warp-ipam: DEL of %s queued: %s\n", key, errMsg(err))
+		return nil
+	}
 	if err != nil || st == nil {
 		return err
 	}

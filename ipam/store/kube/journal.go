@@ -128,3 +128,23 @@ func (s *Store) Abandon(k store.Key) error {
 	s.unknown = nil
 	return nil
 }
+
+// QueueRelease queues the release of everything attachment k holds without
+// an API client: for a DEL whose configuration no longer lets it reach the
+// API server (a kubeconfig gone or broken). A later call with a working
+// configuration performs it.
+func QueueRelease(dataDir, network string, k store.Key) error {
+	dir := Dir(dataDir, network)
+	if err := os.MkdirAll(filepath.Join(dir, journalDir), 0o755); err != nil {
+		return err
+	}
+	s := &Store{dir: dir}
+	es, err := s.readIndex(k)
+	if err != nil {
+		return err
+	}
+	if err := s.queue(k, es); err != nil {
+		return err
+	}
+	return s.writeIndex(k, nil)
+}

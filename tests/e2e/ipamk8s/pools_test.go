@@ -11,6 +11,7 @@ import (
 
 	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/ipam/kube"
+	"github.com/warpnet/warpnet/tests/harness"
 )
 
 // Pods on two nodes draw from one pool: every address is unique, inside
@@ -151,6 +152,18 @@ func TestBadInput(t *testing.T) {
 	n.del("ok", "net1", p, n.conf(map[string]any{"pool": "does-not-exist", "probeTimeout": "forever"}))
 	if left := c.addresses(); len(left) != 0 {
 		t.Fatalf("DEL with an invalid configuration left %v (had %v)", left, ips(res))
+	}
+	// DEL whose kubeconfig is gone cannot reach the API server at all: it
+	// succeeds, queueing the release, which the next call that can reach
+	// the API server performs.
+	held := ips(n.add("kc", "net1", p, n.conf(map[string]any{"pool": "a"})))
+	n.del("kc", "net1", p, n.conf(map[string]any{"pool": "a", "kubeconfig": "/nonexistent/kubeconfig"}))
+	if j := n.journal(); len(j) != 1 {
+		t.Fatalf("journal %v, want the release of kc/net1 queued", j)
+	}
+	n.ipam.MustSucceed(t, harness.Call{Command: "STATUS", Config: n.conf(map[string]any{"pool": "a"})})
+	if left := c.addresses(); len(left) != 0 || len(n.journal()) != 0 {
+		t.Fatalf("after the queued release: allocated %v (had %v), journal %v", left, held, n.journal())
 	}
 	_ = cnierr.PluginNotAvailable
 	_ = slices.Contains[[]string]
