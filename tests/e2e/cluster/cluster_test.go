@@ -4,9 +4,9 @@
 // (tests/k8s: control plane + 2 kubelet/containerd nodes in namespaces, no
 // kube-proxy, no CNI preinstalled), and proves it under its real callers:
 // the kubelet, containerd's CRI, the scheduler, the DaemonSet controller.
-//
-// Phase 1 of issue 11: pods run on one node (pods across nodes need the
-// cluster network of issue 10).
+// Pods run on both nodes: addresses from each node's spec.podCIDR, pod to
+// pod and ClusterIPs across nodes through warpd's cluster network and
+// socket LB.
 package cluster_test
 
 import (
@@ -33,20 +33,20 @@ import (
 
 const ns = "default"
 
-// TestWarpnetOnRealCluster runs the phase-1 scenarios in order on one
-// cluster (starting one costs about a minute); each subtest needs the ones
-// before it.
+// TestWarpnetOnRealCluster runs the scenarios in order on one cluster
+// (starting one costs about a minute); each subtest needs the ones before
+// it.
 func TestWarpnetOnRealCluster(t *testing.T) {
 	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), "bpftool")
 	c, helm := k8s.Start(t, 2)
-	w := &world{t: t, c: c, helm: helm, node: c.Nodes[0]}
+	w := &world{t: t, c: c, helm: helm, podCIDR: map[string]netip.Prefix{}, long: map[string]string{}}
 	for _, st := range []struct {
 		name string
 		fn   func(*testing.T)
 	}{
 		{"NodesReadyOnceInstallerWroteConflist", w.nodesReadyAfterInstall},
 		{"ReadmeTryItCommands", w.readme},
-		{"PodGetsAddressReachesPodAndClusterIP", w.podNetworking},
+		{"PodsOnBothNodesReachPodsAndClusterIPsAcrossNodes", w.podNetworking},
 		{"LogsAndExecThroughEgressProxy", w.logsAndExec},
 		{"TwentyPodsInARowThenTenAtOnce", w.churn},
 		{"HelmUpgradeKeepsConnectionsAndNewPodsWork", w.upgrade},
@@ -64,13 +64,15 @@ type world struct {
 	t    *testing.T
 	c    *k8s.Cluster
 	helm string
-	node *k8s.Node // where pods run (phase 1)
 
 	image               string
-	podCIDR             netip.Prefix
-	serverIP, clusterIP string
-	long                []string // pods that live across subtests
+	podCIDR             map[string]netip.Prefix // node name -> spec.podCIDR
+	serverIP, clusterIP string                  // the web pod (on node 1) and its Service
+	long                map[string]string       // pods that live across subtests -> their node
 }
+
+// node returns the i-th node (0-based).
+func (w *world) node(i int) *k8s.Node { return w.c.Nodes[i] }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
@@ -162,13 +164,25 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 			t.Errorf("the installer wrote %s on the machine itself", p)
 		}
 	}
-	cidr, err := w.c.PodCIDR(ctx, w.node.Name)
-	if err != nil {
-		t.Fatal(err)
+	for _, n := range w.c.Nodes {
+		cidr, err := w.c.PodCIDR(ctx, n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.podCIDR[n.Name] = netip.MustParsePrefix(cidr)
 	}
-	w.podCIDR = netip.MustParsePrefix(cidr)
-	if err := w.c.CordonAllButFirst(ctx); err != nil {
-		t.Fatal(err)
+	// warpd published each node's own pod CIDR for the plugins.
+	for _, n := range w.c.Nodes {
+		var facts struct {
+			PodCIDRs []string `json:"podCIDRs"`
+		}
+		harness.WaitFor(t, "node facts of "+n.Name, time.Minute, func() bool {
+			b, err := os.ReadFile(n.Root + "/run/warpnet/node.json")
+			return err == nil && json.Unmarshal(b, &facts) == nil && len(facts.PodCIDRs) > 0
+		})
+		if facts.PodCIDRs[0] != w.podCIDR[n.Name].String() {
+			t.Errorf("%s: node facts say pod CIDRs %v, spec.podCIDR is %s", n.Name, facts.PodCIDRs, w.podCIDR[n.Name])
+		}
 	}
 }
 
@@ -244,13 +258,18 @@ func (w *world) dumpWarpnetPods(t *testing.T) {
 	}
 }
 
-// pod is an app pod on w.node, placed there by the scheduler (nodeSelector).
-func (w *world) pod(name string, labels map[string]string, args ...string) *corev1.Pod {
+// pod is an app pod. The scheduler places it: on node (a nodeSelector)
+// unless node is nil.
+func (w *world) pod(name string, node *k8s.Node, labels map[string]string, args ...string) *corev1.Pod {
 	zero := int64(0)
+	var sel map[string]string
+	if node != nil {
+		sel = map[string]string{"kubernetes.io/hostname": node.Name}
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: corev1.PodSpec{
-			NodeSelector:                  map[string]string{"kubernetes.io/hostname": w.node.Name},
+			NodeSelector:                  sel,
 			TerminationGracePeriodSeconds: &zero,
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			Containers: []corev1.Container{{
@@ -260,8 +279,12 @@ func (w *world) pod(name string, labels map[string]string, args ...string) *core
 	}
 }
 
-// runPods creates the pods and waits until each runs with an IP.
-func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) map[string]string {
+// placed is where a pod runs.
+type placed struct{ IP, Node string }
+
+// runPods creates the pods and waits until each runs with an IP from its
+// node's pod CIDR.
+func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) map[string]placed {
 	t.Helper()
 	cl := w.c.Client().CoreV1().Pods(ns)
 	for _, p := range pods {
@@ -269,7 +292,7 @@ func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) 
 			t.Fatal(err)
 		}
 	}
-	ips := map[string]string{}
+	ips := map[string]placed{}
 	for _, p := range pods {
 		var last *corev1.Pod
 		harness.WaitFor(t, "pod "+p.Name+" running with an IP", 3*time.Minute, func() bool {
@@ -280,14 +303,15 @@ func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) 
 			last = got
 			return got.Status.Phase == corev1.PodRunning && got.Status.PodIP != ""
 		})
-		if last.Spec.NodeName != w.node.Name {
-			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, w.node.Name)
+		if want := p.Spec.NodeSelector["kubernetes.io/hostname"]; want != "" && last.Spec.NodeName != want {
+			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, want)
 		}
+		cidr := w.podCIDR[last.Spec.NodeName]
 		ip, err := netip.ParseAddr(last.Status.PodIP)
-		if err != nil || !w.podCIDR.Contains(ip) {
-			t.Fatalf("pod %s got %q, want an address in %s (warp-ipam's range)", p.Name, last.Status.PodIP, w.podCIDR)
+		if err != nil || !cidr.Contains(ip) {
+			t.Fatalf("pod %s on %s got %q, want an address in %s (that node's spec.podCIDR)", p.Name, last.Spec.NodeName, last.Status.PodIP, cidr)
 		}
-		ips[p.Name] = last.Status.PodIP
+		ips[p.Name] = placed{IP: last.Status.PodIP, Node: last.Spec.NodeName}
 	}
 	return ips
 }
@@ -333,33 +357,72 @@ func (w *world) service(t *testing.T, ctx context.Context, name string, selector
 
 func (w *world) podNetworking(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
+	n1, n2 := w.node(0), w.node(1)
 	web := map[string]string{"app": "web"}
-	ips := w.runPods(t, ctx, w.pod("web", web, "serve", ":8080"), w.pod("client", nil, "pause"))
-	w.long = append(w.long, "web", "client")
-	w.serverIP = ips["web"]
-	if ips["web"] == ips["client"] {
-		t.Fatalf("two pods share %s", ips["web"])
+	ips := w.runPods(t, ctx,
+		w.pod("web", n1, web, "serve", ":8080"), w.pod("udp", n1, nil, "echo", ":7001"),
+		w.pod("client", n1, nil, "pause"), w.pod("remote", n2, nil, "pause"))
+	for name, p := range ips {
+		w.long[name] = p.Node
 	}
-	// warp-veth made the pod's host end in the node's namespace, with a /32
-	// route to the pod.
-	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", ips["web"]+"/32")
+	w.serverIP = ips["web"].IP
+	seen := map[string]string{}
+	for name, p := range ips {
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("%s and %s share %s", name, other, p.IP)
+		}
+		seen[p.IP] = name
+	}
+	// warp-veth made the pod's host end in its node's namespace, with a /32
+	// route to the pod; the other node routes the whole pod CIDR to it
+	// (warpd's cluster network, native on the shared underlay).
+	routes, err := n1.Run(ctx, "ip", "-4", "route", "show", w.serverIP+"/32")
 	if err != nil || !strings.Contains(routes, "dev warp") {
-		t.Fatalf("no warp-veth route to %s on %s: %q %v", ips["web"], w.node.Name, routes, err)
+		t.Fatalf("no warp-veth route to %s on %s: %q %v", w.serverIP, n1.Name, routes, err)
 	}
-	// Pod to pod, from inside the client pod.
-	out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips["web"]+":8080/", "20")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("pod to pod: got %q, want the web pod's answer", out)
+	cidr1 := w.podCIDR[n1.Name].String()
+	routes, err = n2.Run(ctx, "ip", "-4", "route", "show", cidr1)
+	if err != nil || !strings.Contains(routes, "via "+n1.IP) {
+		t.Fatalf("%s has no route to %s's pods (%s) via %s: %q %v", n2.Name, n1.Name, cidr1, n1.IP, routes, err)
 	}
-	// Pod to ClusterIP: no kube-proxy runs, so only warpd's socket LB can
-	// translate it; retried while warpd learns the EndpointSlice.
+	// Pod to pod, TCP and UDP, on the same node and across nodes.
+	for _, client := range []string{"client", "remote"} {
+		out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+w.serverIP+":8080/", "20")
+		if !strings.HasPrefix(out, "web ") {
+			t.Fatalf("%s (%s) to pod %s (%s) over TCP: got %q, want the web pod's answer", client, ips[client].Node, w.serverIP, n1.Name, out)
+		}
+		out = w.exec(t, ctx, client, k8s.AppBinary, "udp", ips["udp"].IP+":7001", "20")
+		if !strings.HasPrefix(out, "udp from "+client) {
+			t.Fatalf("%s (%s) to pod %s (%s) over UDP: got %q", client, ips[client].Node, ips["udp"].IP, n1.Name, out)
+		}
+	}
+	// The server saw the remote pod's own address (no masquerading inside
+	// the cluster): the web pod answers with its addresses, so ask the
+	// other way round too, from node 1 to a server on node 2.
+	ips2 := w.runPods(t, ctx, w.pod("web2", n2, map[string]string{"app": "web2"}, "serve", ":8080"))
+	w.long["web2"] = n2.Name
+	if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips2["web2"].IP+":8080/", "20"); !strings.HasPrefix(out, "web2 ") {
+		t.Fatalf("client (%s) to pod web2 (%s): %q", n1.Name, n2.Name, out)
+	}
+	// Pod to ClusterIP, from both nodes: no kube-proxy runs, so only warpd's
+	// socket LB can translate it; retried while warpd learns the
+	// EndpointSlice. From "remote" the only backend is on the other node.
 	w.clusterIP = w.service(t, ctx, "web", web, 80, 8080)
-	out = w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("pod to ClusterIP %s: got %q", w.clusterIP, out)
+	for _, client := range []string{"client", "remote"} {
+		out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+		if !strings.HasPrefix(out, "web ") {
+			t.Fatalf("%s (%s) to ClusterIP %s (backend on %s): got %q", client, ips[client].Node, w.clusterIP, n1.Name, out)
+		}
 	}
-	if rules, err := w.node.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
-		t.Fatalf("kube-proxy rules on the node (%s): the ClusterIP must be warpd's", rules)
+	// And the other way: a backend on node 2 behind a ClusterIP, from node 1.
+	vip2 := w.service(t, ctx, "web2", map[string]string{"app": "web2"}, 80, 8080)
+	if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+vip2+"/", "30"); !strings.HasPrefix(out, "web2 ") {
+		t.Fatalf("client (%s) to ClusterIP %s (backend on %s): %q", n1.Name, vip2, n2.Name, out)
+	}
+	for _, n := range w.c.Nodes {
+		if rules, err := n.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
+			t.Fatalf("kube-proxy rules on %s (%s): the ClusterIP must be warpd's", n.Name, rules)
+		}
 	}
 }
 
@@ -376,31 +439,46 @@ func (w *world) logsAndExec(t *testing.T) {
 	}
 }
 
-// leftovers lists what the node holds for pods that no longer exist:
-// warp-veth host links and routes, warp-ipam reservations.
+// longOn counts the long-lived pods on a node.
+func (w *world) longOn(node string) int {
+	n := 0
+	for _, on := range w.long {
+		if on == node {
+			n++
+		}
+	}
+	return n
+}
+
+// leftovers lists what the nodes hold for pods that no longer exist:
+// warp-veth host links and routes, XDP map entries, warp-ipam reservations.
 func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]bool) []string {
 	t.Helper()
 	var left []string
-	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", "proto", "static")
-	if err != nil {
-		routes, _ = w.node.Run(ctx, "ip", "-4", "route")
-	}
-	for _, line := range strings.Split(routes, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && gone[f[0]] {
-			left = append(left, "route "+line)
+	for _, n := range w.c.Nodes {
+		routes, err := n.Run(ctx, "ip", "-4", "route")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	// warp-veth's XDP maps (pinned in the node's own bpffs).
-	for _, m := range []string{"warp_ips", "warp_endpoints"} {
-		if n := w.mapEntries(t, ctx, m); n != len(w.long) {
-			left = append(left, fmt.Sprintf("%s has %d entries for %d pods", m, n, len(w.long)))
+		for _, line := range strings.Split(routes, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && gone[f[0]] {
+				left = append(left, n.Name+": route "+line)
+			}
 		}
-	}
-	resDir := w.node.Root + "/var/lib/cni/networks/warpnet"
-	ents, _ := os.ReadDir(resDir)
-	for _, e := range ents {
-		if gone[e.Name()] {
-			left = append(left, "reservation "+e.Name())
+		// warp-veth's XDP maps (pinned in the node's own bpffs).
+		for _, m := range []string{"warp_ips", "warp_endpoints"} {
+			if got, want := w.mapEntries(t, ctx, n, m), w.longOn(n.Name); got != want {
+				left = append(left, fmt.Sprintf("%s: %s has %d entries for %d pods", n.Name, m, got, want))
+			}
+		}
+		if got, want := w.warpLinks(t, ctx, n), w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: %d warp links for %d pods", n.Name, got, want))
+		}
+		ents, _ := os.ReadDir(n.Root + "/var/lib/cni/networks/warpnet")
+		for _, e := range ents {
+			if gone[e.Name()] {
+				left = append(left, n.Name+": reservation "+e.Name())
+			}
 		}
 	}
 	return left
@@ -408,9 +486,9 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 
 // mapEntries counts the entries of one of warp-veth's pinned XDP maps in
 // the node's bpffs.
-func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
+func (w *world) mapEntries(t *testing.T, ctx context.Context, n *k8s.Node, m string) int {
 	t.Helper()
-	out, err := w.node.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
+	out, err := n.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
 	if err != nil {
 		t.Fatalf("dump %s: %v", m, err)
 	}
@@ -421,69 +499,88 @@ func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
 	return len(entries)
 }
 
-func (w *world) warpLinks(t *testing.T, ctx context.Context) int {
+// warpLinks counts warp-veth's host ends on a node.
+func (w *world) warpLinks(t *testing.T, ctx context.Context, n *k8s.Node) int {
 	t.Helper()
-	out, err := w.node.Run(ctx, "ip", "-o", "link", "show")
+	out, err := n.Run(ctx, "ip", "-o", "link", "show")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	c := 0
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "warp") {
-			n++
+			c++
 		}
 	}
-	return n
+	return c
 }
 
 func (w *world) churn(t *testing.T) {
 	ctx := ctxFor(t, 15*time.Minute)
-	links := w.warpLinks(t, ctx)
-	if links != len(w.long) {
-		t.Fatalf("%d warp links before churn, want %d (one per running pod)", links, len(w.long))
+	if left := w.leftovers(t, ctx, nil); len(left) > 0 {
+		t.Fatalf("before churn: %v", left)
 	}
 	seen := map[string]string{}
 	gone := map[string]bool{}
+	perNode := map[string]int{}
 	start := time.Now()
+	// In a row, alternating between the nodes.
 	for i := 0; i < 20; i++ {
 		name := fmt.Sprintf("seq-%d", i)
-		ip := w.runPods(t, ctx, w.pod(name, nil, "pause"))[name]
-		if other, dup := seen[ip]; dup {
-			t.Fatalf("%s got %s, which %s had", name, ip, other)
+		p := w.runPods(t, ctx, w.pod(name, w.node(i%2), nil, "pause"))[name]
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("%s got %s, which %s had", name, p.IP, other)
 		}
-		seen[ip] = name
+		seen[p.IP] = name
+		perNode[p.Node]++
 		w.deletePods(t, ctx, name)
-		gone[ip] = true
+		gone[p.IP] = true
 	}
-	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs", time.Since(start).Seconds())
+	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs (per node: %v)", time.Since(start).Seconds(), perNode)
 
+	// At once, spread by the scheduler (a topology spread constraint over
+	// the nodes, as a Deployment would ask for).
 	start = time.Now()
 	var batch []*corev1.Pod
 	var names []string
+	spread := map[string]string{"churn": "par"}
 	for i := 0; i < 10; i++ {
 		names = append(names, fmt.Sprintf("par-%d", i))
-		batch = append(batch, w.pod(names[i], nil, "pause"))
+		p := w.pod(names[i], nil, spread, "pause")
+		p.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
+			MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
+			LabelSelector: &metav1.LabelSelector{MatchLabels: spread},
+		}}
+		batch = append(batch, p)
 	}
 	ips := w.runPods(t, ctx, batch...)
 	at := map[string]string{}
-	for name, ip := range ips {
-		if other, dup := at[ip]; dup {
-			t.Fatalf("%s and %s both got %s", name, other, ip)
+	onNode := map[string]int{}
+	for name, p := range ips {
+		if other, dup := at[p.IP]; dup {
+			t.Fatalf("%s and %s both got %s", name, other, p.IP)
 		}
-		at[ip] = name
-		gone[ip] = true
+		at[p.IP] = name
+		gone[p.IP] = true
+		onNode[p.Node]++
 	}
-	if got := w.warpLinks(t, ctx); got != len(w.long)+10 {
-		t.Errorf("%d warp links with 10 more pods, want %d", got, len(w.long)+10)
-	}
-	if got := w.mapEntries(t, ctx, "warp_endpoints"); got != len(w.long)+10 {
-		t.Errorf("%d XDP endpoints with 10 more pods, want %d", got, len(w.long)+10)
+	for _, n := range w.c.Nodes {
+		if onNode[n.Name] == 0 {
+			t.Fatalf("the 10 pods were not spread: %v", onNode)
+		}
+		if got, want := w.warpLinks(t, ctx, n), w.longOn(n.Name)+onNode[n.Name]; got != want {
+			t.Errorf("%s: %d warp links with %d more pods, want %d", n.Name, got, onNode[n.Name], want)
+		}
+		if got, want := w.mapEntries(t, ctx, n, "warp_endpoints"), w.longOn(n.Name)+onNode[n.Name]; got != want {
+			t.Errorf("%s: %d XDP endpoints with %d more pods, want %d", n.Name, got, onNode[n.Name], want)
+		}
 	}
 	w.deletePods(t, ctx, names...)
-	t.Logf("10 pods at once: running and deleted in %.1fs, 10 distinct IPs", time.Since(start).Seconds())
+	t.Logf("10 pods at once (per node: %v): running and deleted in %.1fs, 10 distinct IPs", onNode, time.Since(start).Seconds())
 
-	// Nothing left behind: links, routes, reservations. The kubelet's delete
-	// returns before containerd's CNI DEL may have finished: wait for it.
+	// Nothing left behind: links, routes, map entries, reservations. The
+	// kubelet's delete returns before containerd's CNI DEL may have
+	// finished: wait for it.
 	for ip := range gone {
 		if ip == w.serverIP {
 			t.Fatalf("a churn pod got the live web pod's address %s", ip)
@@ -492,7 +589,7 @@ func (w *world) churn(t *testing.T) {
 	var left []string
 	harness.WaitFor(t, "CNI DEL of every deleted pod", 2*time.Minute, func() bool {
 		left = w.leftovers(t, ctx, gone)
-		return len(left) == 0 && w.warpLinks(t, ctx) == len(w.long)
+		return len(left) == 0
 	})
 	if len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
@@ -501,17 +598,22 @@ func (w *world) churn(t *testing.T) {
 
 func (w *world) upgrade(t *testing.T) {
 	ctx := ctxFor(t, 12*time.Minute)
-	// An existing connection through a ClusterIP, held open across the upgrade.
+	// Existing connections held open across the upgrade, both between pods
+	// on different nodes: one through a ClusterIP, one to the pod address.
+	n1, n2 := w.node(0), w.node(1)
 	echo := map[string]string{"app": "echo"}
-	w.runPods(t, ctx, w.pod("echo", echo, "echo", ":7000"))
-	w.long = append(w.long, "echo")
+	echoIP := w.runPods(t, ctx, w.pod("echo", n1, echo, "echo", ":7000"))["echo"].IP
+	w.long["echo"] = n1.Name
 	vip := w.service(t, ctx, "echo", echo, 7, 7000)
-	// The hold client retries its connect until warpd has the service.
-	w.runPods(t, ctx, w.pod("holder", nil, "hold", vip+":7", "0"))
-	w.long = append(w.long, "holder")
-	harness.WaitFor(t, "holder connected", 2*time.Minute, func() bool {
-		return roundTrips(w.logs(t, ctx, "holder")) >= 50
-	})
+	// The hold clients retry their connect until warpd has the service.
+	w.runPods(t, ctx, w.pod("holder", n2, nil, "hold", vip+":7", "0"), w.pod("holder-pod", n2, nil, "hold", echoIP+":7000", "0"))
+	w.long["holder"], w.long["holder-pod"] = n2.Name, n2.Name
+	holders := []string{"holder", "holder-pod"}
+	for _, h := range holders {
+		harness.WaitFor(t, h+" connected", 2*time.Minute, func() bool {
+			return roundTrips(w.logs(t, ctx, h)) >= 50
+		})
+	}
 	if logs := w.logs(t, ctx, "holder"); !strings.Contains(logs, "(peer as seen: "+vip+":7)") {
 		t.Fatalf("the holder's socket does not show the ClusterIP as its peer (warpd's getpeername hook):\n%s", logs)
 	}
@@ -557,45 +659,40 @@ func (w *world) upgrade(t *testing.T) {
 	// A pod made by the old plugins is torn down by the new ones, completely.
 	oldIP := w.serverIP
 	w.deletePods(t, ctx, "web")
-	w.forget("web")
+	delete(w.long, "web")
 	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
 		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
 	})
-	w.runPods(t, ctx, w.pod("web", map[string]string{"app": "web"}, "serve", ":8080"))
-	w.long = append(w.long, "web")
-	// New pods work with the upgraded plugins and warpd: an address, the
-	// ClusterIP of the service that existed before.
-	ips := w.runPods(t, ctx, w.pod("after-upgrade", nil, "pause"))
-	out := w.exec(t, ctx, "after-upgrade", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("new pod %s to ClusterIP after upgrade: %q", ips["after-upgrade"], out)
-	}
-	// The held connection survived: the holder exits at its first failed
-	// round trip; it must still be running and have made round trips after
-	// the rollout completed.
-	seen := roundTrips(w.logs(t, ctx, "holder"))
-	harness.WaitFor(t, "50 more round trips after the rollout", 2*time.Minute, func() bool {
-		return roundTrips(w.logs(t, ctx, "holder")) >= seen+50
-	})
-	p, err := w.c.Client().CoreV1().Pods(ns).Get(ctx, "holder", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := w.logs(t, ctx, "holder")
-	if p.Status.Phase != corev1.PodRunning || strings.Contains(logs, "broke") {
-		t.Fatalf("the connection held across the upgrade broke (%s):\n%s", p.Status.Phase, logs)
-	}
-	t.Logf("holder: %s", lastLine(logs))
-}
-
-func (w *world) forget(pod string) {
-	var keep []string
-	for _, p := range w.long {
-		if p != pod {
-			keep = append(keep, p)
+	w.runPods(t, ctx, w.pod("web", n1, map[string]string{"app": "web"}, "serve", ":8080"))
+	w.long["web"] = n1.Name
+	// New pods on both nodes work with the upgraded plugins and warpd: an
+	// address, the ClusterIP of the service that existed before.
+	ips := w.runPods(t, ctx, w.pod("after-upgrade-1", n1, nil, "pause"), w.pod("after-upgrade-2", n2, nil, "pause"))
+	for name, p := range ips {
+		w.long[name] = p.Node
+		out := w.exec(t, ctx, name, k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+		if !strings.HasPrefix(out, "web ") {
+			t.Fatalf("new pod %s (%s, %s) to ClusterIP after upgrade: %q", name, p.IP, p.Node, out)
 		}
 	}
-	w.long = keep
+	// The held connections survived: a holder exits at its first failed
+	// round trip; each must still be running and have made round trips
+	// after the rollout completed.
+	for _, h := range holders {
+		seen := roundTrips(w.logs(t, ctx, h))
+		harness.WaitFor(t, h+": 50 more round trips after the rollout", 2*time.Minute, func() bool {
+			return roundTrips(w.logs(t, ctx, h)) >= seen+50
+		})
+		p, err := w.c.Client().CoreV1().Pods(ns).Get(ctx, h, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs := w.logs(t, ctx, h)
+		if p.Status.Phase != corev1.PodRunning || strings.Contains(logs, "broke") {
+			t.Fatalf("the connection %s held across the upgrade broke (%s):\n%s", h, p.Status.Phase, logs)
+		}
+		t.Logf("%s (%s): %s", h, p.Spec.NodeName, lastLine(logs))
+	}
 }
 
 // buildVersion builds the image's binaries stamped as version into a
