@@ -33,6 +33,11 @@
 //     their own maps. Mount points missing on the machine are created empty
 //     and removed when the last cluster goes.
 //
+// With Options.SRIOVVFs every node also gets a simulated SR-IOV NIC
+// (internal/sriov/sim, made with `warpctl sim sriov create`) in
+// <cluster>/sriov/<node>, and its containerd runs with the simulator's
+// WARP_SYSFS_ROOT and WARP_SIM_PF_STATE, which reach every CNI plugin.
+//
 // The machine's own network namespace gets only loopback listeners (etcd,
 // the API server) and unix sockets: node namespaces reach the API server
 // through a socat unix-socket bridge (127.0.0.1:PORT inside every node), and
@@ -65,6 +70,8 @@ import (
 
 	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/internal/mountinfo"
+	"github.com/warpnet/warpnet/internal/sriov/sim"
+	"github.com/warpnet/warpnet/tests/harness"
 )
 
 const (
@@ -72,6 +79,8 @@ const (
 	// ClusterCIDR as spec.podCIDR (kube-controller-manager --allocate-node-cidrs).
 	ServiceCIDR = "10.96.0.0/16"
 	ClusterCIDR = "10.244.0.0/16"
+	// DNSServiceIP is the kubelets' clusterDNS: pods' resolv.conf names it.
+	DNSServiceIP = "10.96.0.10"
 	// cgroupParent is the directory of all clusters in every cgroup hierarchy.
 	cgroupParent = "warpnet-k8s"
 	cgroupFS     = "/sys/fs/cgroup"
@@ -105,7 +114,11 @@ type Options struct {
 	// Detach: processes survive this process (make cluster). Otherwise they
 	// die with it (PR_SET_PDEATHSIG), and Sweep removes the rest.
 	Detach bool
-	Log    func(format string, args ...any)
+	// SRIOVVFs > 0 gives every node a simulated SR-IOV NIC (internal/sriov/sim)
+	// with that many VFs: its hardware, as far as the node's software can
+	// tell (see Node.SRIOV).
+	SRIOVVFs int
+	Log      func(format string, args ...any)
 }
 
 // Cluster is a running cluster.
@@ -131,7 +144,16 @@ type Node struct {
 	Root    string // nodeN/root: the node's /opt/cni/bin, /etc/cni/net.d, ... live below
 	MountNS string // nodeN/mnt.ns
 	Sock    string // containerd's socket
+	// SRIOV is the node's simulated SR-IOV NIC (Options.SRIOVVFs), in
+	// SRIOVDir(); nil without one.
+	SRIOV *sim.PF
 }
+
+// SRIOVDir is where the node's simulated SR-IOV NIC keeps its sysfs tree and
+// PF-side state: <cluster>/sriov/<node name>, so that one hostPath
+// (<cluster>/sriov) with the node's name below it serves a DaemonSet on
+// every node.
+func (c *Cluster) SRIOVDir(n *Node) string { return filepath.Join(c.Dir, "sriov", n.Name) }
 
 type state struct {
 	Name  string `json:"name"`
@@ -346,6 +368,11 @@ func (c *Cluster) makeCgroupsLocked() error {
 // cgroup (so Down's cgroup.kill reaches it and everything it forks), output
 // to dir/logs/what.log, and unless detached dying with this process.
 func (c *Cluster) start(what string, argv ...string) (*exec.Cmd, error) {
+	return c.startEnv(what, nil, argv...)
+}
+
+// startEnv is start with env added to this process's environment.
+func (c *Cluster) startEnv(what string, env []string, argv ...string) (*exec.Cmd, error) {
 	logs := filepath.Join(c.Dir, "logs")
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
@@ -356,6 +383,9 @@ func (c *Cluster) start(what string, argv ...string) (*exec.Cmd, error) {
 	}
 	defer f.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = c.Dir
 	attr := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(c.sys.Fd())}
@@ -689,7 +719,29 @@ func (c *Cluster) startNode(ctx context.Context, n *Node, images []string) error
 	if err := c.makeMountNS(n); err != nil {
 		return fmt.Errorf("mount namespace: %w", err)
 	}
-	if err := c.startContainerd(ctx, n, images); err != nil {
+	// The node's hardware, before the software that looks at it starts.
+	var hwEnv []string
+	if c.opts.SRIOVVFs > 0 {
+		// warpctl, not sim.Create in this process: creating the underlay
+		// namespace retires the OS thread that did it, and a thread's exit
+		// kills the children it forked with Pdeathsig (the cluster's daemons).
+		warpctl := filepath.Join(harness.BinDir(), "warpctl")
+		if err := run(warpctl, "sim", "sriov", "create", "--netns", n.NetNS, "--dir", c.SRIOVDir(n), "--vfs", strconv.Itoa(c.opts.SRIOVVFs)); err != nil {
+			return fmt.Errorf("simulated SR-IOV NIC (make build makes %s): %w", warpctl, err)
+		}
+		pf, err := sim.Load(c.SRIOVDir(n))
+		if err != nil {
+			return err
+		}
+		n.SRIOV = pf
+		// What a real node's CNI plugins find in /sys and the PF driver, the
+		// simulator's plugins find through these two variables. containerd
+		// passes its environment to every CNI plugin it runs (and Multus to
+		// its delegates), as a real node's containerd would pass what its
+		// service unit sets: the conflists and plugins stay as shipped.
+		hwEnv = pf.Env()
+	}
+	if err := c.startContainerd(ctx, n, images, hwEnv); err != nil {
 		return err
 	}
 	if err := c.startKubelet(n); err != nil {
@@ -790,7 +842,7 @@ func withBaseLock(fn func() error) error {
 	return fn()
 }
 
-func (c *Cluster) startContainerd(ctx context.Context, n *Node, images []string) error {
+func (c *Cluster) startContainerd(ctx context.Context, n *Node, images, env []string) error {
 	conf := fmt.Sprintf(`version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -823,7 +875,7 @@ state = "/run/containerd"
 		return err
 	}
 	what := fmt.Sprintf("node%d-containerd", n.Index)
-	cd, err := c.start(what, n.inMount("containerd", "--config", cf)...)
+	cd, err := c.startEnv(what, env, n.inMount("containerd", "--config", cf)...)
 	if err != nil {
 		return err
 	}
@@ -888,7 +940,10 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%", nodefs.inodesFree: "1%%"}
 maxPods: 60
 serializeImagePulls: false
-`, cgroupParent, c.Name, n.Name, n.Sock, n.IP, filepath.Join(c.Dir, "cp", "ca.crt"))
+# The cluster's DNS Service (a test deploys CoreDNS behind it).
+clusterDNS: [%s]
+clusterDomain: cluster.local
+`, cgroupParent, c.Name, n.Name, n.Sock, n.IP, filepath.Join(c.Dir, "cp", "ca.crt"), DNSServiceIP)
 	cf := filepath.Join(n.Dir, "kubelet.yaml")
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		return err

@@ -3,7 +3,7 @@
 // internal/ociimage). Static, no shell needed:
 //
 //	testapp pause                 wait for SIGTERM (pod sandbox)
-//	testapp serve ADDR            HTTP: "<hostname> <pod IPs>" on every path
+//	testapp serve ADDR            HTTP: "<hostname> <pod IPs> from <client address>" on every path
 //	testapp echo ADDR             TCP and UDP echo server
 //	testapp get URL [TRIES]       print the body of GET URL; retries connection errors (1s apart)
 //	testapp hold ADDR DURATION    one TCP connection to an echo server, a round trip
@@ -14,6 +14,7 @@
 //	testapp resolve NAME [TRIES]  the addresses of NAME through /etc/resolv.conf (the
 //	                              kubelet's: the cluster's DNS); retries failures 1s apart
 //	testapp addrs                 print this namespace's global addresses
+//	testapp links                 print "<name> <mac> <addresses>" for every interface
 package main
 
 import (
@@ -53,6 +54,8 @@ func main() {
 		err = resolve(arg(2), os.Args[3:])
 	case "addrs":
 		fmt.Println(strings.Join(addrs(), " "))
+	case "links":
+		err = links()
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -87,11 +90,27 @@ func addrs() []string {
 	return out
 }
 
+func links() error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	for _, i := range ifs {
+		var as []string
+		addrs, _ := i.Addrs()
+		for _, a := range addrs {
+			as = append(as, a.String())
+		}
+		fmt.Printf("%s %s %s\n", i.Name, i.HardwareAddr, strings.Join(as, ","))
+	}
+	return nil
+}
+
 func serve(addr string) error {
 	host, _ := os.Hostname()
 	go func() { wait(); os.Exit(0) }()
 	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s\n", host, strings.Join(addrs(), ","))
+		fmt.Fprintf(w, "%s %s from %s\n", host, strings.Join(addrs(), ","), r.RemoteAddr)
 	}))
 }
 
