@@ -15,8 +15,9 @@
 //   - directory <tmp>/warpnet-k8s/NAME: state.json (owner PID), control plane
 //     data, certificates, logs, and per node its containerd/kubelet state and
 //     its private copies of the standard host paths (nodeN/root/...).
-//   - network namespaces NAME-net (the underlay: bridge br0 10.200.0.1/24,
-//     routes nothing to the machine) and NAME-nodeN (eth0 10.200.0.1N on that
+//   - network namespaces NAME-net (the underlay: bridge br0 10.200.0.1/24 and
+//     fd00:200::1/64, routes nothing to the machine) and NAME-nodeN (eth0
+//     10.200.0.1N and fd00:200::1N on that
 //     bridge). Kubernetes node names are the namespace names.
 //   - cgroups warpnet-k8s/NAME in every hierarchy: every process the cluster
 //     starts is born in warpnet-k8s/NAME/system (cgroup v2, CLONE_INTO_CGROUP),
@@ -79,6 +80,10 @@ const (
 	// ClusterCIDR as spec.podCIDR (kube-controller-manager --allocate-node-cidrs).
 	ServiceCIDR = "10.96.0.0/16"
 	ClusterCIDR = "10.244.0.0/16"
+	// The IPv6 halves: the cluster is dual-stack (IPv4 first). Each node's
+	// spec.podCIDRs get a /64 of ClusterCIDR6 beside the /24.
+	ServiceCIDR6 = "fd00:10:96::/112"
+	ClusterCIDR6 = "fd00:10:244::/56"
 	// DNSServiceIP is the kubelets' clusterDNS: pods' resolv.conf names it.
 	DNSServiceIP = "10.96.0.10"
 	// cgroupParent is the directory of all clusters in every cgroup hierarchy.
@@ -139,6 +144,7 @@ type Node struct {
 	Name    string // Kubernetes node name = network namespace name
 	Index   int    // 1-based
 	IP      string // 10.200.0.(10+Index)
+	IP6     string // fd00:200::(10+Index)
 	NetNS   string // /run/netns/Name
 	Dir     string // nodeN/
 	Root    string // nodeN/root: the node's /opt/cni/bin, /etc/cni/net.d, ... live below
@@ -211,7 +217,8 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	start := time.Now()
 	for i := 1; i <= o.Nodes; i++ {
-		n := &Node{Name: fmt.Sprintf("%s-node%d", o.Name, i), Index: i, IP: fmt.Sprintf("10.200.0.%d", 10+i), Dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
+		n := &Node{Name: fmt.Sprintf("%s-node%d", o.Name, i), Index: i, IP: fmt.Sprintf("10.200.0.%d", 10+i), IP6: fmt.Sprintf("fd00:200::%d", 10+i),
+			Dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
 		n.NetNS, n.Root, n.MountNS, n.Sock = "/run/netns/"+n.Name, filepath.Join(n.Dir, "root"), filepath.Join(n.Dir, "mnt.ns"), filepath.Join(n.Dir, "containerd.sock")
 		c.Nodes = append(c.Nodes, n)
 	}
@@ -495,8 +502,8 @@ egressSelections:
 	if _, err := c.start("kube-controller-manager", KubeBinary("kube-controller-manager"),
 		"--kubeconfig="+c.Kubeconfig, "--secure-port=0", "--leader-elect=false",
 		"--use-service-account-credentials=true", "--service-account-private-key-file="+filepath.Join(cp, "sa.key"),
-		"--root-ca-file="+cert, "--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR,
-		"--node-cidr-mask-size=24", "--service-cluster-ip-range="+ServiceCIDR); err != nil {
+		"--root-ca-file="+cert, "--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6,
+		"--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64", "--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6); err != nil {
 		return err
 	}
 	if _, err := c.start("kube-scheduler", KubeBinary("kube-scheduler"),
@@ -556,7 +563,7 @@ func (c *Cluster) startEtcdAndAPIServer(ctx context.Context, cp string) error {
 	api, err := c.start("kube-apiserver", KubeBinary("kube-apiserver"),
 		"--etcd-servers="+client, "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port="+strconv.Itoa(c.APIPort), "--cert-dir="+filepath.Join(cp, "certs"),
-		"--service-cluster-ip-range="+ServiceCIDR, "--token-auth-file="+filepath.Join(cp, "tokens.csv"),
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6, "--token-auth-file="+filepath.Join(cp, "tokens.csv"),
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
 		"--service-account-key-file="+filepath.Join(cp, "sa.key"), "--service-account-signing-key-file="+filepath.Join(cp, "sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc", "--allow-privileged=true", "--profiling=false",
@@ -633,6 +640,7 @@ func (c *Cluster) makeUnderlay() error {
 		{"netns", "add", net}, {"-n", net, "link", "set", "lo", "up"},
 		{"-n", net, "link", "add", "br0", "type", "bridge"},
 		{"-n", net, "addr", "add", "10.200.0.1/24", "dev", "br0"},
+		{"-n", net, "addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"},
 		{"-n", net, "link", "set", "br0", "up"},
 	} {
 		if err := run(append([]string{"ip"}, args...)...); err != nil {
@@ -704,6 +712,7 @@ func (c *Cluster) startNode(ctx context.Context, n *Node, images []string) error
 		{"-n", c.netName(), "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", n.Name},
 		{"-n", c.netName(), "link", "set", veth, "master", "br0", "up"},
 		{"-n", n.Name, "addr", "add", n.IP + "/24", "dev", "eth0"},
+		{"-n", n.Name, "addr", "add", n.IP6 + "/64", "dev", "eth0", "nodad"},
 		{"-n", n.Name, "link", "set", "eth0", "up"},
 		{"-n", n.Name, "route", "add", "default", "via", "10.200.0.1"},
 	} {
@@ -949,7 +958,7 @@ clusterDomain: cluster.local
 		return err
 	}
 	_, err := c.start(fmt.Sprintf("node%d-kubelet", n.Index), n.inMount(KubeBinary("kubelet"), "--config="+cf, "--kubeconfig="+kc,
-		"--hostname-override="+n.Name, "--node-ip="+n.IP, "-v=1")...)
+		"--hostname-override="+n.Name, "--node-ip="+n.IP+","+n.IP6, "-v=1")...)
 	return err
 }
 

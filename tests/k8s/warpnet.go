@@ -19,21 +19,21 @@ const Namespace = "warpnet"
 // Chart is the path of warpnet's Helm chart.
 func Chart() string { return filepath.Join(harness.RepoRoot(), "install", "chart", "warpnet") }
 
-// PodCIDR waits until the controller-manager has given the node its
-// spec.podCIDR and returns it.
-func (c *Cluster) PodCIDR(ctx context.Context, node string) (string, error) {
-	var cidr string
-	err := waitUntil(ctx, 2*time.Minute, "podCIDR of "+node, func() error {
+// PodCIDRs waits until the controller-manager has given the node its
+// spec.podCIDRs (IPv4, IPv6) and returns them.
+func (c *Cluster) PodCIDRs(ctx context.Context, node string) ([]string, error) {
+	var cidrs []string
+	err := waitUntil(ctx, 2*time.Minute, "podCIDRs of "+node, func() error {
 		n, err := c.Client().CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if cidr = n.Spec.PodCIDR; cidr == "" {
-			return fmt.Errorf("no spec.podCIDR yet")
+		if cidrs = n.Spec.PodCIDRs; len(cidrs) < 2 {
+			return fmt.Errorf("spec.podCIDRs %v, want one per family", cidrs)
 		}
 		return nil
 	})
-	return cidr, err
+	return cidrs, err
 }
 
 // HelmValues are the chart values this cluster needs besides the image:
@@ -47,8 +47,8 @@ func (c *Cluster) HelmValues() []string {
 	return []string{
 		"--set", "apiServer.host=127.0.0.1", "--set", fmt.Sprintf("apiServer.port=%d", c.APIPort),
 		"--set", "warpd.cgroupHostPath=" + c.CgroupDir(), "--set", "warpd.cgroupSubPath=$(NODE_NAME)",
-		"--set-json", fmt.Sprintf("network.clusterCIDRs=[%q]", ClusterCIDR),
-		"--set-json", fmt.Sprintf("network.serviceCIDRs=[%q]", ServiceCIDR),
+		"--set-json", fmt.Sprintf("network.clusterCIDRs=[%q,%q]", ClusterCIDR, ClusterCIDR6),
+		"--set-json", fmt.Sprintf("network.serviceCIDRs=[%q,%q]", ServiceCIDR, ServiceCIDR6),
 	}
 }
 

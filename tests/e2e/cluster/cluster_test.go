@@ -4,12 +4,14 @@
 // (tests/k8s: control plane + 2 kubelet/containerd nodes in namespaces, no
 // kube-proxy, no CNI preinstalled), and proves it under its real callers:
 // the kubelet, containerd's CRI, the scheduler, the DaemonSet controller.
-// Pods run on both nodes: addresses from each node's spec.podCIDR, pod to
-// pod and ClusterIPs across nodes through warpd's cluster network and
-// socket LB. CoreDNS (built from the module proxy) serves the cluster's DNS
-// through that socket LB, and Multus (likewise) delegates eth0 to warp-veth
-// and net1 to warp-sriov on each node's simulated SR-IOV NIC, with VFs
-// allocated by the kubelet from a device plugin (addons_test.go).
+// The cluster is dual-stack. Pods run on both nodes: an address of each
+// family from each node's spec.podCIDRs, pod to pod and ClusterIPs across
+// nodes (IPv4 and IPv6) through warpd's cluster network and socket LB.
+// CoreDNS (built from the module proxy) serves the cluster's DNS through
+// that socket LB, and Multus (likewise) delegates eth0 to warp-veth and
+// net1 to warp-sriov on each node's simulated SR-IOV NIC, with VFs
+// allocated by the kubelet from a device plugin and net1's address from an
+// IPPool through warp-ipam's kubernetes store (addons_test.go).
 package cluster_test
 
 import (
@@ -43,7 +45,7 @@ func TestWarpnetOnRealCluster(t *testing.T) {
 	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), "bpftool")
 	// Every node with a simulated SR-IOV NIC of 4 VFs (for the Multus case).
 	c, helm := k8s.StartWith(t, k8s.Options{Nodes: 2, SRIOVVFs: 4})
-	w := &world{t: t, c: c, helm: helm, podCIDR: map[string]netip.Prefix{}, long: map[string]string{}}
+	w := &world{t: t, c: c, helm: helm, podCIDR: map[string][]netip.Prefix{}, long: map[string]string{}}
 	for _, st := range []struct {
 		name string
 		fn   func(*testing.T)
@@ -72,13 +74,25 @@ type world struct {
 	helm string
 
 	image               string
-	podCIDR             map[string]netip.Prefix // node name -> spec.podCIDR
-	serverIP, clusterIP string                  // the web pod (on node 1) and its Service
-	long                map[string]string       // pods that live across subtests -> their node
+	podCIDR             map[string][]netip.Prefix // node name -> spec.podCIDRs (IPv4, IPv6)
+	serverIP, serverIP6 string                    // the web pod (on node 1)
+	clusterIP           string                    // its Service
+	long                map[string]string         // pods that live across subtests -> their node
 }
 
 // node returns the i-th node (0-based).
 func (w *world) node(i int) *k8s.Node { return w.c.Nodes[i] }
+
+// poll reports whether cond comes to hold within timeout (routes and map
+// entries appear asynchronously).
+func poll(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
@@ -135,6 +149,12 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("DaemonSet ready and nodes Ready %.1fs after helm install", time.Since(start).Seconds())
+	// helm installed the chart's CRDs (warp-ipam's kubernetes store) first.
+	if out, err := w.c.Kubectl(ctx, "", "get", "crd", "ippools.ipam.warpnet.io", "ipallocations.ipam.warpnet.io", "-o", "name"); err != nil {
+		t.Errorf("the chart's CRDs: %v", err)
+	} else {
+		t.Logf("CRDs: %s", strings.Join(strings.Fields(out), " "))
+	}
 
 	pods := w.warpnetPods(t, ctx)
 	for _, n := range w.c.Nodes {
@@ -171,13 +191,15 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 		}
 	}
 	for _, n := range w.c.Nodes {
-		cidr, err := w.c.PodCIDR(ctx, n.Name)
+		cidrs, err := w.c.PodCIDRs(ctx, n.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.podCIDR[n.Name] = netip.MustParsePrefix(cidr)
+		for _, c := range cidrs {
+			w.podCIDR[n.Name] = append(w.podCIDR[n.Name], netip.MustParsePrefix(c))
+		}
 	}
-	// warpd published each node's own pod CIDR for the plugins.
+	// warpd published each node's own pod CIDRs (dual-stack) for the plugins.
 	for _, n := range w.c.Nodes {
 		var facts struct {
 			PodCIDRs []string `json:"podCIDRs"`
@@ -186,8 +208,8 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 			b, err := os.ReadFile(n.Root + "/run/warpnet/node.json")
 			return err == nil && json.Unmarshal(b, &facts) == nil && len(facts.PodCIDRs) > 0
 		})
-		if facts.PodCIDRs[0] != w.podCIDR[n.Name].String() {
-			t.Errorf("%s: node facts say pod CIDRs %v, spec.podCIDR is %s", n.Name, facts.PodCIDRs, w.podCIDR[n.Name])
+		if fmt.Sprint(facts.PodCIDRs) != fmt.Sprint(w.podCIDR[n.Name]) {
+			t.Errorf("%s: node facts say pod CIDRs %v, spec.podCIDRs are %v", n.Name, facts.PodCIDRs, w.podCIDR[n.Name])
 		}
 	}
 }
@@ -285,8 +307,8 @@ func (w *world) pod(name string, node *k8s.Node, labels map[string]string, args 
 	}
 }
 
-// placed is where a pod runs.
-type placed struct{ IP, Node string }
+// placed is where a pod runs: its IPv4 and IPv6 addresses and its node.
+type placed struct{ IP, IP6, Node string }
 
 // runPods creates the pods and waits until each runs with an IP from its
 // node's pod CIDR.
@@ -312,12 +334,21 @@ func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) 
 		if want := p.Spec.NodeSelector["kubernetes.io/hostname"]; want != "" && last.Spec.NodeName != want {
 			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, want)
 		}
-		cidr := w.podCIDR[last.Spec.NodeName]
-		ip, err := netip.ParseAddr(last.Status.PodIP)
-		if err != nil || !cidr.Contains(ip) {
-			t.Fatalf("pod %s on %s got %q, want an address in %s (that node's spec.podCIDR)", p.Name, last.Spec.NodeName, last.Status.PodIP, cidr)
+		// One address per family, each from that node's pod CIDR of the family.
+		cidrs := w.podCIDR[last.Spec.NodeName]
+		var got []string
+		for i, pip := range last.Status.PodIPs {
+			got = append(got, pip.IP)
+			ip, err := netip.ParseAddr(pip.IP)
+			if err != nil || i >= len(cidrs) || !cidrs[i].Contains(ip) {
+				got = nil
+				break
+			}
 		}
-		ips[p.Name] = placed{IP: last.Status.PodIP, Node: last.Spec.NodeName}
+		if len(got) != len(cidrs) {
+			t.Fatalf("pod %s on %s got %v, want one address in each of %v (that node's spec.podCIDRs)", p.Name, last.Spec.NodeName, last.Status.PodIPs, cidrs)
+		}
+		ips[p.Name] = placed{IP: got[0], IP6: got[1], Node: last.Spec.NodeName}
 	}
 	return ips
 }
@@ -361,6 +392,25 @@ func (w *world) service(t *testing.T, ctx context.Context, name string, selector
 	return svc.Spec.ClusterIP
 }
 
+// dualStackService makes a Service with a ClusterIP of each family and
+// returns them (IPv4 first).
+func (w *world) dualStackService(t *testing.T, ctx context.Context, name string, selector map[string]string, port, target int32) []string {
+	t.Helper()
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	svc, err := w.c.Client().CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Selector: selector, IPFamilyPolicy: &policy, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports: []corev1.ServicePort{{Port: port, TargetPort: intstr.FromInt32(target), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("Service %s has ClusterIPs %v, want one per family", name, svc.Spec.ClusterIPs)
+	}
+	return svc.Spec.ClusterIPs
+}
+
 func (w *world) podNetworking(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
 	n1, n2 := w.node(0), w.node(1)
@@ -371,7 +421,7 @@ func (w *world) podNetworking(t *testing.T) {
 	for name, p := range ips {
 		w.long[name] = p.Node
 	}
-	w.serverIP = ips["web"].IP
+	w.serverIP, w.serverIP6 = ips["web"].IP, ips["web"].IP6
 	seen := map[string]string{}
 	for name, p := range ips {
 		if other, dup := seen[p.IP]; dup {
@@ -386,25 +436,37 @@ func (w *world) podNetworking(t *testing.T) {
 	if err != nil || !strings.Contains(routes, "dev warp") {
 		t.Fatalf("no warp-veth route to %s on %s: %q %v", w.serverIP, n1.Name, routes, err)
 	}
-	cidr1 := w.podCIDR[n1.Name].String()
-	routes, err = n2.Run(ctx, "ip", "-4", "route", "show", cidr1)
-	if err != nil || !strings.Contains(routes, "via "+n1.IP) {
-		t.Fatalf("%s has no route to %s's pods (%s) via %s: %q %v", n2.Name, n1.Name, cidr1, n1.IP, routes, err)
+	for i, via := range []string{n1.IP, n1.IP6} {
+		cidr := w.podCIDR[n1.Name][i].String()
+		fam := []string{"-4", "-6"}[i]
+		if !poll(30*time.Second, func() bool {
+			routes, err = n2.Run(ctx, "ip", fam, "route", "show", cidr)
+			return err == nil && strings.Contains(routes, "via "+via)
+		}) {
+			all, _ := n2.Run(ctx, "sh", "-c", "ip "+fam+" route; ip "+fam+" addr")
+			w.dumpWarpnetPods(t)
+			t.Fatalf("%s has no route to %s's pods (%s) via %s: %q %v\n%s", n2.Name, n1.Name, cidr, via, routes, err, all)
+		}
 	}
-	// Pod to pod, TCP and UDP, on the same node and across nodes.
+	// Pod to pod, TCP and UDP, IPv4 and IPv6, on the same node and across
+	// nodes; the server sees the client's own address (no masquerading
+	// inside the cluster).
 	for _, client := range []string{"client", "remote"} {
-		out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+w.serverIP+":8080/", "20")
-		if !strings.HasPrefix(out, "web ") {
-			t.Fatalf("%s (%s) to pod %s (%s) over TCP: got %q, want the web pod's answer", client, ips[client].Node, w.serverIP, n1.Name, out)
-		}
-		out = w.exec(t, ctx, client, k8s.AppBinary, "udp", ips["udp"].IP+":7001", "20")
-		if !strings.HasPrefix(out, "udp from "+client) {
-			t.Fatalf("%s (%s) to pod %s (%s) over UDP: got %q", client, ips[client].Node, ips["udp"].IP, n1.Name, out)
+		for _, fam := range []struct{ web, udp, from string }{
+			{w.serverIP, ips["udp"].IP, ips[client].IP},
+			{"[" + ips["web"].IP6 + "]", "[" + ips["udp"].IP6 + "]", "[" + ips[client].IP6 + "]"},
+		} {
+			out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+fam.web+":8080/", "20")
+			if !strings.HasPrefix(out, "web ") || !strings.Contains(out, " from "+fam.from+":") {
+				t.Fatalf("%s (%s) to pod %s (%s) over TCP: got %q, want the web pod's answer to %s", client, ips[client].Node, fam.web, n1.Name, out, fam.from)
+			}
+			out = w.exec(t, ctx, client, k8s.AppBinary, "udp", fam.udp+":7001", "20")
+			if !strings.HasPrefix(out, "udp from "+client) {
+				t.Fatalf("%s (%s) to pod %s (%s) over UDP: got %q", client, ips[client].Node, fam.udp, n1.Name, out)
+			}
 		}
 	}
-	// The server saw the remote pod's own address (no masquerading inside
-	// the cluster): the web pod answers with its addresses, so ask the
-	// other way round too, from node 1 to a server on node 2.
+	// The other way round too, from node 1 to a server on node 2.
 	ips2 := w.runPods(t, ctx, w.pod("web2", n2, map[string]string{"app": "web2"}, "serve", ":8080"))
 	w.long["web2"] = n2.Name
 	if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips2["web2"].IP+":8080/", "20"); !strings.HasPrefix(out, "web2 ") {
@@ -420,10 +482,17 @@ func (w *world) podNetworking(t *testing.T) {
 			t.Fatalf("%s (%s) to ClusterIP %s (backend on %s): got %q", client, ips[client].Node, w.clusterIP, n1.Name, out)
 		}
 	}
-	// And the other way: a backend on node 2 behind a ClusterIP, from node 1.
-	vip2 := w.service(t, ctx, "web2", map[string]string{"app": "web2"}, 80, 8080)
-	if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+vip2+"/", "30"); !strings.HasPrefix(out, "web2 ") {
-		t.Fatalf("client (%s) to ClusterIP %s (backend on %s): %q", n1.Name, vip2, n2.Name, out)
+	// And the other way: a backend on node 2 behind a ClusterIP, from node
+	// 1, over IPv4 and over IPv6 (a dual-stack Service).
+	vips := w.dualStackService(t, ctx, "web2", map[string]string{"app": "web2"}, 80, 8080)
+	for _, vip := range vips {
+		host := vip
+		if strings.Contains(vip, ":") {
+			host = "[" + vip + "]"
+		}
+		if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+host+"/", "30"); !strings.HasPrefix(out, "web2 ") {
+			t.Fatalf("client (%s) to ClusterIP %s (backend on %s): %q", n1.Name, vip, n2.Name, out)
+		}
 	}
 	for _, n := range w.c.Nodes {
 		if rules, err := n.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
@@ -462,7 +531,7 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 	t.Helper()
 	var left []string
 	for _, n := range w.c.Nodes {
-		routes, err := n.Run(ctx, "ip", "-4", "route")
+		routes, err := n.Run(ctx, "sh", "-c", "ip -4 route; ip -6 route")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -471,11 +540,13 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 				left = append(left, n.Name+": route "+line)
 			}
 		}
-		// warp-veth's XDP maps (pinned in the node's own bpffs).
-		for _, m := range []string{"warp_ips", "warp_endpoints"} {
-			if got, want := w.mapEntries(t, ctx, n, m), w.longOn(n.Name); got != want {
-				left = append(left, fmt.Sprintf("%s: %s has %d entries for %d pods", n.Name, m, got, want))
-			}
+		// warp-veth's XDP maps (pinned in the node's own bpffs): one
+		// endpoint per pod, one owner entry per pod address (two families).
+		if got, want := w.mapEntries(t, ctx, n, "warp_endpoints"), w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: warp_endpoints has %d entries for %d pods", n.Name, got, want))
+		}
+		if got, want := w.mapEntries(t, ctx, n, "warp_ips"), 2*w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: warp_ips has %d entries for the %d addresses of %d pods", n.Name, got, want, w.longOn(n.Name)))
 		}
 		if got, want := w.warpLinks(t, ctx, n), w.longOn(n.Name); got != want {
 			left = append(left, fmt.Sprintf("%s: %d warp links for %d pods", n.Name, got, want))
@@ -540,7 +611,7 @@ func (w *world) churn(t *testing.T) {
 		seen[p.IP] = name
 		perNode[p.Node]++
 		w.deletePods(t, ctx, name)
-		gone[p.IP] = true
+		gone[p.IP], gone[p.IP6] = true, true
 	}
 	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs (per node: %v)", time.Since(start).Seconds(), perNode)
 
@@ -567,7 +638,7 @@ func (w *world) churn(t *testing.T) {
 			t.Fatalf("%s and %s both got %s", name, other, p.IP)
 		}
 		at[p.IP] = name
-		gone[p.IP] = true
+		gone[p.IP], gone[p.IP6] = true, true
 		onNode[p.Node]++
 	}
 	for _, n := range w.c.Nodes {
@@ -588,7 +659,7 @@ func (w *world) churn(t *testing.T) {
 	// kubelet's delete returns before containerd's CNI DEL may have
 	// finished: wait for it.
 	for ip := range gone {
-		if ip == w.serverIP {
+		if ip == w.serverIP || ip == w.serverIP6 {
 			t.Fatalf("a churn pod got the live web pod's address %s", ip)
 		}
 	}
@@ -656,11 +727,11 @@ func (w *world) upgrade(t *testing.T) {
 		}
 	}
 	// A pod made by the old plugins is torn down by the new ones, completely.
-	oldIP := w.serverIP
+	oldIP, oldIP6 := w.serverIP, w.serverIP6
 	w.deletePods(t, ctx, "web")
 	delete(w.long, "web")
 	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
-		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
+		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true, oldIP6: true})) == 0
 	})
 	w.runPods(t, ctx, w.pod("web", n1, map[string]string{"app": "web"}, "serve", ":8080"))
 	w.long["web"] = n1.Name
