@@ -95,6 +95,21 @@ func TestManifestsAreUpToDate(t *testing.T) {
 			t.Errorf("install/manifests/%s is stale (%v): run make manifests and commit", f, err)
 		}
 	}
+	// The chart's copies of the IPAM CRDs, policy and ClusterRoles.
+	for chartFile, orig := range map[string]string{
+		"crds/ipam.warpnet.io_ippools.yaml":                "crds/ipam.warpnet.io_ippools.yaml",
+		"crds/ipam.warpnet.io_ipallocations.yaml":          "crds/ipam.warpnet.io_ipallocations.yaml",
+		"files/ipam.warpnet.io_ippool-overlap-policy.yaml": "crds/ipam.warpnet.io_ippool-overlap-policy.yaml",
+		"files/rbac-ipam.yaml":                             "rbac/ipam.yaml",
+	} {
+		want, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "install", orig))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(filepath.Join(k8s.Chart(), chartFile)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("install/chart/warpnet/%s is not install/%s (%v): run make manifests and commit", chartFile, orig, err)
+		}
+	}
 }
 
 // helm's own server-side dry run: renders against the live API server

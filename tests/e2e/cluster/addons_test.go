@@ -215,9 +215,12 @@ type networkStatus struct {
 // multusSRIOV installs Multus as the cluster network (its DaemonSet wraps
 // warpnet's conflist as the default delegate), an SR-IOV device plugin for
 // each node's simulated NIC, and the chart's NetworkAttachmentDefinition
-// examples; then two pods ask for the SR-IOV network: Multus gives them
-// eth0 through warp-veth and net1 through warp-sriov on the VF the kubelet
-// allocated, and deleting them returns the VFs to the node.
+// examples with warp-ipam's kubernetes store (the SR-IOV network's pool)
+// and warpd's leak collector; then two pods ask for the SR-IOV network:
+// Multus gives them eth0 through warp-veth and net1 through warp-sriov on
+// the VF the kubelet allocated, with an address claimed from the IPPool in
+// the API server, and deleting them returns the VFs to the node and the
+// addresses to the pool.
 func (w *world) multusSRIOV(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Minute)
 	cl := w.c.Client()
@@ -246,12 +249,22 @@ func (w *world) multusSRIOV(t *testing.T) {
 	if _, err := w.c.Kubectl(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/network-attachment-definitions.k8s.cni.cncf.io"); err != nil {
 		t.Fatal(err)
 	}
+	// The SR-IOV network takes its addresses from a cluster-wide IPPool
+	// (warp-ipam's kubernetes store; helm install put its CRDs in), and
+	// warpd collects leaked addresses.
 	if out, err := w.c.Helm(ctx, w.helm, "upgrade", "warpnet", k8s.Chart(), "--namespace", k8s.Namespace, "--reuse-values",
-		"--set", "examples.networkAttachmentDefinitions=true", "--set", "examples.sriov.resourceName="+sriovResource); err != nil {
+		"--set", "examples.networkAttachmentDefinitions=true", "--set", "examples.sriov.resourceName="+sriovResource,
+		"--set", "ipam.kubernetes=true", "--set", "ipam.gc.enabled=true", "--set", "examples.sriov.pool="+sriovPool); err != nil {
 		t.Fatal(err)
 	} else {
-		t.Logf("helm upgrade (examples):\n%s", out)
+		t.Logf("helm upgrade (examples, kubernetes store):\n%s", out)
 	}
+	w.waitRollout(t, ctx, "DaemonSet", k8s.Namespace, "warpnet", 3*time.Minute)
+	// One warpd holds the collector's Lease: its RBAC works.
+	harness.WaitFor(t, "a warpd holding the ipam-gc Lease", 2*time.Minute, func() bool {
+		l, err := cl.CoordinationV1().Leases("kube-system").Get(ctx, "warpnet-ipam-gc", metav1.GetOptions{})
+		return err == nil && l.Spec.HolderIdentity != nil && slices.ContainsFunc(w.c.Nodes, func(n *k8s.Node) bool { return n.Name == *l.Spec.HolderIdentity })
+	})
 
 	// Multus, as its thin DaemonSet installs it.
 	m, err := k8s.EnsureMultus(ctx, t.Logf)
@@ -329,6 +342,10 @@ func (w *world) multusSRIOV(t *testing.T) {
 			t.Fatalf("%s: network-status lists %+v, want eth0 (default, %s) and net1 (%s/sriov-net, 192.168.50.0/24)", name, status, ips[name].IP, k8s.Namespace)
 		}
 		net1[name] = status[1].IPs[0]
+		// warp-ipam claimed it in the API server, for this pod's net1.
+		if got := w.ipAllocations(t, ctx)[net1[name]]; got != sriovPool+" "+ns+"/"+name+" net1 "+n.Name {
+			t.Fatalf("%s: IPAllocation of %s says %q, want pool %s, the pod, net1, node %s", name, net1[name], got, sriovPool, n.Name)
+		}
 		ids := alloc[string(p.UID)]
 		if len(ids) != 1 {
 			t.Fatalf("%s: the kubelet allocated %v of %s, want one VF", name, ids, sriovResource)
@@ -381,18 +398,35 @@ func (w *world) multusSRIOV(t *testing.T) {
 	if !jsonEqual(stateBefore, stateAfter) {
 		t.Fatalf("PF-side state after the pods left:\n%s\nwant as before:\n%s", stateAfter, stateBefore)
 	}
-	harness.WaitFor(t, "sriov-net's addresses released", time.Minute, func() bool {
-		ents, _ := os.ReadDir(n.Root + "/var/lib/cni/networks/sriov-net")
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "192.168.50.") {
-				return false
-			}
-		}
-		return true
+	harness.WaitFor(t, "sriov-net's addresses released in the API server", time.Minute, func() bool {
+		a := w.ipAllocations(t, ctx)
+		return a[net1["sriov-web"]] == "" && a[net1["sriov-client"]] == ""
 	})
 	// Multus deletes the delegates last to first: eth0 goes after net1.
-	gone := map[string]bool{ips["sriov-web"].IP: true, ips["sriov-client"].IP: true}
+	gone := map[string]bool{ips["sriov-web"].IP: true, ips["sriov-client"].IP: true, ips["sriov-web"].IP6: true, ips["sriov-client"].IP6: true}
 	waitNone(t, "eth0's CNI DEL of both pods", 2*time.Minute, func() []string { return w.leftovers(t, ctx, gone) })
+}
+
+// sriovPool is the IPPool the chart creates for the SR-IOV example network
+// (examples.sriov.pool), on examples.sriov.subnet.
+const sriovPool = "sriov-pool"
+
+// ipAllocations lists warp-ipam's IPAllocations: address -> "pool
+// namespace/pod interface node".
+func (w *world) ipAllocations(t *testing.T, ctx context.Context) map[string]string {
+	t.Helper()
+	out, err := w.c.Kubectl(ctx, "", "get", "ipallocations.ipam.warpnet.io", "-o",
+		`jsonpath={range .items[*]}{.spec.address} {.spec.pool} {.spec.pod.namespace}/{.spec.pod.name} {.spec.pod.interface} {.spec.attachment.node}{"\n"}{end}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if addr, rest, ok := strings.Cut(l, " "); ok {
+			m[addr] = rest
+		}
+	}
+	return m
 }
 
 // allocatedVFs reads which devices the node's kubelet allocated to which
