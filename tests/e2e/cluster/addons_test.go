@@ -254,7 +254,8 @@ func (w *world) multusSRIOV(t *testing.T) {
 	// warpd collects leaked addresses.
 	if out, err := w.c.Helm(ctx, w.helm, "upgrade", "warpnet", k8s.Chart(), "--namespace", k8s.Namespace, "--reuse-values",
 		"--set", "examples.networkAttachmentDefinitions=true", "--set", "examples.sriov.resourceName="+sriovResource,
-		"--set", "ipam.kubernetes=true", "--set", "ipam.gc.enabled=true", "--set", "examples.sriov.pool="+sriovPool); err != nil {
+		"--set", "ipam.kubernetes=true", "--set", "ipam.gc.enabled=true", "--set", "ipam.gc.grace=5s", "--set", "ipam.gc.interval=2s",
+		"--set", "examples.sriov.pool="+sriovPool); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm upgrade (examples, kubernetes store):\n%s", out)
@@ -401,6 +402,25 @@ func (w *world) multusSRIOV(t *testing.T) {
 	harness.WaitFor(t, "sriov-net's addresses released in the API server", time.Minute, func() bool {
 		a := w.ipAllocations(t, ctx)
 		return a[net1["sriov-web"]] == "" && a[net1["sriov-client"]] == ""
+	})
+	// An address whose pod never ran here (a node lost before its DEL) is
+	// collected by the warpd holding the Lease, after the grace period.
+	if _, err := w.c.Kubectl(ctx, `apiVersion: ipam.warpnet.io/v1alpha1
+kind: IPAllocation
+metadata: {name: 192.168.50.77}
+spec:
+  pool: `+sriovPool+`
+  address: 192.168.50.77
+  pod: {namespace: default, name: gone, uid: 00000000-0000-0000-0000-000000000001, interface: net1}
+  attachment: {containerID: gone, ifName: net1, node: lost-node}
+`, "create", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if w.ipAllocations(t, ctx)["192.168.50.77"] == "" {
+		t.Fatal("the leaked IPAllocation was not created")
+	}
+	harness.WaitFor(t, "warpd's collector to release the leaked 192.168.50.77", 2*time.Minute, func() bool {
+		return w.ipAllocations(t, ctx)["192.168.50.77"] == ""
 	})
 	// Multus deletes the delegates last to first: eth0 goes after net1.
 	gone := map[string]bool{ips["sriov-web"].IP: true, ips["sriov-client"].IP: true, ips["sriov-web"].IP6: true, ips["sriov-client"].IP6: true}
