@@ -538,33 +538,6 @@ func (l *LB) Affinity() ([]AffinityEntry, error) {
 	return out, nil
 }
 
-// RevNAT returns the remembered translations of open sockets (for
-// warpctl), one entry per socket and service.
-func (l *LB) RevNAT() ([]RevNATEntry, error) {
-	var out []RevNATEntry
-	var k uint64
-	var v lbRevnat
-	it := l.objs.LbRevnat.Iterate()
-	for it.Next(&k, &v) {
-		for _, s := range v.Slots {
-			if s.Family == 0 {
-				continue
-			}
-			out = append(out, RevNATEntry{
-				Cookie:    k,
-				Frontend:  Frontend{Addr: pinset.DecodeAddr(s.FeAddr, s.Family), Port: netPort(s.FePort), Proto: l4.Protocol(s.Proto)},
-				Backend:   Backend{Addr: pinset.DecodeAddr(s.BeAddr, s.Family), Port: netPort(s.BePort)},
-				ServiceID: s.SvcId,
-				BackendID: s.BackendId,
-			})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("servicelb: read lb_revnat: %w", err)
-	}
-	return out, nil
-}
-
 // netnsCookie returns the cookie of the calling thread's network namespace.
 func netnsCookie() (uint64, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)

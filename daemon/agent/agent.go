@@ -22,7 +22,6 @@ import (
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
 	"github.com/warpnet/warpnet/daemon/status"
-	"github.com/warpnet/warpnet/internal/l4"
 	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
@@ -224,21 +223,20 @@ func (a *Agent) sync(ctx context.Context, snap *source.Snapshot) {
 // destroyStale destroys sockets still connected to removed backends, so a
 // resolver's connected UDP socket does not stay pinned to a dead DNS pod.
 // TCP connections are left to end on their own unless DestroyTCP is set.
+// All of a sync's removed backends go in one pass: the iterators are
+// loaded once and every network namespace is walked once.
 func (a *Agent) destroyStale(removed []reconcile.Removed) {
-	done := map[reconcile.Removed]bool{}
-	for _, r := range removed {
-		if done[r] || (r.Proto == l4.TCP && !a.cfg.DestroyTCP) {
-			continue
-		}
-		done[r] = true
-		n, err := reconcile.DestroySockets(a.lb, r)
-		if err != nil {
-			a.log.Warn("destroying sockets to a removed backend failed", "backend", r.Backend.String(), "proto", r.Proto.String(), "err", err)
-			continue
-		}
-		if n > 0 {
-			a.log.Info("destroyed sockets to a removed backend", "backend", r.Backend.String(), "proto", r.Proto.String(), "sockets", n)
-		}
+	targets := reconcile.Targets(removed, a.cfg.DestroyTCP)
+	if len(targets) == 0 {
+		return
+	}
+	n, err := a.lb.DestroySockets(targets)
+	a.metrics.destroyPass(n)
+	if err != nil {
+		a.log.Warn("destroying sockets to removed backends failed in part", "backends", len(targets), "err", err)
+	}
+	for t, count := range n {
+		a.log.Info("destroyed sockets to a removed backend", "backend", t.Backend.String(), "proto", t.Proto.String(), "sockets", count)
 	}
 }
 

@@ -26,6 +26,8 @@ type metrics struct {
 	sourceHealthyGauge prometheus.Gauge
 	peers              *prometheus.GaugeVec
 	networkSyncErrors  prometheus.Counter
+	destroyPasses      prometheus.Counter
+	destroyedSockets   prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -53,9 +55,13 @@ func newMetrics() *metrics {
 			Help: "Other nodes by how their pods are reached: native (routed), tunnel (VXLAN), unreachable (see warpctl warpd status)."}, []string{"path"}),
 		networkSyncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_node_network_sync_errors_total",
 			Help: "Node networking syncs (routes, tunnel, masquerading, node facts) that failed in part."}),
+		destroyPasses: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_socket_destroy_passes_total",
+			Help: "Walks of the node's sockets to destroy those still connected to removed backends (one per sync that removed any)."}),
+		destroyedSockets: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_destroyed_sockets_total",
+			Help: "Sockets destroyed because their backend left its service."}),
 	}
 	m.reg.MustRegister(m.services, m.backends, m.syncs, m.syncErrors, m.syncDuration, m.lastSuccess, m.fill, m.rejected,
-		m.sourceHealthyGauge, m.peers, m.networkSyncErrors,
+		m.sourceHealthyGauge, m.peers, m.networkSyncErrors, m.destroyPasses, m.destroyedSockets,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.sourceHealthyGauge.Set(1)
 	for _, kind := range []string{"Service", "EndpointSlice"} {
@@ -106,6 +112,14 @@ func fill(st reconcile.Stats, sizes servicelb.Sizes) []status.MapFill {
 		}
 	}
 	return out
+}
+
+// destroyPass records one pass of socket destruction.
+func (m *metrics) destroyPass(destroyed map[servicelb.Target]int) {
+	m.destroyPasses.Inc()
+	for _, n := range destroyed {
+		m.destroyedSockets.Add(float64(n))
+	}
 }
 
 // networkSynced records a node networking sync.

@@ -115,15 +115,20 @@ func Sync(ctx context.Context, m Maps, desired []services.Entry) (st Stats, err 
 	return st, errors.Join(errs...)
 }
 
-// Destroyer destroys sockets connected to a backend (servicelb.LB).
-type Destroyer interface {
-	DestroySockets(b servicelb.Backend, proto l4.Protocol, netns ...string) (int, error)
-}
-
-// DestroySockets destroys the sockets still connected to a removed backend,
-// in every network namespace, and returns how many there were.
-func DestroySockets(d Destroyer, r Removed) (int, error) {
-	return d.DestroySockets(servicelb.Backend{Addr: r.Backend.Addr(), Port: r.Backend.Port()}, r.Proto)
+// Targets converts removed backends into the sockets to destroy (one
+// servicelb.DestroySockets pass for all of them): connected UDP sockets
+// always, TCP ones only with tcp. Duplicates are dropped.
+func Targets(removed []Removed, tcp bool) []servicelb.Target {
+	seen := map[Removed]bool{}
+	var out []servicelb.Target
+	for _, r := range removed {
+		if seen[r] || (r.Proto == l4.TCP && !tcp) {
+			continue
+		}
+		seen[r] = true
+		out = append(out, servicelb.Target{Backend: servicelb.Backend{Addr: r.Backend.Addr(), Port: r.Backend.Port()}, Proto: r.Proto})
+	}
+	return out
 }
 
 // toLB converts a desired service to the load balancer's type. Every field

@@ -69,7 +69,7 @@ Flags:
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz, /metrics and /status (empty: none)")
 	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "capacity in frontends (0: the pinned map's, or 65536; fixed once created)")
 	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries, summed over frontends (0: the pinned map's, or 65536)")
-	fs.IntVar(&cfg.Sizes.RevNAT, "map-revnat", 0, "capacity in remembered socket translations (0: the pinned map's, or 65536)")
+	obsoleteRevNAT := fs.Int("map-revnat", 0, "obsolete, ignored: socket translations live in socket-local storage, freed with each socket")
 	fs.IntVar(&cfg.Sizes.Affinity, "map-affinity", 0, "capacity in session-affinity entries (0: the pinned map's, or 65536)")
 	net := nodenet.Config{}
 	routingMode := fs.String("routing", string(routing.Auto), "how other nodes' pods are reached: native (routes via the peer; peers must share an L2 subnet), vxlan (a tunnel to every peer), auto (native where possible, else the tunnel), or none (node networking is someone else's)")
@@ -88,6 +88,9 @@ Flags:
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if *obsoleteRevNAT != 0 {
+		log.Warn("--map-revnat is obsolete and ignored: socket translations live in socket-local storage, freed with each socket; drop the flag")
+	}
 	for _, s := range strings.Split(nodeIPs, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
