@@ -47,6 +47,15 @@ type RevNATEntry struct {
 	BackendID uint32
 }
 
+// FullError says a map has no room for an entry: Sizes are too small for
+// what is being written (see Sizes for what each map holds).
+type FullError struct {
+	Map      string // lb_services or lb_backends
+	Capacity int    // its capacity in entries
+}
+
+func (e *FullError) Error() string { return fmt.Sprintf("%s is full (%d entries)", e.Map, e.Capacity) }
+
 // netPort converts a port to network byte order as the programs see it
 // (the generated types, and so this package, are little-endian only).
 func netPort(p uint16) uint16 { return bits.ReverseBytes16(p) }
@@ -159,7 +168,7 @@ func (l *LB) newBackend(v *lbBackend) (uint32, error) {
 		case errors.Is(err, ebpf.ErrKeyExist):
 			continue
 		case errors.Is(err, unix.E2BIG):
-			return 0, fmt.Errorf("lb_backends is full (%d entries): raise Sizes.Backends", l.sizes.Backends)
+			return 0, &FullError{Map: lbMapLbBackends, Capacity: l.sizes.Backends}
 		default:
 			return 0, fmt.Errorf("write lb_backends: %w", err)
 		}
@@ -170,8 +179,7 @@ func (l *LB) newBackend(v *lbBackend) (uint32, error) {
 func (l *LB) putService(k lbSvcKey, v *lbSvc) error {
 	if err := l.objs.LbServices.Put(k, v); err != nil {
 		if errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("lb_services is full (%d entries): raise Sizes.Services or Backends",
-				l.sizes.Services+l.sizes.Backends)
+			return &FullError{Map: lbMapLbServices, Capacity: l.sizes.Services + l.sizes.Backends}
 		}
 		return fmt.Errorf("write lb_services: %w", err)
 	}
