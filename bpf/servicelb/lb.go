@@ -101,8 +101,8 @@ type Sizes struct {
 // DefaultSizes are the capacities of new maps when Sizes has zeros.
 var DefaultSizes = Sizes{Services: 65536, Backends: 65536, Affinity: 65536}
 
-// maxSize bounds every capacity; far beyond any node.
-const maxSize = 1 << 24
+// MaxSize bounds every capacity; far beyond any node.
+const MaxSize = 1 << 24
 
 // layoutVersion names the meaning of the pinned maps' contents (see
 // pinset.Object.Layout): bump it whenever a struct in sock_lb.h or the
@@ -237,10 +237,10 @@ func (s Sizes) check(explicit bool) error {
 		name string
 		n    int
 	}{{"Services", s.Services}, {"Backends", s.Backends}, {"Affinity", s.Affinity}} {
-		if (v.n == 0 && explicit) || (v.n >= 1 && v.n <= maxSize) {
+		if (v.n == 0 && explicit) || (v.n >= 1 && v.n <= MaxSize) {
 			continue
 		}
-		return fmt.Errorf("servicelb: Sizes.%s = %d: want 1 to %d", v.name, v.n, maxSize)
+		return fmt.Errorf("servicelb: Sizes.%s = %d: want 1 to %d", v.name, v.n, MaxSize)
 	}
 	return nil
 }

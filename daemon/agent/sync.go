@@ -115,6 +115,9 @@ func (a *Agent) ensureCapacity() bool {
 			short = append(short, shortage{Map: m.name, Flag: m.flag, Need: m.need, Capacity: *m.capacity})
 		case m.fixed == 0 && m.need*headroomDen > *m.capacity*headroomNum:
 			*m.capacity = grownSize(m.need)
+			if m.need > *m.capacity { // beyond servicelb.MaxSize
+				short = append(short, shortage{Map: m.name, Flag: m.flag, Need: m.need, Capacity: *m.capacity})
+			}
 		}
 	}
 	grew := false
@@ -143,7 +146,7 @@ func grownSize(need int) int {
 	if n&(n-1) != 0 {
 		n = 1 << bits.Len(uint(n))
 	}
-	return n
+	return min(n, servicelb.MaxSize)
 }
 
 // grow replaces the LB with one on new maps of the given sizes, staged:

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/warpnet/warpnet/bpf/pinset"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/agent"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/routing"
@@ -87,6 +88,15 @@ Flags:
 	if cfg.Resync <= 0 || cfg.Poll <= 0 || cfg.MinSync < 0 {
 		fmt.Fprintln(os.Stderr, "warpd: --resync and --poll must be positive durations, e.g. 30s, --min-sync-interval not negative")
 		os.Exit(2)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"map-services", cfg.Sizes.Services}, {"map-backends", cfg.Sizes.Backends}, {"map-affinity", cfg.Sizes.Affinity}} {
+		if f.v < 0 || f.v > servicelb.MaxSize {
+			fmt.Fprintf(os.Stderr, "warpd: --%s=%d: want 0 (sized from the cluster, or the pinned map's) or 1 to %d\n", f.name, f.v, servicelb.MaxSize)
+			os.Exit(2)
+		}
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	if *obsoleteRevNAT != 0 {
