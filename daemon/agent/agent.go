@@ -20,6 +20,7 @@ import (
 
 	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/boundedrun"
+	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
@@ -48,6 +49,9 @@ type Config struct {
 	// Network is node networking (routes to other nodes' pods,
 	// masquerading, node facts); nil leaves it to someone else.
 	Network *nodenet.Config
+	// IPAMGC collects warp-ipam addresses leaked in the API server (one
+	// warpd per cluster, elected); nil: off.
+	IPAMGC *ipamgc.Config
 }
 
 // Agent runs one warpd.
@@ -74,7 +78,8 @@ type Agent struct {
 	short         []shortage                 // maps that cannot hold the desired state
 	network       *status.Network            // nil with Config.Network nil
 
-	net *nodenet.Controller // used by runNetwork's goroutine only
+	net    *nodenet.Controller // used by runNetwork's goroutine only
+	ipamGC *ipamgc.Collector   // nil unless Config.IPAMGC
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -129,6 +134,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
 	a := &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{},
 		tracker: services.NewTracker(cfg.Node), rec: reconcile.New(lb), sizes: lb.Sizes()}
+	if cfg.IPAMGC != nil {
+		if a.ipamGC, err = ipamgc.Open(cfg.Kubeconfig, *cfg.IPAMGC, log); err != nil {
+			lb.Close()
+			return nil, err
+		}
+		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
+	}
 	if cfg.Network != nil {
 		if a.net, err = nodenet.New(*cfg.Network); err != nil {
 			lb.Close()
@@ -181,6 +193,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() { defer close(done); a.runNetwork(ctx) }()
+	}
+	if a.ipamGC != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); a.ipamGC.Run(ctx) }()
 	}
 	runner := boundedrun.New(a.cfg.MinSync, a.cfg.Resync, clock.RealClock{})
 	go func() {
