@@ -114,7 +114,7 @@ func (pb *proxyBench) publishShort(res []crrResult, scales []int) {
 		byScale[r.services][r.target] = r
 	}
 	for _, s := range scales {
-		base := byScale[s]["no service proxy, pod IP"].rate()
+		base := byScale[s]["no service proxy, pod IPs"].rate()
 		warp := byScale[s]["warpd, ClusterIP"].rate()
 		for _, t := range shortTargets {
 			r := byScale[s][t.name]
@@ -123,7 +123,7 @@ func (pb *proxyBench) publishShort(res []crrResult, scales []int) {
 		}
 	}
 	fmt.Fprintf(&md, "\n%d samples per row (%d rounds of %d, the order of the targets rotating and reversing every round); "+
-		"connect, 1-byte echo, close, from a pod to ClusterIP %s (10 backends) or to one backend pod's IP; client and servers pinned to CPU %d.\n",
+		"connect, 1-byte echo, close, from a pod to ClusterIP %s (10 backends) or to a random one of the 10 backend pods' IPs; client and servers pinned to CPU %d.\n",
 		len(res[0].lat), shortRounds, shortPerRun, svcIP(0), clientCPU)
 	if len(pb.profile) > 0 {
 		fmt.Fprintf(&md, "\nwarpd's programs during its rows (BPF run-time statistics, all scales; the kernel's time in a program, not the syscall around it):\n\n"+
@@ -203,7 +203,7 @@ func (pb *proxyBench) chart(res []crrResult, scales []int, file, title, ylabel s
 // with a new socket per request (as a stub resolver does).
 func (pb *proxyBench) longAndUDP(scale int) {
 	targets := []target{
-		{"no service proxy, pod IP", "none", nil},
+		{"no service proxy, pod IPs", "none", nil},
 		{"warpd, ClusterIP", "warpd", nil},
 		{"kube-proxy iptables, ClusterIP", "iptables", nil},
 		{"kube-proxy nftables, ClusterIP", "nftables", nil},
@@ -230,7 +230,11 @@ func (pb *proxyBench) longAndUDP(scale int) {
 			rows[i].rr, rows[i].rrEl = append(rows[i].rr, r.Latencies...), rows[i].rrEl+r.Elapsed
 			r = pb.client(n, "udprr", addr(t, 53, benchPort), udpSamples/2, "--samples")
 			rows[i].udp, rows[i].udpEl = append(rows[i].udp, r.Latencies...), rows[i].udpEl+r.Elapsed
-			r = pb.client(n, "udpcrr", addr(t, 53, benchPort), udpSamples/2, "--samples")
+			udpc := addr(t, 53, benchPort)
+			if t.node == "none" {
+				udpc = podAddrs(pb, benchPort) // spread, as the ClusterIP is
+			}
+			r = pb.client(n, "udpcrr", udpc, udpSamples/2, "--samples")
 			rows[i].udpc, rows[i].udpcEl = append(rows[i].udpc, r.Latencies...), rows[i].udpcEl+r.Elapsed
 			r = pb.client(n, "stream", addr(t, 82, sinkPort), 1, "--duration", fmt.Sprintf("%ds", streamSecs))
 			rows[i].bps += r.Rate / 2

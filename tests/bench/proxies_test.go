@@ -414,14 +414,25 @@ var cipTarget = func(port int) func(*proxyBench) string {
 	return func(*proxyBench) string { return fmt.Sprintf("%s:%d", svcIP(0), port) }
 }
 
+// directTarget is every backend pod's address: loadgen dials a random one
+// per connection, as the ClusterIP spreads over them, so the rows differ
+// only in the service proxy.
 var directTarget = func(port int) func(*proxyBench) string {
-	return func(pb *proxyBench) string { return fmt.Sprintf("%s:%d", pb.nodes[0].ips[0], port) }
+	return func(pb *proxyBench) string { return podAddrs(pb, port) }
+}
+
+func podAddrs(pb *proxyBench, port int) string {
+	var addrs []string
+	for _, ip := range pb.nodes[0].ips {
+		addrs = append(addrs, fmt.Sprintf("%s:%d", ip, port))
+	}
+	return strings.Join(addrs, ",")
 }
 
 // shortTargets are the rows of the short-connection table.
 var shortTargets = []target{
-	{"no service proxy, pod IP", "none", directTarget(benchPort)},
-	{"warpd hooks attached, pod IP", "warpd", directTarget(benchPort)},
+	{"no service proxy, pod IPs", "none", directTarget(benchPort)},
+	{"warpd hooks attached, pod IPs", "warpd", directTarget(benchPort)},
 	{"warpd, ClusterIP", "warpd", cipTarget(80)},
 	{"kube-proxy iptables, ClusterIP", "iptables", cipTarget(80)},
 	{"kube-proxy nftables, ClusterIP", "nftables", cipTarget(80)},

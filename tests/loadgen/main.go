@@ -5,9 +5,9 @@
 //
 //	loadgen serve  [--tcp ADDR] [--udp ADDR] [--sink ADDR] [--who ADDR --name N]   servers until killed
 //	loadgen rr     --addr HOST:PORT           request/response on one TCP connection
-//	loadgen crr    --addr HOST:PORT           connect, request/response, close, per sample
+//	loadgen crr    --addr HOST:PORT[,...]     connect, request/response, close, per sample (to a random address of the list, as a service spreads)
 //	loadgen udprr  --addr HOST:PORT           request/response on one UDP socket
-//	loadgen udpcrr --addr HOST:PORT           a new connected UDP socket per request/response (a stub resolver)
+//	loadgen udpcrr --addr HOST:PORT[,...]     a new connected UDP socket per request/response (a stub resolver)
 //	loadgen stream --addr HOST:PORT           bulk TCP to a sink for --duration: throughput
 //	loadgen probe  --addr A[,B...]            dial until each answered, or until one answers from a who server
 //
@@ -25,6 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -44,9 +45,9 @@ Usage:
                                              echo servers (TCP, UDP), a TCP sink, a TCP server
                                              that says "who:N" at once; until killed
   loadgen rr     --addr HOST:PORT [flags]    request/response on one TCP connection
-  loadgen crr    --addr HOST:PORT [flags]    a new TCP connection per request/response
+  loadgen crr    --addr HOST:PORT[,...]      a new TCP connection per request/response, each to a random address of the list
   loadgen udprr  --addr HOST:PORT [flags]    request/response on one UDP socket
-  loadgen udpcrr --addr HOST:PORT [flags]    a new connected UDP socket per request/response
+  loadgen udpcrr --addr HOST:PORT[,...]      a new connected UDP socket per request/response, each to a random address
   loadgen stream --addr HOST:PORT [flags]    bulk TCP to a sink for --duration
   loadgen probe  --addr A[,B...] [flags]     dial each address until it answers (prints when,
                                              in Unix ns); with --who, dial until a who server
@@ -112,9 +113,9 @@ func main() {
 	case "udprr":
 		sample, closer, err = streamRR("udp", *addr, *size)
 	case "crr":
-		sample, closer = connectRR("tcp", *addr, *size), func() {}
+		sample, closer = connectRR("tcp", strings.Split(*addr, ","), *size), func() {}
 	case "udpcrr":
-		sample, closer = connectRR("udp", *addr, *size), func() {}
+		sample, closer = connectRR("udp", strings.Split(*addr, ","), *size), func() {}
 	case "stream":
 		rep := stream(*addr, *duration)
 		json.NewEncoder(os.Stdout).Encode(rep)
@@ -201,10 +202,10 @@ func streamRR(network, addr string, size int) (func() error, func(), error) {
 
 // connectRR opens a connection (TCP) or connected socket (UDP) per sample:
 // connect, one round trip, close.
-func connectRR(network, addr string, size int) func() error {
+func connectRR(network string, addrs []string, size int) func() error {
 	req, resp := make([]byte, size), make([]byte, size)
 	return func() error {
-		c, err := net.DialTimeout(network, addr, 5*time.Second)
+		c, err := net.DialTimeout(network, addrs[rand.IntN(len(addrs))], 5*time.Second)
 		if err != nil {
 			return err
 		}
