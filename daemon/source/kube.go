@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -85,9 +86,9 @@ func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
 	if u, err := url.Parse(rc.Host); err == nil && u.Host != "" {
 		host = u.Scheme + "://" + u.Host
 	}
-	proxied := informers.NewSharedInformerFactoryWithOptions(client, 0,
+	proxied := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = serviceProxySelector }))
-	all := informers.NewSharedInformerFactory(client, 0)
+	all := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
 	k := &Kube{host: host, factories: []informers.SharedInformerFactory{proxied, all},
 		svcs: proxied.Core().V1().Services().Informer(), slices: proxied.Discovery().V1().EndpointSlices().Informer(),
 		nodes: all.Core().V1().Nodes().Informer(), changes: make(chan struct{}, 1), nodeChanges: make(chan struct{}, 1),
@@ -135,6 +136,16 @@ func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
 		})
 	}
 	return k, nil
+}
+
+// stripManagedFields drops what the informers' caches would hold for
+// nothing (as kube-proxy does): server-side apply's bookkeeping is often
+// the larger part of a Service or EndpointSlice, times 10,000 of each.
+func stripManagedFields(o any) (any, error) {
+	if a, err := meta.Accessor(o); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return o, nil
 }
 
 // changed notes services to sync again and signals Changes.
