@@ -306,7 +306,7 @@ func (pb *proxyBench) resetProxyState(n *benchNode) {
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if out, err := n.ns.Run(ctx, pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
+		if out, err := n.ns.Run(ctx, "env", "PATH="+pb.iptablesPath(n.kind), pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
 			pb.b.Logf("kube-proxy --cleanup (%s): %v\n%.2000s", n.kind, err, out)
 		}
 	}
