@@ -251,7 +251,7 @@ func (pb *proxyBench) iptablesPath(kind string) string {
 			pb.b.Fatal(err)
 		}
 		for _, tool := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
-			legacy, err := exec.LookPath(tool + "-legacy")
+			legacy, err := exec.LookPath(strings.Replace(tool, "tables", "tables-legacy", 1)) // iptables-legacy-save, ...
 			if err != nil {
 				pb.b.Fatalf("kube-proxy iptables mode runs on the legacy iptables: %v", err)
 			}
