@@ -132,7 +132,12 @@ func TestOneDestroyPassForManyBackends(t *testing.T) {
 	for _, s := range socks {
 		s.waitDestroyed("a connected UDP socket to a removed backend")
 	}
-	mfs = c.metrics()
+	// The sockets die inside the pass; it is counted once the pass has
+	// walked every namespace.
+	harness.WaitFor(t, "the destroy pass to be counted", 30*time.Second, func() bool {
+		mfs = c.metrics()
+		return metric(mfs, "warpd_socket_destroy_passes_total") > passes
+	})
 	if got := metric(mfs, "warpd_socket_destroy_passes_total") - passes; got != 1 {
 		t.Errorf("%v destroy passes for one sync removing three backends, want 1", got)
 	}
