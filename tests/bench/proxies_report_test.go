@@ -163,7 +163,7 @@ func (pb *proxyBench) chart(res []crrResult, scales []int, file, title, ylabel s
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min = 0
-	p.Legend.Top = true
+	p.Legend.Top = false // bottom right: the y axis starts at 0, the lines run above
 	for i, t := range shortTargets {
 		var pts plotter.XYs
 		for _, s := range scales {
