@@ -79,6 +79,11 @@ enum {
 	BPF_F_NO_PREALLOC = (1U << 0),
 };
 
+/* BPF_FUNC_sk_storage_get flags */
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = (1ULL << 0),
+};
+
 /* (Simple) tcx return codes (Linux 6.6) */
 enum tcx_action_base {
 	TCX_NEXT = -1,
