@@ -169,7 +169,7 @@ func (w *world) coreDNS(t *testing.T) {
 			t.Fatalf("%s: GET http://web/: %q", client, out)
 		}
 	}
-	// CoreDNS saw the queries over UDP, from the pods' own addresses.
+	// CoreDNS saw the queries over UDP, from the pods (or their nodes, see below).
 	pods, err := w.c.Client().CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
 	if err != nil {
 		t.Fatal(err)
@@ -187,9 +187,15 @@ func (w *world) coreDNS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// CoreDNS runs with hostNetwork here (one per node), so a query that
+		// the socket LB sends to the other node's replica leaves the pod's
+		// node masqueraded (its destination is a node address, outside the
+		// cluster's pod and service CIDRs) and shows the node's address; one
+		// to the own node's replica shows the pod's.
 		seen := false
 		for _, line := range strings.Split(logs, "\n") {
-			seen = seen || strings.Contains(line, "] "+p.Status.PodIP+":") && strings.Contains(line, `"A IN web.default.svc.cluster.local. udp `)
+			from := strings.Contains(line, "] "+p.Status.PodIP+":") || strings.Contains(line, "] "+p.Status.HostIP+":")
+			seen = seen || from && strings.Contains(line, `"A IN web.default.svc.cluster.local. udp `)
 		}
 		if !seen {
 			t.Fatalf("CoreDNS logged no UDP query for web.default.svc.cluster.local from %s (%s):\n%s", client, p.Status.PodIP, lastLines(logs, 20))
