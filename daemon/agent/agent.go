@@ -52,6 +52,11 @@ type Config struct {
 	// IPAMGC collects warp-ipam addresses leaked in the API server (one
 	// warpd per cluster, elected); nil: off.
 	IPAMGC *ipamgc.Config
+	// IPAMKubeconfig is warp-ipam's kubeconfig (written by the installer)
+	// whose token warpd keeps current from ServiceAccountDir; "" = none.
+	IPAMKubeconfig    string
+	ServiceAccountDir string
+	TokenCheck        time.Duration // how often; 0 = DefaultTokenCheck
 }
 
 // Agent runs one warpd.
@@ -198,6 +203,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() { defer close(done); a.ipamGC.Run(ctx) }()
+	}
+	if a.cfg.IPAMKubeconfig != "" {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); a.refreshIPAMToken(ctx) }()
 	}
 	runner := boundedrun.New(a.cfg.MinSync, a.cfg.Resync, clock.RealClock{})
 	go func() {

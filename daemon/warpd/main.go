@@ -22,6 +22,7 @@ import (
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/internal/buildinfo"
+	"github.com/warpnet/warpnet/internal/kubeconfig"
 	"github.com/warpnet/warpnet/internal/nodefacts"
 )
 
@@ -89,6 +90,9 @@ Flags:
 	runIPAMGC := fs.Bool("ipam-gc", false, "collect warp-ipam addresses leaked in the API server (kubernetes store): one warpd per cluster does it, elected with a Lease")
 	fs.DurationVar(&ipamGC.Grace, "ipam-gc-grace", ipamgc.DefaultGrace, "how long an address must look leaked (its pod gone, or its StatefulSet gone or scaled below the ordinal) before it is released")
 	fs.DurationVar(&ipamGC.Interval, "ipam-gc-interval", ipamgc.DefaultInterval, "time between sweeps over every IPAllocation")
+	fs.StringVar(&cfg.IPAMKubeconfig, "ipam-kubeconfig", "", "warp-ipam's kubeconfig, written by warp-install: warpd keeps its token the pod's current service account token, which the kubelet rotates (empty: not kept)")
+	fs.DurationVar(&cfg.TokenCheck, "ipam-token-check", agent.DefaultTokenCheck, "how often --ipam-kubeconfig is compared with the service account token")
+	fs.StringVar(&cfg.ServiceAccountDir, "service-account-dir", kubeconfig.DefaultServiceAccountDir, "the pod's service account (token), for --ipam-kubeconfig")
 	fs.StringVar(&ipamGC.LeaseNamespace, "ipam-gc-lease-namespace", ipamgc.DefaultLeaseNamespace, "namespace of the Lease electing the collecting warpd ("+ipamgc.DefaultLeaseName+")")
 	fs.Parse(os.Args[1:])
 

@@ -13,7 +13,6 @@
 package installer
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +23,9 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/warpnet/warpnet/internal/atomicfile"
+	"github.com/warpnet/warpnet/internal/kubeconfig"
 )
 
 // Plugins are the CNI plugins warpnet ships. They are always installed
@@ -116,7 +118,7 @@ func Install(o Options) (*Result, error) {
 			r.Unchanged = append(r.Unchanged, to)
 			continue
 		}
-		changed, err := WriteAtomic(to, data, 0o755)
+		changed, err := atomicfile.Write(to, data, 0o755)
 		if err != nil {
 			return nil, fmt.Errorf("install plugin %s: %w", name, err)
 		}
@@ -145,7 +147,7 @@ func Install(o Options) (*Result, error) {
 			if err := validate(o.Conflist, src, o.CNIBinDir); err != nil {
 				return nil, err
 			}
-			changed, err := WriteAtomic(dest, src, 0o644)
+			changed, err := atomicfile.Write(dest, src, 0o644)
 			if err != nil {
 				return nil, fmt.Errorf("write conflist: %w", err)
 			}
@@ -170,14 +172,14 @@ func Install(o Options) (*Result, error) {
 	}
 
 	if o.Kubeconfig != "" {
-		kc, err := ServiceAccountKubeconfig(o.ServiceAccountDir, o.KubeServer)
+		kc, err := kubeconfig.FromServiceAccount(o.ServiceAccountDir, o.KubeServer)
 		if err != nil {
-			return nil, fmt.Errorf("warp-ipam kubeconfig: %w", err)
+			return nil, fmt.Errorf("warp-ipam kubeconfig: %w (or pass --ipam-kubeconfig=\"\" to write none)", err)
 		}
 		if err := os.MkdirAll(filepath.Dir(o.Kubeconfig), 0o755); err != nil {
 			return nil, fmt.Errorf("warp-ipam kubeconfig: %w", err)
 		}
-		changed, err := WriteAtomic(o.Kubeconfig, kc, 0o600)
+		changed, err := atomicfile.Write(o.Kubeconfig, kc, kubeconfig.Mode)
 		if err != nil {
 			return nil, fmt.Errorf("warp-ipam kubeconfig: %w", err)
 		}
@@ -297,88 +299,6 @@ func validate(conflist string, data []byte, binDir string) error {
 		}
 	}
 	return nil
-}
-
-// ServiceAccountKubeconfig builds a kubeconfig from a pod's service account
-// directory (token, ca.crt): what warp-ipam, a process on the host, uses to
-// reach the API server with warpnet's identity.
-func ServiceAccountKubeconfig(saDir, server string) ([]byte, error) {
-	token, err := os.ReadFile(filepath.Join(saDir, "token"))
-	if err != nil {
-		return nil, fmt.Errorf("no service account token (%w): run in a pod with a service account, or pass --ipam-kubeconfig=\"\"", err)
-	}
-	ca, err := os.ReadFile(filepath.Join(saDir, "ca.crt"))
-	if err != nil {
-		return nil, fmt.Errorf("service account CA: %w", err)
-	}
-	if server == "" {
-		host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
-		if host == "" || port == "" {
-			return nil, errors.New("KUBERNETES_SERVICE_HOST/PORT are not set: pass --kube-server")
-		}
-		if strings.Contains(host, ":") {
-			host = "[" + host + "]"
-		}
-		server = "https://" + host + ":" + port
-	}
-	// JSON is YAML: no quoting questions for the token or CA.
-	kc := map[string]any{
-		"apiVersion": "v1", "kind": "Config", "current-context": "warpnet",
-		"clusters": []any{map[string]any{"name": "local", "cluster": map[string]any{
-			"server": server, "certificate-authority-data": ca}}},
-		"users": []any{map[string]any{"name": "warpnet", "user": map[string]any{
-			"token": strings.TrimSpace(string(token))}}},
-		"contexts": []any{map[string]any{"name": "warpnet", "context": map[string]any{
-			"cluster": "local", "user": "warpnet"}}},
-	}
-	b, err := json.MarshalIndent(kc, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
-}
-
-// WriteAtomic makes path hold data with mode, unless it already does
-// (changed=false). It writes a temporary file in the same directory, fsyncs
-// it, renames it over path and fsyncs the directory: readers see the old or
-// the new file, never a mix, and a process executing the old file keeps it.
-func WriteAtomic(path string, data []byte, mode os.FileMode) (changed bool, err error) {
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
-		if st, err := os.Stat(path); err == nil && st.Mode().Perm() == mode && st.Mode().IsRegular() {
-			return false, nil
-		}
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".warpnet-tmp-")
-	if err != nil {
-		return false, err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
-	if _, err = f.Write(data); err == nil {
-		if err = f.Chmod(mode); err == nil {
-			err = f.Sync()
-		}
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return false, err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return false, err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return true, err
-	}
-	defer d.Close()
-	return true, d.Sync()
 }
 
 func isExecutable(path string) bool {

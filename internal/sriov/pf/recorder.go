@@ -7,10 +7,10 @@ import (
 	"maps"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/internal/flock"
 )
 
@@ -140,22 +140,7 @@ func (r recorder) write(st *State) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(r.path), "."+filepath.Base(r.path)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("PF state recorder: %w", err)
-	}
-	_, err = tmp.Write(append(data, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), r.path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if _, err := atomicfile.Write(r.path, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("PF state recorder: write %s: %w", r.path, err)
 	}
 	return nil

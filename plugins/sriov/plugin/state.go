@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/internal/cnierr"
 	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/internal/sriov/pf"
@@ -88,7 +89,7 @@ func ioErr(err error) *types.Error {
 	return cnierr.New(types.ErrIOFailure, "dataDir: %v", err)
 }
 
-// writeJSON writes atomically and durably (temporary file, fsync, rename),
+// writeJSON writes atomically and durably (internal/atomicfile),
 // so that neither a crash nor a power loss leaves half a record.
 func writeJSON(path string, v any) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -98,23 +99,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return ioErr(err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if _, err := atomicfile.Write(path, b, 0o600); err != nil {
 		return ioErr(err)
 	}
 	return nil
