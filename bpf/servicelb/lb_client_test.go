@@ -450,6 +450,29 @@ func (c *lbChild) do(req lbReq) lbResp {
 			}()
 		}
 		wg.Wait()
+	case "connect-loop": // Count TCP connects, each closed at once (RST: no TIME_WAIT)
+		sa, err := sockaddr(req)
+		if err != nil {
+			return setErr(&r, "", err)
+		}
+		start := time.Now()
+		for range req.Count {
+			fd, err := c.socket(req.Family, unix.SOCK_STREAM)
+			if err == nil {
+				_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+				err = sysConnect(fd, sa, req.Timeout)
+				unix.Close(fd)
+			}
+			if err != nil {
+				r.Failed++
+				if len(r.Errors) < 5 {
+					r.Errors = append(r.Errors, err.Error())
+				}
+				continue
+			}
+			r.OK++
+		}
+		r.Elapsed = time.Since(start)
 	default:
 		r.Err = "unknown op " + req.Op
 	}
@@ -466,7 +489,7 @@ func errnoOf(err error) unix.Errno {
 
 // lbClient is a running client process in a cgroup and network namespace.
 type lbClient struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	cmd  *exec.Cmd
 	in   io.WriteCloser
@@ -476,7 +499,7 @@ type lbClient struct {
 
 // startLBClient starts a client born in cgroup cg that creates its sockets
 // in the network namespace n.
-func startLBClient(t *testing.T, cg *harness.Cgroup, n *harness.NetNS) *lbClient {
+func startLBClient(t testing.TB, cg *harness.Cgroup, n *harness.NetNS) *lbClient {
 	t.Helper()
 	dir, err := os.Open(cg.Path)
 	if err != nil {
