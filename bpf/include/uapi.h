@@ -3,7 +3,8 @@
  * The few Linux UAPI definitions warpnet's BPF programs use, copied from the
  * kernel's include/uapi (linux/types.h, bpf.h, if_ether.h, in.h, in6.h,
  * ip.h, ipv6.h, udp.h, tcp.h, icmp.h, icmpv6.h, asm-generic/errno*.h, Linux
- * 6.1; BPF_FIB_LOOKUP_SRC and TCX_* from Linux 6.6) instead of including
+ * 6.1; BPF_FIB_LOOKUP_SRC and TCX_* from Linux 6.6; linux/socket.h's
+ * AF_INET/AF_INET6) instead of including
  * the build machine's /usr/include: those pull in architecture directories
  * (asm/) whose location differs between distributions, and the programs must
  * build the same everywhere. Only definitions the programs (and libbpf's
@@ -200,6 +201,17 @@ struct bpf_redir_neigh {
 		__be32 ipv4_nh;
 		__u32 ipv6_nh[4]; /* in6_addr; network order */
 	};
+};
+
+/* bpf_check_mtu flags */
+enum bpf_check_mtu_flags {
+	BPF_MTU_CHK_SEGS = (1U << 0),
+};
+
+enum bpf_check_mtu_ret {
+	BPF_MTU_CHK_RET_SUCCESS,     /* check and lookup successful */
+	BPF_MTU_CHK_RET_FRAG_NEEDED, /* fragmentation required to fwd */
+	BPF_MTU_CHK_RET_SEGS_TOOBIG, /* GSO re-segmentation needed to fwd */
 };
 
 /* flags for BPF_MAP_UPDATE_ELEM command */

@@ -52,8 +52,8 @@ func fieldsOf(objs any) ([]field, error) {
 	return out, nil
 }
 
-// openFields sets every field to what open returns for it; on error it
-// closes and clears what it opened.
+// openFields sets every field to what open returns for it (nil leaves it
+// nil); on error it closes and clears what it opened.
 func openFields(fs []field, open func(field) (any, error)) (err error) {
 	defer func() {
 		if err != nil {
@@ -67,7 +67,9 @@ func openFields(fs []field, open func(field) (any, error)) (err error) {
 		if err != nil {
 			return fmt.Errorf("open pinned %s: %w", f.name, err)
 		}
-		f.v.Set(reflect.ValueOf(obj))
+		if obj != nil {
+			f.v.Set(reflect.ValueOf(obj))
+		}
 	}
 	return nil
 }

@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -221,9 +222,12 @@ func (o Object) OpenCurrent(objs any) error {
 // them, as long as their layout is this build's: for tools that inspect
 // (readOnly: the kernel refuses every write through these descriptors)
 // and for cleanups that must not load anything. Nothing pinned is an error
-// wrapping ErrNotPinned; another layout one wrapping ErrIncompatible.
-// Program fields are left nil: a program pin cannot be opened read-only.
-func (o Object) OpenMaps(objs any, readOnly bool) error {
+// wrapping ErrNotPinned; another layout one wrapping ErrIncompatible. The
+// maps named in optional (ones this build added to an existing layout,
+// which the next Load creates) are left nil when they have no pin; any
+// other missing map is an error. Program fields are left nil: a program pin
+// cannot be opened read-only.
+func (o Object) OpenMaps(objs any, readOnly bool, optional ...string) error {
 	opts := &ebpf.LoadPinOptions{ReadOnly: readOnly}
 	m, err := o.pinnedMeta(opts)
 	if err != nil {
@@ -242,7 +246,13 @@ func (o Object) OpenMaps(objs any, readOnly bool) error {
 			maps = append(maps, f)
 		}
 	}
-	return openFields(maps, func(f field) (any, error) { return ebpf.LoadPinnedMap(o.MapPin(f.name), opts) })
+	return openFields(maps, func(f field) (any, error) {
+		m, err := ebpf.LoadPinnedMap(o.MapPin(f.name), opts)
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(optional, f.name) {
+			return nil, nil
+		}
+		return m, err
+	})
 }
 
 // pinnedMeta reads the pinned metadata; none is an error wrapping

@@ -34,7 +34,7 @@ func (d *Datapath) AttachHost(ifindex int) error {
 		return fmt.Errorf("podpath: %w", err)
 	}
 	defer release()
-	prog, err := d.currentHost()
+	prog, err := d.current(hostProgName)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ var allOn = Features{Redirect: true, AntiSpoof: true}
 // --- unit tests (no root) ---
 
 func TestSpecMatchesGo(t *testing.T) {
-	spec, err := loadXdp()
+	spec, err := loadPod()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,12 +39,13 @@ func TestSpecMatchesGo(t *testing.T) {
 		max        uint32
 		key, value any
 	}{
-		xdpMapWarpIfaces:    {MaxEndpoints, uint32(0), xdpIface{}},
-		xdpMapWarpIps:       {maxIPs, xdpIpKey{}, xdpIpVal{}},
-		xdpMapWarpEndpoints: {MaxEndpoints, uint64(0), xdpEndpoint{}},
-		xdpMapWarpDevmap:    {MaxEndpoints, uint32(0), uint32(0)},
-		xdpMapWarpCounters:  {MaxEndpoints, uint32(0), xdpCounters{}},
-		xdpMapWarpMeta:      {1, uint32(0), pinset.Meta{}},
+		podMapWarpIfaces:    {MaxEndpoints, uint32(0), podIface{}},
+		podMapWarpIps:       {maxIPs, podIpKey{}, podIpVal{}},
+		podMapWarpEndpoints: {MaxEndpoints, uint64(0), podEndpoint{}},
+		podMapWarpDevmap:    {MaxEndpoints, uint32(0), uint32(0)},
+		podMapWarpCounters:  {MaxEndpoints, uint32(0), podCounters{}},
+		podMapWarpMeta:      {1, uint32(0), pinset.Meta{}},
+		podMapWarpNeighDsts: {MaxNeighDsts, podLpmKey{}, uint32(0)},
 	}
 	if len(spec.Maps) != len(want) {
 		t.Errorf("ELF has %d maps, want %d", len(spec.Maps), len(want))
@@ -65,13 +66,16 @@ func TestSpecMatchesGo(t *testing.T) {
 			t.Errorf("%s: key/value size %d/%d, Go types have %d/%d", name, ms.KeySize, ms.ValueSize, k, v)
 		}
 	}
-	if n := len(xdpEndpoint{}.Ips); n != MaxIPsPerEndpoint {
+	if n := len(podEndpoint{}.Ips); n != MaxIPsPerEndpoint {
 		t.Errorf("endpoint record holds %d IPs, MaxIPsPerEndpoint is %d", n, MaxIPsPerEndpoint)
 	}
 	for _, p := range []string{hostProgName, podProgName} {
 		if ps := spec.Programs[p]; ps == nil || ps.Type != ebpf.XDP {
 			t.Errorf("program %s missing or not XDP", p)
 		}
+	}
+	if ps := spec.Programs[tcProgName]; ps == nil || ps.Type != ebpf.SchedCLS || ps.AttachType != ebpf.AttachTCXIngress {
+		t.Errorf("program %s missing or not for tcx ingress", tcProgName)
 	}
 }
 
@@ -259,7 +263,16 @@ func TestJumboMTU(t *testing.T) {
 	}
 }
 
+// TestAntiSpoof runs the same checks against both programs: the checks are
+// one code path in pod.c, but each program feeds it its own way.
 func TestAntiSpoof(t *testing.T) {
+	for _, hook := range []Hook{XDP, TC} {
+		t.Run(hook.String(), func(t *testing.T) { testAntiSpoof(t, hook) })
+	}
+}
+
+func testAntiSpoof(t *testing.T, hook Hook) {
+	allOn := on(hook)
 	tp := newTopo(t, 2)
 	d := tp.open()
 	a, b := tp.Pods[0], tp.Pods[1]
@@ -294,7 +307,7 @@ func TestAntiSpoof(t *testing.T) {
 	})
 
 	t.Run("anti-spoofing off", func(t *testing.T) {
-		tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, Features{Redirect: true})) })
+		tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, Features{Hook: hook, Redirect: true})) })
 		defer tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, allOn)) })
 		for _, c := range []struct{ src, dst netip.Addr }{{spoof4, b.IP4}, {spoof6, b.IP6}} {
 			before := tp.counters(d, a)
@@ -372,7 +385,7 @@ func TestAntiSpoof(t *testing.T) {
 	})
 
 	t.Run("raw frames, anti-spoofing off", func(t *testing.T) {
-		tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, Features{Redirect: true})) })
+		tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, Features{Hook: hook, Redirect: true})) })
 		defer tp.InNode(func() error { return d.AddEndpoint(endpoint(a, 0xa, allOn)) })
 		before := tp.counters(d, a)
 		for _, f := range frames {
@@ -739,8 +752,8 @@ func TestOpenConcurrent(t *testing.T) {
 		t.Fatalf("concurrent Opens ended with different maps/programs: %v", ids)
 	}
 	for dir, want := range map[string][]string{
-		pinDir + "/maps":  {"warp_counters", "warp_devmap", "warp_endpoints", "warp_ifaces", "warp_ips", "warp_meta"},
-		pinDir + "/progs": {hostProgName, podProgName},
+		pinDir + "/maps":  {"warp_counters", "warp_devmap", "warp_endpoints", "warp_ifaces", "warp_ips", "warp_meta", "warp_neigh_dsts"},
+		pinDir + "/progs": {tcProgName, hostProgName, podProgName},
 	} {
 		if names := harness.PinNames(t, dir); !slices.Equal(names, want) {
 			t.Errorf("%s holds %v, want %v", dir, names, want)
@@ -989,7 +1002,7 @@ func TestAttachAfterUpgrade(t *testing.T) {
 	stale := tp.open()
 	tp.InNode(func() error { return stale.AddEndpoint(endpoint(p, 1, allOn)) })
 	// Replace the pinned program behind stale's back.
-	spec, err := loadXdp()
+	spec, err := loadPod()
 	if err != nil {
 		t.Fatal(err)
 	}

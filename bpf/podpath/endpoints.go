@@ -14,41 +14,60 @@ import (
 	"github.com/warpnet/warpnet/internal/rollback"
 )
 
-// Flags of iface.flags / endpoint.flags (F_* in xdp_pod.h).
+// Flags of iface.flags / endpoint.flags (F_* in pod.h): Redirect is
+// flagRedirect for XDP pods and flagPeer for tc pods, so that the XDP
+// program never redirects to a tc pod, whose pod end runs no XDP.
 const (
 	flagRedirect  = 1 << 0
 	flagAntiSpoof = 1 << 1
+	flagTC        = 1 << 2
+	flagPeer      = 1 << 3
 )
 
 func (f Features) flags() uint32 {
 	var v uint32
-	if f.Redirect {
-		v |= flagRedirect
-	}
 	if f.AntiSpoof {
 		v |= flagAntiSpoof
+	}
+	switch f.Hook {
+	case TC:
+		v |= flagTC
+		if f.Redirect {
+			v |= flagPeer
+		}
+	default:
+		if f.Redirect {
+			v |= flagRedirect
+		}
 	}
 	return v
 }
 
 func featuresOf(flags uint32) Features {
-	return Features{Redirect: flags&flagRedirect != 0, AntiSpoof: flags&flagAntiSpoof != 0}
+	f := Features{AntiSpoof: flags&flagAntiSpoof != 0, Redirect: flags&flagRedirect != 0}
+	if flags&flagTC != 0 {
+		f.Hook, f.Redirect = TC, flags&flagPeer != 0
+	}
+	return f
 }
 
 // ipKey encodes an address as the key of warp_ips: family byte, three zero
 // bytes, then the address as pinset encodes it.
-func ipKey(a netip.Addr) xdpIpKey {
+func ipKey(a netip.Addr) podIpKey {
 	addr, family := pinset.EncodeAddr(a)
-	return xdpIpKey{Family: family, Addr: addr}
+	return podIpKey{Family: family, Addr: addr}
 }
 
-func (k xdpIpKey) addr() netip.Addr { return pinset.DecodeAddr(k.Addr, k.Family) }
+func (k podIpKey) addr() netip.Addr { return pinset.DecodeAddr(k.Addr, k.Family) }
 
 // encode validates ep and returns its warp_endpoints record.
-func encode(ep Endpoint) (xdpEndpoint, error) {
-	var rec xdpEndpoint
+func encode(ep Endpoint) (podEndpoint, error) {
+	var rec podEndpoint
 	if ep.Owner == 0 {
 		return rec, errors.New("podpath: endpoint owner must not be 0")
+	}
+	if ep.Features.Hook != XDP && ep.Features.Hook != TC {
+		return rec, fmt.Errorf("podpath: unknown hook %v", ep.Features.Hook)
 	}
 	if ep.HostIfIndex <= 0 || ep.HostIfIndex > 1<<31-1 {
 		return rec, fmt.Errorf("podpath: invalid host ifindex %d", ep.HostIfIndex)
@@ -95,7 +114,7 @@ func encode(ep Endpoint) (xdpEndpoint, error) {
 	return rec, nil
 }
 
-func decode(owner uint64, rec *xdpEndpoint) Endpoint {
+func decode(owner uint64, rec *podEndpoint) Endpoint {
 	ep := Endpoint{
 		Owner:       owner,
 		HostIfIndex: int(rec.HostIfindex),
@@ -109,7 +128,7 @@ func decode(owner uint64, rec *xdpEndpoint) Endpoint {
 	return ep
 }
 
-func (rec *xdpEndpoint) keys() []xdpIpKey {
+func (rec *podEndpoint) keys() []podIpKey {
 	n := min(int(rec.N_ips), len(rec.Ips))
 	return rec.Ips[:n]
 }
@@ -216,21 +235,21 @@ func (d *Datapath) AddEndpoint(ep Endpoint) (err error) {
 	counters, devmap := d.objs.WarpCounters, d.objs.WarpDevmap
 
 	ifindex := rec.HostIfindex
-	var ifc xdpIface
+	var ifc podIface
 	if ok, err := lookup(ifaces, ifindex, &ifc); err != nil {
 		return fmt.Errorf("podpath: warp_ifaces: %w", err)
 	} else if ok && ifc.Owner != ep.Owner {
 		return &ConflictError{What: fmt.Sprintf("ifindex %d", ifindex), Owner: ifc.Owner}
 	}
 	for _, k := range rec.keys() {
-		var v xdpIpVal
+		var v podIpVal
 		if ok, err := lookup(ips, k, &v); err != nil {
 			return fmt.Errorf("podpath: warp_ips: %w", err)
 		} else if ok && v.Owner != ep.Owner {
 			return &ConflictError{What: "IP " + k.addr().String(), Owner: v.Owner}
 		}
 	}
-	var prev xdpEndpoint
+	var prev podEndpoint
 	hadPrev, err := lookup(endpoints, ep.Owner, &prev)
 	if err != nil {
 		return fmt.Errorf("podpath: warp_endpoints: %w", err)
@@ -259,16 +278,16 @@ func (d *Datapath) AddEndpoint(ep Endpoint) (err error) {
 	if err := txPut(&undo, endpoints, ep.Owner, journal); err != nil {
 		return err
 	}
-	var cur []xdpCounters
+	var cur []podCounters
 	if ok, err := lookup(counters, ifindex, &cur); err != nil {
 		return fmt.Errorf("podpath: warp_counters: %w", err)
 	} else if !ok {
-		zero := make([]xdpCounters, ebpf.MustPossibleCPU())
+		zero := make([]podCounters, ebpf.MustPossibleCPU())
 		if err := txPut(&undo, counters, ifindex, zero); err != nil {
 			return err
 		}
 	}
-	if ep.Features.Redirect {
+	if ep.Features.Redirect && ep.Features.Hook == XDP {
 		if err := txPut(&undo, devmap, ifindex, ifindex); err != nil {
 			return fmt.Errorf("%w (is ifindex %d a device in the calling thread's network namespace?)", err, ifindex)
 		}
@@ -276,11 +295,11 @@ func (d *Datapath) AddEndpoint(ep Endpoint) (err error) {
 		return err
 	}
 	for _, k := range rec.keys() {
-		if err := txPut(&undo, ips, k, xdpIpVal{Ifindex: ifindex, Owner: ep.Owner}); err != nil {
+		if err := txPut(&undo, ips, k, podIpVal{Ifindex: ifindex, Owner: ep.Owner}); err != nil {
 			return err
 		}
 	}
-	if err := txPut(&undo, ifaces, ifindex, xdpIface{
+	if err := txPut(&undo, ifaces, ifindex, podIface{
 		PodMac: rec.PodMac, HostMac: rec.HostMac, Flags: rec.Flags, Owner: ep.Owner,
 	}); err != nil {
 		return err
@@ -292,11 +311,11 @@ func (d *Datapath) AddEndpoint(ep Endpoint) (err error) {
 			if slices.Contains(rec.keys(), k) {
 				continue
 			}
-			var v xdpIpVal
+			var v podIpVal
 			if ok, err := lookup(ips, k, &v); err != nil {
 				return err
 			} else if ok && v.Owner == ep.Owner {
-				if err := txDelete[xdpIpKey, xdpIpVal](&undo, ips, k); err != nil {
+				if err := txDelete[podIpKey, podIpVal](&undo, ips, k); err != nil {
 					return err
 				}
 			}
@@ -311,7 +330,7 @@ func (d *Datapath) AddEndpoint(ep Endpoint) (err error) {
 // mergeJournal returns rec listing also prev's addresses (as far as they
 // fit: beyond MaxIPsPerEndpoint, a crash in the middle of the update could
 // leave an address behind).
-func mergeJournal(rec, prev xdpEndpoint) xdpEndpoint {
+func mergeJournal(rec, prev podEndpoint) podEndpoint {
 	j := rec
 	for _, k := range prev.keys() {
 		if j.N_ips >= MaxIPsPerEndpoint {
@@ -328,7 +347,7 @@ func mergeJournal(rec, prev xdpEndpoint) xdpEndpoint {
 // removeIface removes the per-interface entries of ifindex if they belong
 // to owner (or to nobody), pushing their undos if undo is not nil.
 func (d *Datapath) removeIface(undo *rollback.Stack, ifindex uint32, owner uint64) error {
-	var ifc xdpIface
+	var ifc podIface
 	ok, err := lookup(d.objs.WarpIfaces, ifindex, &ifc)
 	if err != nil {
 		return err
@@ -336,13 +355,13 @@ func (d *Datapath) removeIface(undo *rollback.Stack, ifindex uint32, owner uint6
 	if ok && ifc.Owner != owner {
 		return nil // taken over by another endpoint
 	}
-	if err := txDelete[uint32, xdpIface](undo, d.objs.WarpIfaces, ifindex); err != nil {
+	if err := txDelete[uint32, podIface](undo, d.objs.WarpIfaces, ifindex); err != nil {
 		return err
 	}
 	if err := txDelete[uint32, uint32](undo, d.objs.WarpDevmap, ifindex); err != nil {
 		return err
 	}
-	return txDelete[uint32, []xdpCounters](undo, d.objs.WarpCounters, ifindex)
+	return txDelete[uint32, []podCounters](undo, d.objs.WarpCounters, ifindex)
 }
 
 // RemoveEndpoint removes every entry belonging to owner: interface, devmap,
@@ -359,7 +378,7 @@ func (d *Datapath) RemoveEndpoint(owner uint64) error {
 		return fmt.Errorf("podpath: %w", err)
 	}
 	defer release()
-	var rec xdpEndpoint
+	var rec podEndpoint
 	ok, err := lookup(d.objs.WarpEndpoints, owner, &rec)
 	if err != nil {
 		return fmt.Errorf("podpath: warp_endpoints: %w", err)
@@ -373,7 +392,7 @@ func (d *Datapath) RemoveEndpoint(owner uint64) error {
 		return fmt.Errorf("podpath: remove endpoint %#x: %w", owner, err)
 	}
 	for _, k := range rec.keys() {
-		var v xdpIpVal
+		var v podIpVal
 		ok, err := lookup(d.objs.WarpIps, k, &v)
 		if err == nil && ok && v.Owner == owner {
 			err = deleteKey(d.objs.WarpIps, k)
@@ -390,7 +409,7 @@ func (d *Datapath) RemoveEndpoint(owner uint64) error {
 
 // Endpoint returns what is registered for owner (for CNI CHECK).
 func (d *Datapath) Endpoint(owner uint64) (Endpoint, bool, error) {
-	var rec xdpEndpoint
+	var rec podEndpoint
 	ok, err := lookup(d.objs.WarpEndpoints, owner, &rec)
 	if err != nil || !ok {
 		return Endpoint{}, false, err
@@ -402,7 +421,7 @@ func (d *Datapath) Endpoint(owner uint64) (Endpoint, bool, error) {
 func (d *Datapath) Endpoints() ([]Endpoint, error) {
 	var (
 		owner uint64
-		rec   xdpEndpoint
+		rec   podEndpoint
 		out   []Endpoint
 	)
 	it := d.objs.WarpEndpoints.Iterate()
@@ -418,7 +437,7 @@ func (d *Datapath) Endpoints() ([]Endpoint, error) {
 // Counters returns the counters of the endpoint on hostIfIndex, summed over
 // CPUs. An interface with no endpoint is an error wrapping ErrNotRegistered.
 func (d *Datapath) Counters(hostIfIndex int) (Counters, error) {
-	var per []xdpCounters
+	var per []podCounters
 	ok, err := lookup(d.objs.WarpCounters, uint32(hostIfIndex), &per)
 	if err != nil {
 		return Counters{}, fmt.Errorf("podpath: warp_counters: %w", err)

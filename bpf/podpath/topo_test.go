@@ -29,19 +29,29 @@ func (tp dpTopo) open() *Datapath {
 	return d
 }
 
-// register adds the pod's endpoint and attaches both programs.
+// register adds the pod's endpoint and attaches its programs: XDP on both
+// ends, or the tc program on the host end.
 func (tp dpTopo) register(d *Datapath, p *topo.Pod, owner uint64, f Features) {
 	tp.T.Helper()
 	tp.InNode(func() error {
 		if err := d.AddEndpoint(endpoint(p, owner, f)); err != nil {
 			return err
 		}
+		if f.Hook == TC {
+			return d.AttachTC(owner, p.HostIdx)
+		}
 		return d.AttachHost(p.HostIdx)
 	})
+	if f.Hook == TC {
+		return
+	}
 	if err := p.NS.Do(func() error { return d.AttachPod(p.PodIdx) }); err != nil {
 		tp.T.Fatal(err)
 	}
 }
+
+// on is every feature on, served by hook.
+func on(hook Hook) Features { return Features{Hook: hook, Redirect: true, AntiSpoof: true} }
 
 func (tp dpTopo) counters(d *Datapath, p *topo.Pod) Counters {
 	tp.T.Helper()

@@ -1,8 +1,10 @@
 // Command warpctl is warpnet's operator and developer tool.
 //
 //	warpctl lb services|affinity|revnat|hooks [--bpffs-root DIR] [--json]
-//	warpctl xdp endpoints [--bpffs-root DIR] [--json]
+//	warpctl podpath endpoints|nexthops [--bpffs-root DIR] [--json]
 //	warpctl warpd status [--addr HOST:PORT] [--json]
+//	warpctl ipam pools [--kubeconfig FILE] [--json]
+//	warpctl ipam allocations [--pool NAME] [--node NAME] [--namespace NS] [--kubeconfig FILE] [--json]
 //	warpctl sim sriov create --netns /run/netns/NODE --dir DIR --vfs 4 [--dpdk 3] [--pf sim0] [--bus 0000:3b]
 //	warpctl sim sriov show --dir DIR [--json | --env]
 //	warpctl sim sriov destroy --dir DIR
@@ -23,12 +25,12 @@ func rootCommand() *command {
 	return &command{
 		name:  "warpctl",
 		short: "warpnet control tool",
-		long: `warpctl inspects a node's warpnet (the socket load balancer's and the XDP
-datapath's maps, read-only; the node daemon's status) and runs the simulators its
-tests and demos use.
+		long: `warpctl inspects a node's warpnet (the socket load balancer's and the pod
+datapath's maps, read-only; the node daemon's status), shows warp-ipam's cluster-wide
+pools and allocations, and runs the simulators its tests and demos use.
 
 Exit status: 0 on success, 1 when a command fails, 2 for a usage error.`,
-		subs: []*command{lbCommand(), xdpCommand(), warpdCommand(), simCommand()},
+		subs: []*command{lbCommand(), podpathCommand(), warpdCommand(), ipamCommand(), simCommand()},
 	}
 }
 

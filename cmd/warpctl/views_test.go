@@ -135,48 +135,74 @@ func TestLBViewsChangeNothing(t *testing.T) {
 	}
 }
 
-// TestXDPEndpoints shows the XDP datapath's per-pod state with counters,
-// read-only, as a table and as JSON.
-func TestXDPEndpoints(t *testing.T) {
+// TestPodpathEndpoints shows the pod datapath's per-pod state with counters,
+// for a pod of each program, read-only, as a table and as JSON; and the
+// tc datapath's next-hop destinations.
+func TestPodpathEndpoints(t *testing.T) {
 	e := harness.New(t)
 	root := filepath.Join(e.BPFFS(), "warpnet")
-	node, pod := e.NetNS("node"), e.NetNS("pod")
-	const hostIf = "warp0000000abc"
-	hostMAC, podMAC := net.HardwareAddr{2, 0xaa, 0, 0, 0, 1}, net.HardwareAddr{2, 0xaa, 0, 0, 0, 2}
-	e.Veth(node, hostIf, pod, "eth0")
-	node.Exec(t, "ip", "link", "set", hostIf, "address", hostMAC.String())
-	pod.Exec(t, "ip", "link", "set", "eth0", "address", podMAC.String())
-	e.Addr(node, hostIf, "10.1.0.1/24")
-	e.Addr(pod, "eth0", "10.1.0.2/24")
-	var hostIdx int
+	node := e.NetNS("node")
+	type pod struct {
+		ns              *harness.NetNS
+		hostIf          string
+		hostIdx         int
+		hostMAC, podMAC net.HardwareAddr
+		ip              string
+		owner           uint64
+		features        podpath.Features
+	}
+	pods := []*pod{
+		{hostIf: "warp0000000abc", hostMAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 1}, podMAC: net.HardwareAddr{2, 0xaa, 0, 0, 0, 2},
+			ip: "10.1.0.2", owner: 0xabc, features: podpath.Features{AntiSpoof: true}},
+		{hostIf: "warp0000000def", hostMAC: net.HardwareAddr{2, 0xaa, 0, 0, 1, 1}, podMAC: net.HardwareAddr{2, 0xaa, 0, 0, 1, 2},
+			ip: "10.1.1.2", owner: 0xdef, features: podpath.Features{Hook: podpath.TC, Redirect: true, AntiSpoof: true}},
+	}
 	var dp *podpath.Datapath
-	if err := node.Do(func() error {
-		ifi, err := net.InterfaceByName(hostIf)
-		if err != nil {
-			return err
-		}
-		hostIdx = ifi.Index
-		if dp, err = podpath.Open(root); err != nil {
-			return err
-		}
-		if err := dp.AddEndpoint(podpath.Endpoint{Owner: 0xabc, HostIfIndex: hostIdx, PodMAC: podMAC, HostMAC: hostMAC,
-			IPs: []netip.Addr{netip.MustParseAddr("10.1.0.2")}, Features: podpath.Features{AntiSpoof: true}}); err != nil {
-			return err
-		}
-		return dp.AttachHost(hostIdx)
-	}); err != nil {
+	if err := node.Do(func() (err error) { dp, err = podpath.Open(root); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer dp.Close()
-	pod.Exec(t, "ping", "-n", "-c", "3", "-i", "0.1", "-W", "2", "10.1.0.1")
-	c, err := dp.Counters(hostIdx)
-	if err != nil || c.PassPackets < 3 {
-		t.Fatalf("counters after a ping: %+v %v", c, err)
+	for i, p := range pods {
+		p.ns = e.NetNS(fmt.Sprintf("pod%d", i))
+		e.Veth(node, p.hostIf, p.ns, "eth0")
+		node.Exec(t, "ip", "link", "set", p.hostIf, "address", p.hostMAC.String())
+		p.ns.Exec(t, "ip", "link", "set", "eth0", "address", p.podMAC.String())
+		e.Addr(node, p.hostIf, fmt.Sprintf("10.1.%d.1/24", i))
+		e.Addr(p.ns, "eth0", p.ip+"/24")
+		if err := node.Do(func() error {
+			ifi, err := net.InterfaceByName(p.hostIf)
+			if err != nil {
+				return err
+			}
+			p.hostIdx = ifi.Index
+			if err := dp.AddEndpoint(podpath.Endpoint{Owner: p.owner, HostIfIndex: p.hostIdx, PodMAC: p.podMAC, HostMAC: p.hostMAC,
+				IPs: []netip.Addr{netip.MustParseAddr(p.ip)}, Features: p.features}); err != nil {
+				return err
+			}
+			if p.features.Hook == podpath.TC {
+				return dp.AttachTC(p.owner, p.hostIdx)
+			}
+			return dp.AttachHost(p.hostIdx)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		p.ns.Exec(t, "ping", "-n", "-c", "3", "-i", "0.1", "-W", "2", fmt.Sprintf("10.1.%d.1", i))
+	}
+	if err := dp.SetNeighDsts([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}); err != nil {
+		t.Fatal(err)
+	}
+	counters := map[uint64]podpath.Counters{}
+	for _, p := range pods {
+		c, err := dp.Counters(p.hostIdx)
+		if err != nil || c.PassPackets < 3 {
+			t.Fatalf("counters after a ping: %+v %v", c, err)
+		}
+		counters[p.owner] = c
 	}
 	otherBuild(t, filepath.Join(root, "maps", "warp_meta"))
 	before := pinState(t, root)
 
-	// In the node's namespace, where the host interface has its name.
+	// In the node's namespace, where the host interfaces have their names.
 	var code int
 	var out, errOut string
 	inNode := func(args ...string) {
@@ -185,31 +211,40 @@ func TestXDPEndpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	inNode("xdp", "endpoints", "--bpffs-root", root, "--json")
-	var views []xdpEndpointView
+	inNode("podpath", "endpoints", "--bpffs-root", root, "--json")
+	var views []podpathEndpointView
 	if code != 0 || json.Unmarshal([]byte(out), &views) != nil {
-		t.Fatalf("xdp endpoints --json: exit %d\n%s%s", code, out, errOut)
+		t.Fatalf("podpath endpoints --json: exit %d\n%s%s", code, out, errOut)
 	}
-	if len(views) != 1 {
-		t.Fatalf("xdp endpoints: %s", out)
+	if len(views) != 2 {
+		t.Fatalf("podpath endpoints: %s", out)
 	}
-	v := views[0]
-	if v.Owner != "0xabc" || v.HostIfIndex != hostIdx || v.HostIf != hostIf || v.PodMAC != podMAC.String() ||
-		!reflect.DeepEqual(v.IPs, []string{"10.1.0.2"}) || v.Redirect || !v.AntiSpoof || v.Counters == nil ||
-		v.Counters.PassPackets < c.PassPackets || v.Counters.PassBytes < c.PassBytes || v.Counters.DropPackets != c.DropPackets {
-		t.Errorf("xdp endpoints --json: %+v, counters %+v; want %+v", v, v.Counters, c)
-	}
-	inNode("xdp", "endpoints", "--bpffs-root", root)
-	for _, want := range []string{"HOST IF", "PASSED PKTS/BYTES", fmt.Sprintf("%s (%d)", hostIf, hostIdx), "0xabc", "10.1.0.2", "antispoof"} {
-		if code != 0 || !strings.Contains(out, want) {
-			t.Errorf("xdp endpoints: exit %d, output lacks %q:\n%s%s", code, want, out, errOut)
+	for i, p := range pods {
+		v, c := views[i], counters[p.owner]
+		if v.Owner != fmt.Sprintf("%#x", p.owner) || v.HostIfIndex != p.hostIdx || v.HostIf != p.hostIf || v.PodMAC != p.podMAC.String() ||
+			!reflect.DeepEqual(v.IPs, []string{p.ip}) || v.Datapath != p.features.Hook.String() || v.Redirect != p.features.Redirect ||
+			!v.AntiSpoof || v.Attached == nil || !*v.Attached || v.Counters == nil ||
+			v.Counters.PassPackets < c.PassPackets || v.Counters.PassBytes < c.PassBytes || v.Counters.DropPackets != c.DropPackets {
+			t.Errorf("podpath endpoints --json: %+v, counters %+v; want %+v %+v", v, v.Counters, p, c)
 		}
 	}
-	if after := pinState(t, root); !reflect.DeepEqual(after, before) {
-		t.Errorf("warpctl xdp endpoints changed the pins:\nbefore %v\nafter  %v", before, after)
+	inNode("podpath", "endpoints", "--bpffs-root", root)
+	for _, want := range []string{"HOST IF", "DATAPATH", "ATTACHED", "PASSED PKTS/BYTES", fmt.Sprintf("%s (%d)", pods[0].hostIf, pods[0].hostIdx),
+		"0xabc", "10.1.0.2", "antispoof", "xdp", "tc", "redirect,antispoof"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("podpath endpoints: exit %d, output lacks %q:\n%s%s", code, want, out, errOut)
+		}
 	}
-	code, _, errOut = run("xdp", "endpoints", "--bpffs-root", filepath.Join(e.BPFFS(), "warpnet"))
-	if code != 1 || !strings.Contains(errOut, "no XDP datapath is pinned") {
+	inNode("podpath", "nexthops", "--bpffs-root", root, "--json")
+	var dsts []string
+	if code != 0 || json.Unmarshal([]byte(out), &dsts) != nil || !reflect.DeepEqual(dsts, []string{"10.244.0.0/16", "fd00:10:244::/56"}) {
+		t.Errorf("podpath nexthops --json: exit %d, %q %s", code, out, errOut)
+	}
+	if after := pinState(t, root); !reflect.DeepEqual(after, before) {
+		t.Errorf("warpctl podpath changed the pins:\nbefore %v\nafter  %v", before, after)
+	}
+	code, _, errOut = run("podpath", "endpoints", "--bpffs-root", filepath.Join(e.BPFFS(), "warpnet"))
+	if code != 1 || !strings.Contains(errOut, "no pod datapath is pinned") {
 		t.Errorf("on an empty root: exit %d, %s", code, errOut)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
@@ -42,6 +43,9 @@ type Config struct {
 	// Network is node networking (routes to other nodes' pods,
 	// masquerading, node facts); nil leaves it to someone else.
 	Network *nodenet.Config
+	// IPAMGC collects warp-ipam addresses leaked in the API server (one
+	// warpd per cluster, elected); nil: off.
+	IPAMGC *ipamgc.Config
 }
 
 // Agent runs one warpd.
@@ -62,7 +66,8 @@ type Agent struct {
 	inMaps        reconcile.Stats            // Services and Backends of the last sync
 	network       *status.Network            // nil with Config.Network nil
 
-	net *nodenet.Controller // used by runNetwork's goroutine only
+	net    *nodenet.Controller // used by runNetwork's goroutine only
+	ipamGC *ipamgc.Collector   // nil unless Config.IPAMGC
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -116,6 +121,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot, "source", src.String(),
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
 	a := &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}
+	if cfg.IPAMGC != nil {
+		if a.ipamGC, err = ipamgc.Open(cfg.Kubeconfig, *cfg.IPAMGC, log); err != nil {
+			lb.Close()
+			return nil, err
+		}
+		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
+	}
 	if cfg.Network != nil {
 		if a.net, err = nodenet.New(*cfg.Network); err != nil {
 			lb.Close()
@@ -166,6 +178,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() { defer close(done); a.runNetwork(ctx) }()
+	}
+	if a.ipamGC != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); a.ipamGC.Run(ctx) }()
 	}
 	resync := time.NewTicker(a.cfg.Resync)
 	defer resync.Stop()

@@ -89,7 +89,19 @@ func (c *Controller) Sync(nodes []*corev1.Node) (Status, error) {
 	st.Status = rs
 	errs = append(errs, err)
 
-	if f, ok := c.factsOf(rs); ok {
+	cluster := slices.Clone(c.cfg.ClusterCIDRs)
+	for _, n := range rn {
+		cluster = append(cluster, n.PodCIDRs...)
+	}
+	slices.SortFunc(cluster, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	cluster = slices.Compact(cluster)
+
+	if f, ok := c.factsOf(rs, cluster); ok {
 		if c.facts == nil || !reflect.DeepEqual(*c.facts, f) {
 			if err := nodefacts.Write(c.cfg.FactsPath, f); err != nil {
 				errs = append(errs, err)
@@ -101,13 +113,7 @@ func (c *Controller) Sync(nodes []*corev1.Node) (Status, error) {
 	}
 
 	if c.cfg.Masquerade {
-		m := masquerade.Config{ServiceCIDRs: c.cfg.ServiceCIDRs, NoMasquerade: c.cfg.NoMasquerade,
-			PodCIDRs: slices.Clone(c.cfg.ClusterCIDRs)}
-		for _, n := range rn {
-			m.PodCIDRs = append(m.PodCIDRs, n.PodCIDRs...)
-		}
-		slices.SortFunc(m.PodCIDRs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-		m.PodCIDRs = slices.Compact(m.PodCIDRs)
+		m := masquerade.Config{ServiceCIDRs: c.cfg.ServiceCIDRs, NoMasquerade: c.cfg.NoMasquerade, PodCIDRs: cluster}
 		if c.masq == nil || !reflect.DeepEqual(*c.masq, m) {
 			if err := masquerade.Sync(m); err != nil {
 				errs = append(errs, err)
@@ -126,8 +132,8 @@ func (c *Controller) Sync(nodes []*corev1.Node) (Status, error) {
 }
 
 // factsOf is what the plugins need, once this node's pod CIDRs and MTU are
-// known.
-func (c *Controller) factsOf(rs routing.Status) (nodefacts.Facts, bool) {
+// known; cluster are the cluster's pod CIDRs.
+func (c *Controller) factsOf(rs routing.Status, cluster []netip.Prefix) (nodefacts.Facts, bool) {
 	mtu := rs.MTU
 	if c.cfg.MTU != 0 {
 		mtu = c.cfg.MTU
@@ -136,7 +142,7 @@ func (c *Controller) factsOf(rs routing.Status) (nodefacts.Facts, bool) {
 		return nodefacts.Facts{}, false
 	}
 	return nodefacts.Facts{Node: c.cfg.Routing.Self, PodCIDRs: rs.Self.PodCIDRs, MTU: mtu,
-		Routing: string(c.cfg.Routing.Mode)}, true
+		Routing: string(c.cfg.Routing.Mode), ClusterPodCIDRs: cluster}, true
 }
 
 // Resync forgets what was applied, so that the next Sync rewrites the

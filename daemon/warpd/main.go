@@ -17,6 +17,7 @@ import (
 
 	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/daemon/agent"
+	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/internal/buildinfo"
@@ -38,7 +39,8 @@ the pinned service maps in sync with the services source. From the cluster's Nod
 routes every other node's pod CIDRs (natively where the peer is on a directly connected
 subnet, through a VXLAN tunnel otherwise; --routing), masquerades pod egress to
 addresses outside the cluster (--masquerade), and publishes the node's pod CIDRs and pod
-MTU for the CNI plugins (--node-facts). Maps, programs and links stay
+MTU for the CNI plugins (--node-facts). With --ipam-gc it also releases warp-ipam
+addresses leaked in the API server (one warpd per cluster at a time). Maps, programs and links stay
 pinned when warpd stops, so Services keep working while it is down or restarting; a new
 warpd adopts them and changes only what is stale.
 
@@ -81,6 +83,11 @@ Flags:
 	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated networks traffic from or to which keeps pod addresses (routed underlays, SR-IOV VLANs)")
 	fs.IntVar(&net.MTU, "mtu", 0, "pod MTU to publish (0: the uplink's, less the VXLAN overhead unless --routing native)")
 	fs.StringVar(&net.FactsPath, "node-facts", nodefacts.DefaultPath, "where to publish the node's pod CIDRs and pod MTU for the CNI plugins")
+	ipamGC := ipamgc.Config{}
+	runIPAMGC := fs.Bool("ipam-gc", false, "collect warp-ipam addresses leaked in the API server (kubernetes store): one warpd per cluster does it, elected with a Lease")
+	fs.DurationVar(&ipamGC.Grace, "ipam-gc-grace", ipamgc.DefaultGrace, "how long an address must look leaked (its pod gone, or its StatefulSet gone or scaled below the ordinal) before it is released")
+	fs.DurationVar(&ipamGC.Interval, "ipam-gc-interval", ipamgc.DefaultInterval, "time between sweeps over every IPAllocation")
+	fs.StringVar(&ipamGC.LeaseNamespace, "ipam-gc-lease-namespace", ipamgc.DefaultLeaseNamespace, "namespace of the Lease electing the collecting warpd ("+ipamgc.DefaultLeaseName+")")
 	fs.Parse(os.Args[1:])
 
 	if cfg.Resync <= 0 || cfg.Poll <= 0 {
@@ -119,6 +126,14 @@ Flags:
 			*f.dst = ps
 		}
 		cfg.Network = &net
+	}
+	if *runIPAMGC {
+		if cfg.ServicesFile != "" {
+			fmt.Fprintln(os.Stderr, "warpd: --ipam-gc needs the API server (--kubeconfig, or in-cluster), not --services-file")
+			os.Exit(2)
+		}
+		ipamGC.Identity = cfg.Node.Name
+		cfg.IPAMGC = &ipamGC
 	}
 	a, err := agent.New(cfg, log)
 	if err != nil {

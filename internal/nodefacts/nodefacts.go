@@ -32,6 +32,11 @@ type Facts struct {
 	MTU int `json:"mtu"`
 	// Routing is warpd's --routing mode: native, vxlan or auto.
 	Routing string `json:"routing"`
+	// ClusterPodCIDRs are the pod CIDRs of the whole cluster: every
+	// node's spec.podCIDRs and warpd's --cluster-cidr. Pod traffic between
+	// them is never masqueraded, so warp-veth's tc datapath may send it to
+	// its next hop without the node's netfilter hooks.
+	ClusterPodCIDRs []netip.Prefix `json:"clusterPodCIDRs,omitempty"`
 }
 
 // PodCIDR returns the node's pod CIDR of the family of v4 (true: IPv4).

@@ -13,12 +13,14 @@ func TestWriteRead(t *testing.T) {
 	if _, err := Read(path); !errors.Is(err, ErrNotPublished) {
 		t.Fatalf("Read before Write: %v", err)
 	}
-	want := Facts{Node: "n1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:1::/64")}, MTU: 1450, Routing: "auto"}
+	want := Facts{Node: "n1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:1::/64")}, MTU: 1450, Routing: "auto",
+		ClusterPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
 	if err := Write(path, want); err != nil {
 		t.Fatal(err)
 	}
 	got, err := Read(path)
-	if err != nil || got.Node != want.Node || len(got.PodCIDRs) != 2 || got.MTU != 1450 || got.Routing != "auto" {
+	if err != nil || got.Node != want.Node || len(got.PodCIDRs) != 2 || got.MTU != 1450 || got.Routing != "auto" ||
+		len(got.ClusterPodCIDRs) != 1 || got.ClusterPodCIDRs[0] != want.ClusterPodCIDRs[0] {
 		t.Fatalf("Read = %+v, %v", got, err)
 	}
 	if p, ok := got.PodCIDR(false); !ok || p != want.PodCIDRs[1] {

@@ -116,24 +116,31 @@ func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 // reserve takes the requested or next free address of one range set.
 func (a *Allocator) reserve(key store.Key, set int) (Lease, error) {
 	if ip, ok := a.cfg.Requested[set]; ok {
-		owner, held, err := a.st.Owner(ip)
-		if err != nil {
-			return Lease{}, err
-		}
-		if held && owner != key {
-			return Lease{}, fmt.Errorf("%w: %s is held by container %s interface %s", ErrInUse, ip, owner.ContainerID, owner.IfName)
-		}
 		ok, err := a.st.Reserve(key, ip)
 		if err != nil {
 			return Lease{}, err
 		}
 		if !ok {
-			return Lease{}, fmt.Errorf("%w: %s", ErrInUse, ip)
+			return Lease{}, fmt.Errorf("%w: %s is held by %s", ErrInUse, ip, a.describeOwner(ip))
 		}
 		r, _ := a.cfg.Ranges[set].RangeFor(ip)
 		return Lease{Set: set, IP: ip, Range: r, Fixed: true}, nil
 	}
 	return a.reserveNext(key, set)
+}
+
+// describeOwner names who holds ip, for the error of a fixed request.
+func (a *Allocator) describeOwner(ip netip.Addr) string {
+	if d, ok := a.st.(store.OwnerDescriber); ok {
+		if s, err := d.DescribeOwner(ip); err == nil {
+			return s
+		}
+	}
+	owner, held, err := a.st.Owner(ip)
+	if err != nil || !held {
+		return "another attachment"
+	}
+	return fmt.Sprintf("container %s interface %s", owner.ContainerID, owner.IfName)
 }
 
 func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
@@ -313,7 +320,7 @@ func (a *Allocator) Exhausted() ([]int, error) {
 	err := a.locked(func() error {
 		for set := range a.cfg.Ranges {
 			found, err := a.scan(set, func(ip netip.Addr, _ config.Range) (bool, error) {
-				_, held, err := a.st.Owner(ip)
+				held, err := a.st.Held(ip)
 				return !held, err
 			})
 			if err != nil {

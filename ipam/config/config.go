@@ -40,6 +40,7 @@ type Range struct {
 	Start   netip.Addr // first allocatable address, inclusive
 	End     netip.Addr // last allocatable address, inclusive
 	Gateway netip.Addr // never handed out
+	Pool    string     // the IPPool the range comes from (kubernetes store); "" otherwise
 }
 
 // Contains reports whether addr lies in [Start, End].
@@ -77,6 +78,9 @@ func (s RangeSet) String() string {
 	parts := make([]string, len(s))
 	for i, r := range s {
 		parts[i] = r.Start.String() + "-" + r.End.String()
+		if r.Pool != "" {
+			parts[i] = "IPPool " + r.Pool + " " + parts[i]
+		}
 	}
 	return strings.Join(parts, ", ")
 }
@@ -108,9 +112,43 @@ type Config struct {
 	// capability, args.cni.ips, CNI_ARGS IP=), each matched to the index of
 	// the range set that holds it.
 	Requested map[int]netip.Addr
+	// Requests are those addresses as asked for, each with the field it
+	// came from; the kubernetes store matches them (with the pod's
+	// ipam.warpnet.io/ip annotation) once the pools are known.
+	Requests []Request
+
+	// Store is StoreLocal (reservations on the node's disk) or
+	// StoreKubernetes (cluster-wide, in the API server; Kube holds its keys).
+	Store string
+	Kube  Kube
 
 	// ValidAttachments is only set for GC: the attachments to keep.
 	ValidAttachments []types.GCAttachment
+}
+
+// The stores warp-ipam keeps reservations in ("store" in the configuration).
+const (
+	StoreLocal      = "local"
+	StoreKubernetes = "kubernetes"
+)
+
+// DefaultKubeTimeout bounds the API server work of one ADD or DEL; past it
+// ADD fails with "try again later" and DEL queues the release.
+const DefaultKubeTimeout = 10 * time.Second
+
+// Kube is the configuration of the kubernetes store.
+type Kube struct {
+	Kubeconfig string        // path; "" = kube.DefaultKubeconfig
+	Pools      []string      // candidate IPPools, in order (pool or pools)
+	NodeName   string        // this node; "" = the one warpd publishes (in NodeFacts), else the hostname
+	NodeFacts  string        // where warpd publishes the node's facts; "" = nodefacts.DefaultPath
+	Timeout    time.Duration // bound on the API work of one call
+}
+
+// Request is one fixed address asked for, and where it was asked.
+type Request struct {
+	Field string
+	Addr  netip.Addr
 }
 
 // Excluded reports whether addr must never be handed out.
@@ -132,6 +170,10 @@ type rangeJSON struct {
 
 type ipamJSON struct {
 	Type string `json:"type"`
+	// The kubernetes store's keys (storeJSON reads store and the keys DEL
+	// needs).
+	Pool  string   `json:"pool"`
+	Pools []string `json:"pools"`
 	// The legacy single range that host-local still accepts at the top of
 	// the ipam section.
 	rangeJSON
@@ -166,7 +208,12 @@ type storeJSON struct {
 	CNIVersion string `json:"cniVersion"`
 	Name       string `json:"name"`
 	IPAM       *struct {
-		DataDir string `json:"dataDir"`
+		DataDir    string `json:"dataDir"`
+		Store      string `json:"store"`
+		Kubeconfig string `json:"kubeconfig"`
+		NodeName   string `json:"nodeName"`
+		NodeFacts  string `json:"nodeFacts"`
+		Timeout    string `json:"timeout"`
 	} `json:"ipam"`
 	ValidAttachments  []types.GCAttachment `json:"cni.dev/valid-attachments"`
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments"`
@@ -199,6 +246,28 @@ func LoadStore(stdin []byte) (*Config, error) {
 		return nil, cnierr.Invalid("ipam.dataDir", "%q is not an absolute path", c.DataDir)
 	}
 	c.ValidAttachments = append(append([]types.GCAttachment{}, n.ValidAttachments...), n.LegacyAttachments...)
+	switch n.IPAM.Store {
+	case "", StoreLocal:
+		c.Store = StoreLocal
+	case StoreKubernetes:
+		c.Store = StoreKubernetes
+		c.Kube = Kube{Kubeconfig: n.IPAM.Kubeconfig, NodeName: n.IPAM.NodeName, NodeFacts: n.IPAM.NodeFacts, Timeout: DefaultKubeTimeout}
+		if c.Kube.NodeFacts != "" && !filepath.IsAbs(c.Kube.NodeFacts) {
+			return nil, cnierr.Invalid("ipam.nodeFacts", "%q is not an absolute path", c.Kube.NodeFacts)
+		}
+		if c.Kube.Kubeconfig != "" && !filepath.IsAbs(c.Kube.Kubeconfig) {
+			return nil, cnierr.Invalid("ipam.kubeconfig", "%q is not an absolute path", c.Kube.Kubeconfig)
+		}
+		if n.IPAM.Timeout != "" {
+			d, err := time.ParseDuration(n.IPAM.Timeout)
+			if err != nil || d < 100*time.Millisecond || d > 5*time.Minute {
+				return nil, cnierr.Invalid("ipam.timeout", "%q must be a duration between 100ms and 5m, e.g. \"10s\"", n.IPAM.Timeout)
+			}
+			c.Kube.Timeout = d
+		}
+	default:
+		return nil, cnierr.Invalid("ipam.store", "%q is not a store: use %q (the default: this node's disk) or %q (cluster-wide IPPools)", n.IPAM.Store, StoreLocal, StoreKubernetes)
+	}
 	return c, nil
 }
 
@@ -213,6 +282,12 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 		return nil, err
 	}
 	ij := n.IPAM
+	if c.Store == StoreKubernetes {
+		return c, c.loadKube(&n, envArgs)
+	}
+	if ij.Pool != "" || ij.Pools != nil {
+		return nil, cnierr.Invalid("ipam.pools", "pools need \"store\": %q", StoreKubernetes)
+	}
 
 	// Range sets, in host-local's order: runtime ipRanges, legacy range, ranges.
 	type namedSet struct {
@@ -266,18 +341,32 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if err := checkOverlaps(c.Ranges); err != nil {
 		return nil, err
 	}
+	if err := c.parseCommon(ij); err != nil {
+		return nil, err
+	}
+	if err := c.parseRequested(&n, envArgs); err != nil {
+		return nil, err
+	}
+	if err := c.MatchRequested(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
+// parseCommon parses the keys both stores take: exclude, routes, DNS and
+// conflict detection.
+func (c *Config) parseCommon(ij *ipamJSON) error {
 	for i, s := range ij.Exclude {
 		p, err := parsePrefixOrAddr(s)
 		if err != nil {
-			return nil, cnierr.Invalid(fmt.Sprintf("ipam.exclude[%d]", i), "%q is neither an IP address nor a CIDR", s)
+			return cnierr.Invalid(fmt.Sprintf("ipam.exclude[%d]", i), "%q is neither an IP address nor a CIDR", s)
 		}
 		c.Exclude = append(c.Exclude, p)
 	}
 
 	for i, r := range ij.Routes {
 		if r == nil || r.Dst.IP == nil {
-			return nil, cnierr.Invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing")
+			return cnierr.Invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing")
 		}
 	}
 	c.Routes = ij.Routes
@@ -285,7 +374,7 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if ij.ResolvConf != "" {
 		dns, err := parseResolvConf(ij.ResolvConf)
 		if err != nil {
-			return nil, cnierr.Invalid("ipam.resolvConf", "%v", err)
+			return cnierr.Invalid("ipam.resolvConf", "%v", err)
 		}
 		c.DNS = *dns
 	}
@@ -298,15 +387,40 @@ func Load(stdin []byte, envArgs string) (*Config, error) {
 	if ij.ProbeTimeout != "" {
 		d, err := time.ParseDuration(ij.ProbeTimeout)
 		if err != nil || d <= 0 || d > 10*time.Second {
-			return nil, cnierr.Invalid("ipam.probeTimeout", "%q must be a duration between 1ms and 10s, e.g. \"200ms\"", ij.ProbeTimeout)
+			return cnierr.Invalid("ipam.probeTimeout", "%q must be a duration between 1ms and 10s, e.g. \"200ms\"", ij.ProbeTimeout)
 		}
 		c.ProbeTimeout = d
 	}
 
-	if err := c.parseRequested(&n, envArgs); err != nil {
-		return nil, err
+	return nil
+}
+
+// loadKube parses the kubernetes store's configuration: pools instead of
+// ranges (their ranges, exclusions, gateways, routes and DNS come from the
+// IPPools once the pod is known).
+func (c *Config) loadKube(n *netJSON, envArgs string) error {
+	ij := n.IPAM
+	switch {
+	case ij.Subnet != "" || ij.Ranges != nil:
+		return cnierr.Invalid("ipam.ranges", "the kubernetes store takes its ranges from IPPools; name them with \"pool\" or \"pools\"")
+	case n.RuntimeConfig.IPRanges != nil:
+		return cnierr.Invalid("runtimeConfig.ipRanges", "the kubernetes store takes its ranges from IPPools; use the pod annotation %s instead", "ipam.warpnet.io/pool")
+	case ij.Pool != "" && ij.Pools != nil:
+		return cnierr.Invalid("ipam.pool", "give either pool or pools, not both")
 	}
-	return c, nil
+	if ij.Pool != "" {
+		c.Kube.Pools = []string{ij.Pool}
+	}
+	for i, p := range ij.Pools {
+		if p == "" {
+			return cnierr.Invalid(fmt.Sprintf("ipam.pools[%d]", i), "empty pool name")
+		}
+		c.Kube.Pools = append(c.Kube.Pools, p)
+	}
+	if err := c.parseCommon(ij); err != nil {
+		return err
+	}
+	return c.parseRequested(n, envArgs)
 }
 
 // PodCIDR as a range's subnet stands for this node's pod CIDRs, as warpd
@@ -345,6 +459,16 @@ func podCIDRSets(field string, set []rangeJSON, factsPath string) ([]RangeSet, e
 	}
 	return out, nil
 }
+
+// ParseRange parses one range as the configuration's ranges are parsed
+// (defaults, checks and messages naming field); the kubernetes store
+// builds its ranges from IPPools with it.
+func ParseRange(field, subnet, start, end, gateway string) (Range, error) {
+	return parseRange(field, rangeJSON{Subnet: subnet, RangeStart: start, RangeEnd: end, Gateway: gateway})
+}
+
+// CheckOverlaps refuses range sets whose ranges overlap.
+func CheckOverlaps(sets []RangeSet) error { return checkOverlaps(sets) }
 
 func parseRange(field string, rj rangeJSON) (Range, error) {
 	if rj.Subnet == "" {
@@ -455,19 +579,14 @@ func parsePrefixOrAddr(s string) (netip.Prefix, error) {
 }
 
 // parseRequested collects fixed addresses from every source the runtime may
-// use, and matches each to its range set.
+// use into c.Requests.
 func (c *Config) parseRequested(n *netJSON, envArgs string) error {
-	type req struct {
-		field string
-		addr  netip.Addr
-	}
-	var reqs []req
 	args, err := cniargs.Parse(envArgs)
 	if err != nil {
 		return err
 	}
 	for _, a := range args.IP {
-		reqs = append(reqs, req{"CNI_ARGS IP", a})
+		c.Requests = append(c.Requests, Request{"CNI_ARGS IP", a})
 	}
 	type jsonIP struct{ field, value string }
 	var fromJSON []jsonIP
@@ -488,14 +607,21 @@ func (c *Config) parseRequested(n *netJSON, envArgs string) error {
 		if err != nil {
 			return cnierr.Invalid(j.field, "%q is not an IP address", j.value)
 		}
-		reqs = append(reqs, req{j.field, a.Unmap()})
+		c.Requests = append(c.Requests, Request{j.field, a.Unmap()})
 	}
-	if len(reqs) == 0 {
+	return nil
+}
+
+// MatchRequested matches every address of c.Requests to the range set
+// holding it (into c.Requested), refusing one outside every range, excluded,
+// a gateway, a network or broadcast address, or a second one for a set.
+func (c *Config) MatchRequested() error {
+	if len(c.Requests) == 0 {
 		return nil
 	}
 	c.Requested = map[int]netip.Addr{}
-	for _, r := range reqs {
-		a := r.addr
+	for _, r := range c.Requests {
+		a := r.Addr
 		set := -1
 		for i, rs := range c.Ranges {
 			if rs.Contains(a) {
@@ -504,23 +630,35 @@ func (c *Config) parseRequested(n *netJSON, envArgs string) error {
 			}
 		}
 		if set < 0 {
-			return cnierr.Invalid(r.field, "%s is not inside any configured range (%s)", a, c.describeRanges())
+			return cnierr.Invalid(r.Field, "%s is not inside any configured range (%s)", a, c.describeRanges())
 		}
 		rng, _ := c.Ranges[set].RangeFor(a)
 		switch {
 		case rng.Gateway == a:
-			return cnierr.Invalid(r.field, "%s is the gateway of its range", a)
+			return cnierr.Invalid(r.Field, "%s is the gateway of its range", a)
 		case rng.NetworkOrBroadcast(a):
-			return cnierr.Invalid(r.field, "%s is the network or broadcast address of subnet %s", a, rng.Subnet)
+			return cnierr.Invalid(r.Field, "%s is the network or broadcast address of subnet %s", a, rng.Subnet)
 		case c.Excluded(a):
-			return cnierr.Invalid(r.field, "%s is listed in ipam.exclude", a)
+			return cnierr.Invalid(r.Field, "%s is listed in %s", a, c.excludeSource(a))
 		}
 		if prev, dup := c.Requested[set]; dup && prev != a {
-			return cnierr.Invalid(r.field, "%s and %s are both in range set %d; a pod gets one address per range set", prev, a, set)
+			return cnierr.Invalid(r.Field, "%s and %s are both in range set %d; a pod gets one address per range set", prev, a, set)
 		}
 		c.Requested[set] = a
 	}
 	return nil
+}
+
+// excludeSource names where the exclusion of a came from, for messages.
+func (c *Config) excludeSource(a netip.Addr) string {
+	if c.Store == StoreKubernetes {
+		for _, rs := range c.Ranges {
+			if r, ok := rs.RangeFor(a); ok && r.Pool != "" {
+				return "the exclusions of IPPool " + r.Pool
+			}
+		}
+	}
+	return "ipam.exclude"
 }
 
 func (c *Config) describeRanges() string {

@@ -1,6 +1,7 @@
 // Package plugin implements warp-ipam's CNI verbs (ADD, DEL, CHECK, STATUS,
-// GC) on top of the allocator, the disk store and conflict detection. The
-// binary's main only hands these to skel.
+// GC) on top of the allocator, a store (the node's disk, or the API server
+// with "store": "kubernetes") and conflict detection. The binary's main only
+// hands these to skel.
 package plugin
 
 import (
@@ -27,9 +28,20 @@ import (
 	"github.com/warpnet/warpnet/internal/rollback"
 	"github.com/warpnet/warpnet/ipam/allocator"
 	"github.com/warpnet/warpnet/ipam/config"
+	"github.com/warpnet/warpnet/ipam/kube"
 	"github.com/warpnet/warpnet/ipam/store"
 	"github.com/warpnet/warpnet/ipam/store/disk"
+	kubestore "github.com/warpnet/warpnet/ipam/store/kube"
 )
+
+// errMsg is the message of a CNI error, or the error's text.
+func errMsg(err error) string {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Msg
+	}
+	return err.Error()
+}
 
 // Add reserves one address per range set and prints the result.
 func Add(args *skel.CmdArgs) (err error) {
@@ -44,11 +56,25 @@ func Add(args *skel.CmdArgs) (err error) {
 	} else if isPluginNS {
 		return cnierr.New(types.ErrInvalidNetNS, "CNI_NETNS: is the plugin's own network namespace; pass the pod's")
 	}
-	st, err := openStore(cfg)
-	if err != nil {
+	var st store.Store
+	routes, dns := cfg.Routes, cfg.DNS
+	var kr *kubeRun
+	var sel *kube.Selection
+	var superseded []*kube.IPAllocation
+	if cfg.Store == config.StoreKubernetes {
+		if kr, err = openKube(cfg); err != nil {
+			return err
+		}
+		defer kr.close()
+		if sel, superseded, err = kr.prepareAdd(args); err != nil {
+			return err
+		}
+		st = kr.st
+	} else if st, err = openStore(cfg); err != nil {
 		return err
+	} else {
+		defer st.Close()
 	}
-	defer st.Close()
 	alloc := allocator.New(cfg, st)
 	key := store.Key{ContainerID: args.ContainerID, IfName: args.IfName}
 
@@ -57,21 +83,38 @@ func Add(args *skel.CmdArgs) (err error) {
 		probe = prober(args.Netns, args.IfName, cfg.ProbeTimeout)
 	}
 	leases, err := alloc.Allocate(key, probe)
+	if errors.Is(err, allocator.ErrExhausted) && kr != nil && kr.st.Relist() {
+		// The node's view of the held addresses was a few seconds old.
+		leases, err = alloc.Allocate(key, probe)
+	}
 	if err != nil {
-		return cniError(err)
+		if kr != nil {
+			if aerr := kr.st.Abandon(key); aerr != nil {
+				err = rollback.With(err, aerr)
+			}
+		}
+		return cniError(kr, err)
 	}
 	var undo rollback.Stack
 	defer undo.OnError(&err)
 	undo.Push("release the addresses of "+key.String(), func() error { _, err := alloc.Release(key); return err })
-	if err := types.PrintResult(buildResult(cfg, leases), cfg.CNIVersion); err != nil {
+	if sel != nil {
+		var used []string
+		for _, l := range leases {
+			used = append(used, l.Range.Pool)
+		}
+		routes, dns = sel.Result(cfg, used)
+		kr.dropSuperseded(superseded)
+	}
+	if err := types.PrintResult(buildResult(leases, routes, dns), cfg.CNIVersion); err != nil {
 		return cnierr.Internal(err)
 	}
 	faultpoint.Hit("warp-ipam.add.after-result")
 	return nil
 }
 
-func buildResult(cfg *config.Config, leases []allocator.Lease) *current.Result {
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: cfg.Routes, DNS: cfg.DNS}
+func buildResult(leases []allocator.Lease, routes []*types.Route, dns types.DNS) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: routes, DNS: dns}
 	for _, l := range leases {
 		ipc := &current.IPConfig{Address: net.IPNet{
 			IP:   net.IP(l.IP.AsSlice()),
@@ -106,16 +149,32 @@ func prober(netns, ifName string, timeout time.Duration) allocator.Prober {
 	}
 }
 
-// Del releases the attachment's addresses. It only needs the network name
-// and dataDir, and succeeds when there is nothing to release.
+// Del releases the attachment's addresses. It only needs the network name,
+// dataDir and the store's keys, and succeeds when there is nothing to
+// release. With the kubernetes store and the API server out of reach, the
+// release is queued on the node and DEL succeeds.
 func Del(args *skel.CmdArgs) error {
-	cfg, st, err := openExistingStore(args.StdinData)
+	cfg, st, kr, err := openExistingStore(args.StdinData)
+	if err != nil && cfg != nil && cfg.Store == config.StoreKubernetes {
+		// No way to the API server with this configuration: queue the
+		// release on the node, as when the API server is down.
+		key := store.Key{ContainerID: args.ContainerID, IfName: args.IfName}
+		if qerr := kubestore.QueueRelease(cfg.DataDir, cfg.Network, key); qerr != nil {
+			return rollback.With(err, qerr)
+		}
+		fmt.Fprintf(os.Stderr, "warp-ipam: DEL of %s queued: %s\n", key, errMsg(err))
+		return nil
+	}
 	if err != nil || st == nil {
 		return err
 	}
-	defer st.Close()
+	if kr != nil {
+		defer kr.close()
+	} else {
+		defer st.Close()
+	}
 	if _, err := allocator.New(cfg, st).Release(store.Key{ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
-		return cniError(err)
+		return cniError(kr, err)
 	}
 	return nil
 }
@@ -131,19 +190,29 @@ func Check(args *skel.CmdArgs) error {
 	if !storeExists(cfg) {
 		return cnierr.New(types.ErrUnknownContainer, "%s holds no address in network %q", key, cfg.Network)
 	}
-	st, err := openStore(cfg)
-	if err != nil {
+	var st store.Store
+	var kr *kubeRun
+	if cfg.Store == config.StoreKubernetes {
+		if kr, err = openKube(cfg); err != nil {
+			return err
+		}
+		defer kr.close()
+		st = kr.st
+	} else if st, err = openStore(cfg); err != nil {
 		return err
+	} else {
+		defer st.Close()
 	}
-	defer st.Close()
 	held, err := allocator.New(cfg, st).Held(key)
 	if err != nil {
-		return cniError(err)
+		return cniError(kr, err)
 	}
 	if len(held) == 0 {
 		return cnierr.New(types.ErrUnknownContainer, "%s holds no address in network %q", key, cfg.Network)
 	}
-	if len(held) != len(cfg.Ranges) {
+	// The kubernetes store's range sets depend on the pod (its
+	// annotations); prevResult is compared below all the same.
+	if kr == nil && len(held) != len(cfg.Ranges) {
 		return cnierr.New(cnierr.CheckMismatch, "%s holds %d addresses but the network has %d range sets", key, len(held), len(cfg.Ranges))
 	}
 	prev, err := prevResultIPs(args.StdinData)
@@ -151,7 +220,7 @@ func Check(args *skel.CmdArgs) error {
 		return err
 	}
 	for _, ip := range prev {
-		if inRanges(cfg, ip) && !slices.Contains(held, ip) {
+		if (kr != nil || inRanges(cfg, ip)) && !slices.Contains(held, ip) {
 			return cnierr.New(cnierr.CheckMismatch, "prevResult: %s is not reserved for %s (it holds %s)", ip, key, held)
 		}
 	}
@@ -208,11 +277,30 @@ func Status(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStore(cfg)
-	if err != nil {
+	var st store.Store
+	if cfg.Store == config.StoreKubernetes {
+		kr, err := openKube(cfg)
+		if err != nil {
+			return cnierr.New(cnierr.PluginNotAvailable, "%s", errMsg(err))
+		}
+		defer kr.close()
+		if len(cfg.Kube.Pools) == 0 {
+			return nil // every pod names its pools: nothing to check per network
+		}
+		pools, err := kr.client.ListPools(kr.ctx)
+		if err != nil {
+			return cnierr.New(cnierr.PluginNotAvailable, "%s", errMsg(kr.apiError(err)))
+		}
+		if _, err := kube.Select(kr.ctx, kr.client, cfg, &kube.Pod{}, kr.node, "", pools); err != nil {
+			return cnierr.New(cnierr.PluginNotAvailable, "%s", errMsg(kr.apiError(err)))
+		}
+		kr.st.ForPod(cfg, &kubestore.Owner{}, nil)
+		st = kr.st
+	} else if st, err = openStore(cfg); err != nil {
 		return cnierr.New(cnierr.PluginNotAvailable, "%v", err)
+	} else {
+		defer st.Close()
 	}
-	defer st.Close()
 	full, err := allocator.New(cfg, st).Exhausted()
 	if err != nil {
 		return cnierr.New(cnierr.PluginNotAvailable, "cannot read reservations: %v", err)
@@ -222,8 +310,12 @@ func Status(args *skel.CmdArgs) error {
 		for _, i := range full {
 			sets = append(sets, fmt.Sprintf("%d (%s)", i, cfg.Ranges[i]))
 		}
+		widen := "widen the range"
+		if cfg.Store == config.StoreKubernetes {
+			widen = "add an IPPool to ipam.pools"
+		}
 		return cnierr.New(cnierr.PluginNotAvailable,
-			"network %q: range set %s has no free address; widen the range, or run GC to free leaked ones", cfg.Network, strings.Join(sets, ", "))
+			"network %q: range set %s has no free address; %s, or run GC to free leaked ones", cfg.Network, strings.Join(sets, ", "), widen)
 	}
 	return nil
 }
@@ -231,16 +323,23 @@ func Status(args *skel.CmdArgs) error {
 // GC releases every attachment not listed in cni.dev/valid-attachments (or
 // the pre-1.1 cni.dev/attachments).
 func GC(args *skel.CmdArgs) error {
-	cfg, st, err := openExistingStore(args.StdinData)
+	cfg, st, kr, err := openExistingStore(args.StdinData)
 	if err != nil || st == nil {
 		return err
 	}
-	defer st.Close()
+	if kr != nil {
+		defer kr.close()
+	} else {
+		defer st.Close()
+	}
 	keep := map[store.Key]bool{}
 	for _, a := range cfg.ValidAttachments {
 		keep[store.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
 	freed, err := allocator.New(cfg, st).GC(keep)
+	if kr != nil && err != nil {
+		err = kr.apiError(err)
+	}
 	for _, r := range freed {
 		fmt.Fprintf(os.Stderr, "warp-ipam: GC released %s held by %s\n", r.IP, r.Key)
 	}
@@ -252,18 +351,32 @@ func GC(args *skel.CmdArgs) error {
 
 // openExistingStore is for the verbs that only release (DEL, GC): it reads
 // just what locates the store, and returns a nil store, not an error, when
-// this node never used the network, so there is nothing to release.
-func openExistingStore(stdin []byte) (*config.Config, *disk.Store, error) {
+// this node never used the network, so there is nothing to release. For the
+// kubernetes store it also returns the run (close it instead of the store).
+func openExistingStore(stdin []byte) (*config.Config, store.Store, *kubeRun, error) {
 	cfg, err := config.LoadStore(stdin)
 	if err != nil || !storeExists(cfg) {
-		return cfg, nil, err
+		return cfg, nil, nil, err
+	}
+	if cfg.Store == config.StoreKubernetes {
+		kr, err := openKube(cfg)
+		if err != nil {
+			return cfg, nil, nil, err
+		}
+		return cfg, kr.st, kr, nil
 	}
 	st, err := openStore(cfg)
-	return cfg, st, err
+	return cfg, st, nil, err
 }
 
 func storeExists(cfg *config.Config) bool {
-	_, err := os.Stat(filepath.Join(cfg.DataDir, cfg.Network))
+	dir := filepath.Join(cfg.DataDir, cfg.Network)
+	if cfg.Store == config.StoreKubernetes {
+		// Objects whose node-local state is gone are still found through
+		// the API server (by their attachment label).
+		return true
+	}
+	_, err := os.Stat(dir)
 	return err == nil
 }
 
@@ -275,11 +388,14 @@ func openStore(cfg *config.Config) (*disk.Store, error) {
 	return st, nil
 }
 
-// cniError gives allocator and store errors their CNI codes.
-func cniError(err error) error {
+// cniError gives allocator and store errors their CNI codes; kr is the
+// kubernetes store's run, nil for the disk store.
+func cniError(kr *kubeRun, err error) error {
 	switch {
 	case errors.As(err, new(*types.Error)):
 		return cnierr.Internal(err)
+	case kr != nil && (errors.Is(err, kube.ErrUnreachable) || errors.As(err, new(*kube.APIError))):
+		return kr.apiError(err)
 	case errors.Is(err, allocator.ErrAlreadyAllocated):
 		return cnierr.New(cnierr.AlreadyExists, "%v", err)
 	case errors.Is(err, allocator.ErrInUse), errors.Is(err, allocator.ErrExhausted),

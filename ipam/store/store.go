@@ -1,7 +1,7 @@
 // Package store defines where warp-ipam keeps reservations. The allocator
-// only sees this interface: the node-local disk store implements it today,
-// a cluster-wide Kubernetes store later, and an in-memory fake backs the
-// allocator's unit tests.
+// only sees this interface, so there is one way to allocate: the node-local
+// disk store (disk/) and the cluster-wide Kubernetes store (kube/) implement
+// it, and an in-memory fake (memstore/) backs the allocator's unit tests.
 package store
 
 import (
@@ -25,7 +25,10 @@ type Reservation struct {
 
 // Store holds the reservations of one network. Every method except Lock and
 // Close must be called with the lock held, so a read followed by a write is
-// consistent across concurrent plugin processes.
+// consistent across concurrent plugin processes. The lock serialises the
+// allocators that share the store's cursors: for the disk store, every
+// allocator of the network; for the Kubernetes store, those of one node
+// (Reserve is atomic across the cluster on its own there).
 type Store interface {
 	// Lock waits a bounded time; when another allocator held the lock
 	// all along, its error wraps flock.ErrTimeout (try again later).
@@ -38,6 +41,10 @@ type Store interface {
 	Reserve(key Key, ip netip.Addr) (bool, error)
 	// Owner returns the attachment holding ip, if any.
 	Owner(ip netip.Addr) (Key, bool, error)
+	// Held reports whether ip is reserved. It serves scans over a whole
+	// range (STATUS), so a store may answer it from a view of the network
+	// read once per call, where Owner would cost a read per address.
+	Held(ip netip.Addr) (bool, error)
 	// ByKey returns the addresses key holds. Its cost must not depend on
 	// how many reservations exist: it runs on every ADD and DEL.
 	ByKey(key Key) ([]netip.Addr, error)
@@ -59,4 +66,11 @@ type Store interface {
 	Keys() ([]Key, error)
 
 	Close() error
+}
+
+// OwnerDescriber is implemented by stores that can say more about who holds
+// an address than its attachment (the Kubernetes store names the pod), for
+// error messages.
+type OwnerDescriber interface {
+	DescribeOwner(ip netip.Addr) (string, error)
 }

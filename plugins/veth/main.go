@@ -1,5 +1,5 @@
 // Command warp-veth is warpnet's CNI plugin for ordinary pods: a routed veth
-// pair per pod, with an XDP fast path on the host end. See README.md.
+// pair per pod, with an XDP or tc datapath on the host end. See README.md.
 package main
 
 import (
@@ -17,5 +17,5 @@ func main() {
 		Check:  plugin.Check,
 		Status: plugin.Status,
 		GC:     plugin.GC,
-	}, version.All, buildinfo.About("warp-veth", "CNI plugin: routed veth pods with an XDP fast path on the host end"))
+	}, version.All, buildinfo.About("warp-veth", "CNI plugin: routed veth pods with an XDP or tc (bpf_redirect_peer/neigh) datapath on the host end"))
 }

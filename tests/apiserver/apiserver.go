@@ -212,6 +212,26 @@ func (s *Server) Stop(t testing.TB) {
 	}
 }
 
+// Freeze stops kube-apiserver with SIGSTOP: connections are still accepted
+// by the kernel, but nothing answers, which is how an overloaded or
+// partitioned API server looks to a client. Thaw resumes it; the cleanup
+// thaws it too, so that it can be stopped.
+func (s *Server) Freeze(t testing.TB) {
+	t.Helper()
+	if err := s.api.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("apiserver: freeze: %v", err)
+	}
+	t.Cleanup(func() { _ = s.api.cmd.Process.Signal(syscall.SIGCONT) })
+}
+
+// Thaw resumes a frozen kube-apiserver.
+func (s *Server) Thaw(t testing.TB) {
+	t.Helper()
+	if err := s.api.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("apiserver: thaw: %v", err)
+	}
+}
+
 // RESTConfig returns a client-go configuration for the admin user.
 func (s *Server) RESTConfig() *rest.Config {
 	return &rest.Config{

@@ -8,15 +8,19 @@ import (
 	"testing"
 
 	"github.com/warpnet/warpnet/daemon/routing"
+	"github.com/warpnet/warpnet/internal/nodefacts"
 	"github.com/warpnet/warpnet/tests/harness"
 	"github.com/warpnet/warpnet/tests/loadgen/report"
 )
 
 // Pod to pod across two nodes on one L2 segment, side by side: routed
-// natively (host-gw), through warpd's VXLAN tunnel, and the same traffic
-// between the two node namespaces themselves (the physical limit of this
-// simulated link). Pods are warp-veth pods with warp-ipam addresses; the
-// routes are programmed by daemon/routing, the code warpd runs.
+// natively (host-gw), natively with warp-veth's tc datapath (which hands a
+// pod's packets to the next hop itself, bpf_redirect_neigh, on the sending
+// node), through warpd's VXLAN tunnel, and the same traffic between the two
+// node namespaces themselves (the physical limit of this simulated link).
+// Pods are warp-veth pods with warp-ipam addresses; the routes are
+// programmed by daemon/routing, the code warpd runs, and the node facts the
+// tc pods read are what warpd publishes.
 
 const (
 	crossRounds  = 3     // rounds; each runs every case, in rotating order
@@ -41,42 +45,60 @@ func BenchmarkCrossNode(b *testing.B) {
 	env := harness.New(b)
 	seg := env.Segment("ul", "10.200.0.0/24", "fd00:200::/64")
 	type node struct {
-		ns   *harness.NetNS
-		name string
-		ip   netip.Addr
-		cidr netip.Prefix
+		ns    *harness.NetNS
+		name  string
+		ip    netip.Addr
+		cidr  netip.Prefix
+		bpffs string
 	}
 	var nodes []node
 	var rnodes []routing.Node
 	for i := 1; i <= 2; i++ {
-		n := node{ns: env.NetNS(fmt.Sprintf("n%d", i)), name: fmt.Sprintf("n%d", i), cidr: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))}
+		n := node{ns: env.NetNS(fmt.Sprintf("n%d", i)), name: fmt.Sprintf("n%d", i), cidr: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i)),
+			bpffs: env.BPFFS()}
 		n.ip, _ = seg.Attach(n.ns, "eth0", 10+i)
 		n.ns.Exec(b, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		nodes = append(nodes, n)
 		rnodes = append(rnodes, routing.Node{Name: n.name, Addrs: []netip.Addr{n.ip}, PodCIDRs: []netip.Prefix{n.cidr}})
 	}
-	// One pod pair per mode: the tunnel's pods get the MTU warpd publishes
+	// The facts warpd publishes on each node: the tc pods read the
+	// cluster's pod CIDRs from them.
+	for _, n := range nodes {
+		f := nodefacts.Facts{Node: n.name, PodCIDRs: []netip.Prefix{n.cidr}, MTU: 1500, Routing: string(routing.Native),
+			ClusterPodCIDRs: []netip.Prefix{nodes[0].cidr, nodes[1].cidr}}
+		if err := nodefacts.Write(filepath.Join(env.TempDir, n.name+"-node.json"), f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// One pod pair per path: the tunnel's pods get the MTU warpd publishes
 	// for it (the uplink's less the VXLAN overhead), as warp-veth would.
-	pods := map[routing.Mode][2]*harness.NetNS{}
-	podIP := map[routing.Mode]string{}
+	const tcNative = "native-tc"
+	pods := map[string][2]*harness.NetNS{}
+	podIP := map[string]string{}
 	for _, m := range []struct {
-		mode routing.Mode
+		path string
 		mtu  int
-	}{{routing.Native, 1500}, {routing.VXLAN, 1450}} {
+		tc   bool
+	}{{string(routing.Native), 1500, false}, {tcNative, 1500, true}, {string(routing.VXLAN), 1450, false}} {
 		var pair [2]*harness.NetNS
 		for i, n := range nodes {
 			veth := env.Plugin(b, "warp-veth").In(n.ns)
-			conf := harness.ConfigJSON(b, harness.NetConf("bench", "warp-veth", map[string]any{"cniVersion": "1.1.0", "mtu": m.mtu,
+			fields := map[string]any{"cniVersion": "1.1.0", "mtu": m.mtu, "nodeFacts": filepath.Join(env.TempDir, n.name+"-node.json"),
+				"bpffsRoot": n.bpffs,
 				"ipam": map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, n.name+"-ipam"), "detectConflicts": false,
-					"ranges": [][]map[string]any{{{"subnet": n.cidr.String()}}}}}))
-			pod := env.NetNS(fmt.Sprintf("%s-%s", m.mode, n.name))
+					"ranges": [][]map[string]any{{{"subnet": n.cidr.String()}}}}}
+			if m.tc {
+				fields["redirect"] = "tc"
+			}
+			conf := harness.ConfigJSON(b, harness.NetConf("bench", "warp-veth", fields))
+			pod := env.NetNS(fmt.Sprintf("%s-%s", m.path, n.name))
 			res := harness.ParseResult(b, veth.MustSucceed(b, harness.Call{Command: "ADD", ContainerID: pod.Name, Netns: pod.Path, IfName: "eth0", Config: conf}))
 			pair[i] = pod
 			if i == 1 {
-				podIP[m.mode] = res.IPs[0].Address.IP.String()
+				podIP[m.path] = res.IPs[0].Address.IP.String()
 			}
 		}
-		pods[m.mode] = pair
+		pods[m.path] = pair
 	}
 	setMode := func(mode routing.Mode) {
 		for _, n := range nodes {
@@ -89,10 +111,12 @@ func BenchmarkCrossNode(b *testing.B) {
 			}
 		}
 	}
+	native, vxlan := string(routing.Native), string(routing.VXLAN)
 	cases := []crossCase{
 		{"node-to-node", "", nodes[0].ns, nodes[1].ns, nodes[1].ip.String()},
-		{"pods, native", routing.Native, pods[routing.Native][0], pods[routing.Native][1], podIP[routing.Native]},
-		{"pods, VXLAN", routing.VXLAN, pods[routing.VXLAN][0], pods[routing.VXLAN][1], podIP[routing.VXLAN]},
+		{"pods, native", routing.Native, pods[native][0], pods[native][1], podIP[native]},
+		{"pods, native + tc redirect", routing.Native, pods[tcNative][0], pods[tcNative][1], podIP[tcNative]},
+		{"pods, VXLAN", routing.VXLAN, pods[vxlan][0], pods[vxlan][1], podIP[vxlan]},
 	}
 	for _, c := range cases {
 		serveLoadgen(b, c.server, "7000")
@@ -106,8 +130,9 @@ func BenchmarkCrossNode(b *testing.B) {
 				setMode(c.mode)
 			}
 			r := &results[i]
-			r.tcpGbps = append(r.tcpGbps, iperf(b, c.client, c.server, c.addr, "")/1e9)
-			r.udpKpps = append(r.udpKpps, iperf(b, c.client, c.server, c.addr, "udp")/1e3)
+			bps, _ := iperf(b, c.client, c.server, c.addr, "", 1)
+			pps, _ := iperf(b, c.client, c.server, c.addr, "udp", 1)
+			r.tcpGbps, r.udpKpps = append(r.tcpGbps, bps/1e9), append(r.udpKpps, pps/1e3)
 			r.rr = append(r.rr, runLoadgen(b, c.client, "rr", c.addr+":7000", crossSamples))
 		}
 	}

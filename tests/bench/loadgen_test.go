@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -43,25 +45,47 @@ func loadgen(b *testing.B) string {
 	return loadgenPath
 }
 
-// serveLoadgen starts loadgen's TCP and UDP echo servers in n on port and
-// waits until they listen.
-func serveLoadgen(b *testing.B, n *harness.NetNS, port string) {
+// serveLoadgen starts loadgen's TCP and UDP echo servers in n on port,
+// waits until they listen and returns the server's process.
+func serveLoadgen(b *testing.B, n *harness.NetNS, port string) *os.Process {
 	cmd := n.Start(b, loadgen(b), "serve", "--tcp", ":"+port, "--udp", ":"+port)
 	harness.WaitFor(b, "loadgen serve in "+n.Name, 10*time.Second, func() bool {
 		return strings.Contains(harness.Output(cmd), "ready")
 	})
+	return cmd.Process
 }
 
 // runLoadgen runs a loadgen client (mode rr, crr or udprr) in n and returns
 // its report; errors fail the benchmark.
 func runLoadgen(b *testing.B, n *harness.NetNS, mode, addr string, samples int) report.Report {
+	r, _ := runLoadgenCPU(b, n, mode, addr, samples)
+	return r
+}
+
+// runLoadgenCPU is runLoadgen that also returns the client's CPU time.
+func runLoadgenCPU(b *testing.B, n *harness.NetNS, mode, addr string, samples int) (report.Report, time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := n.Run(ctx, loadgen(b), mode, "--addr", addr, "--n", strconv.Itoa(samples), "--timeout", "2m")
+	out, cpu, err := n.RunCPU(ctx, loadgen(b), mode, "--addr", addr, "--n", strconv.Itoa(samples), "--timeout", "2m")
 	var r report.Report
 	i := strings.Index(out, "{")
 	if err != nil || i < 0 || json.Unmarshal([]byte(out[i:]), &r) != nil || r.Errors > 0 {
 		b.Fatalf("loadgen %s %s in %s: %v\n%s", mode, addr, n.Name, err, out)
 	}
-	return r
+	return r, cpu
+}
+
+// processCPU is the CPU time (user and system) process pid has used so
+// far, from /proc (in clock ticks of 10 ms).
+func processCPU(b *testing.B, pid int) time.Duration {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses: state
+	// is the first of them, utime and stime the 12th and 13th.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	utime, _ := strconv.ParseUint(f[11], 10, 64)
+	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100
 }

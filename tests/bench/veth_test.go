@@ -4,237 +4,392 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"maps"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/warpnet/warpnet/tests/harness"
+	"github.com/warpnet/warpnet/tests/loadgen/report"
 )
 
-// Pod-to-pod on one node, side by side: warp-veth with the XDP redirect,
-// warp-veth without XDP, and the reference bridge and ptp plugins. Every
-// configuration gets a fresh node namespace; all use host-local as IPAM so
-// that ADD/DEL latency compares the interface plugins, not the IPAMs.
+// Pod-to-pod and pod-to-node on one node, side by side: warp-veth with the
+// tc datapath, plain and with XDP, the reference ptp and bridge plugins,
+// and the same traffic between two processes in one namespace over
+// loopback (what no pod network can beat on this machine). Each case is a
+// fresh simulated node with a client and a server pod; every plugin uses
+// the reference host-local as IPAM, so that ADD/DEL latency compares the
+// interface plugins. Client and server are always separate processes
+// (iperf3, tests/loadgen), and each measurement visits the cases in a
+// rotated order every round, so that drift and warm-up hit all alike.
 
 const (
-	iperfSeconds = 4
-	rrRounds     = 5000 // request/response round trips per configuration
-	podsForCNI   = 100  // pods added then deleted for ADD/DEL latency
+	p2pRounds    = 3     // every case measured once per round
+	p2pRRSamples = 10000 // request/response round trips per case and round
+	cniPairs     = 200   // ADD+DEL pairs per plugin, interleaved across plugins
+	p2pNodeIP    = "10.99.0.1"
+	p2pPort      = "7000" // loadgen's echo server
 )
 
-type podNetCase struct {
-	name   string
-	plugin string
-	conf   func(dataDir, bpffs string) map[string]any
+type p2pCase struct {
+	id     string // namespace names
+	name   string // row label
+	plugin string // "": loopback, no CNI
+	fields func(dataDir, bpffs, facts string) map[string]any
 }
 
-func podNetCases() []podNetCase {
+func p2pCases() []p2pCase {
 	hostLocal := func(dataDir string) map[string]any {
-		return map[string]any{"type": "host-local", "dataDir": dataDir, "ranges": [][]map[string]any{{{"subnet": "10.70.0.0/16"}}}}
+		return map[string]any{"type": "host-local", "dataDir": dataDir,
+			"ranges": [][]map[string]any{{{"subnet": "10.70.0.0/16"}}}, "routes": []map[string]any{{"dst": "0.0.0.0/0"}}}
 	}
-	veth := func(xdp any) func(string, string) map[string]any {
-		return func(dataDir, bpffs string) map[string]any {
-			return map[string]any{"xdp": xdp, "bpffsRoot": bpffs, "ipam": hostLocal(dataDir)}
+	veth := func(extra map[string]any) func(string, string, string) map[string]any {
+		return func(dataDir, bpffs, facts string) map[string]any {
+			m := map[string]any{"bpffsRoot": bpffs, "nodeFacts": facts, "ipam": hostLocal(dataDir)}
+			maps.Copy(m, extra)
+			return m
 		}
 	}
-	return []podNetCase{
-		{"warp-veth+xdp", "warp-veth", veth(map[string]any{"redirect": true, "antiSpoof": true})},
-		{"warp-veth", "warp-veth", veth(false)},
-		{"bridge", "bridge", func(dataDir, _ string) map[string]any {
+	return []p2pCase{
+		{"tc", "warp-veth, tc redirect", "warp-veth", veth(map[string]any{"redirect": "tc"})},
+		{"plain", "warp-veth, plain", "warp-veth", veth(nil)},
+		{"xdp", "warp-veth, XDP", "warp-veth", veth(map[string]any{"xdp": true})},
+		{"ptp", "ptp", "ptp", func(dataDir, _, _ string) map[string]any { return map[string]any{"ipam": hostLocal(dataDir)} }},
+		{"bridge", "bridge", "bridge", func(dataDir, _, _ string) map[string]any {
 			return map[string]any{"bridge": "cni0", "isGateway": true, "ipam": hostLocal(dataDir)}
 		}},
-		{"ptp", "ptp", func(dataDir, _ string) map[string]any { return map[string]any{"ipam": hostLocal(dataDir)} }},
+		{"lo", "loopback, one namespace", "", nil},
 	}
 }
 
-type podNetResult struct {
-	tcpGbps        float64
-	rrP50, rrP99   time.Duration
-	udpKpps        float64
-	addP50, addP99 time.Duration
-	delP50, delP99 time.Duration
+// p2pNode is one case set up: its pods (or the loopback namespace) with
+// loadgen's server running in the server pod, and for a plugin a pod for
+// ADD/DEL timing.
+type p2pNode struct {
+	c                    p2pCase
+	node, client, server *harness.NetNS // node is nil for loopback
+	serverIP             string
+	serverProc           *os.Process // loadgen serve
+	plugin               *harness.Plugin
+	conf                 []byte
+	cniPod               *harness.NetNS
+	tcp                  [4][]float64 // Gbit/s per round: pod→pod 1 and 4 streams, pod→node 1 and 4 streams
+	udp                  []float64    // kpps per round
+	rr                   []report.Report
+	cniAdd, cniDel       []time.Duration
+	bpffs                string
+	// The profile (per round): the client's and server's CPU time per
+	// unit of work, device transmits (backlog passes) per round trip; and
+	// the BPF program's own time per run.
+	cpuPerGB, cpuPerDgram, cpuPerRT, txPerRT []float64
+	progNs                                   float64
 }
 
-func runPodNetCase(b *testing.B, tc podNetCase) podNetResult {
-	env := harness.New(b)
-	node := env.NetNS("node")
-	plugin := env.Plugin(b, tc.plugin).In(node)
-	fields := tc.conf(filepath.Join(env.TempDir, "ipam"), env.BPFFS())
+func newP2PNode(b *testing.B, env *harness.Env, c p2pCase) *p2pNode {
+	n := &p2pNode{c: c}
+	if c.plugin == "" {
+		ns := env.NetNS(c.id)
+		n.client, n.server, n.serverIP = ns, ns, "127.0.0.1"
+		n.serverProc = serveLoadgen(b, n.server, p2pPort)
+		return n
+	}
+	n.node = env.NetNS(c.id + "-node")
+	env.Addr(n.node, "lo", p2pNodeIP+"/32")
+	n.plugin = env.Plugin(b, c.plugin).In(n.node)
+	dir := filepath.Join(env.TempDir, c.id)
+	n.bpffs = env.BPFFS()
+	fields := c.fields(filepath.Join(dir, "ipam"), n.bpffs, filepath.Join(dir, "node.json"))
 	fields["cniVersion"] = "1.0.0" // Debian's reference plugins predate 1.1.0
-	conf := harness.ConfigJSON(b, harness.NetConf("bench-"+tc.plugin, tc.plugin, fields))
-	call := func(cmd, id string, pod *harness.NetNS) harness.Call {
-		return harness.Call{Command: cmd, ContainerID: id, Netns: pod.Path, IfName: "eth0", Config: conf}
-	}
-	add := func(id string, pod *harness.NetNS) string {
-		res := harness.ParseResult(b, plugin.MustSucceed(b, call("ADD", id, pod)))
-		return res.IPs[0].Address.IP.String()
-	}
+	n.conf = harness.ConfigJSON(b, harness.NetConf("bench-"+c.id, c.plugin, fields))
+	n.client, n.server, n.cniPod = env.NetNS(c.id+"-client"), env.NetNS(c.id+"-server"), env.NetNS(c.id+"-cni")
+	n.plugin.MustSucceed(b, n.call("ADD", "client", n.client))
+	res := harness.ParseResult(b, n.plugin.MustSucceed(b, n.call("ADD", "server", n.server)))
+	n.serverIP = res.IPs[0].Address.IP.String()
+	n.serverProc = serveLoadgen(b, n.server, p2pPort)
+	return n
+}
 
-	var r podNetResult
-	client, server := env.NetNS("client"), env.NetNS("server")
-	add("client", client)
-	serverIP := add("server", server)
+func (n *p2pNode) call(cmd, id string, pod *harness.NetNS) harness.Call {
+	return harness.Call{Command: cmd, ContainerID: id, Netns: pod.Path, IfName: "eth0", Config: n.conf}
+}
 
-	r.tcpGbps = iperf(b, client, server, serverIP, "") / 1e9
-	r.udpKpps = iperf(b, client, server, serverIP, "udp") / 1e3
-	r.rrP50, r.rrP99 = requestResponse(b, env, client, server, serverIP)
-
-	var adds, dels []time.Duration
-	pods := make([]*harness.NetNS, podsForCNI)
-	for i := range pods {
-		pods[i] = env.NetNS(fmt.Sprintf("p%d", i))
-	}
-	timed := func(c harness.Call) time.Duration {
+// cni times one ADD and one DEL of a fresh container in the timing pod.
+func (n *p2pNode) cni(b *testing.B, i int) {
+	id := fmt.Sprintf("cni%d", i)
+	for _, cmd := range []string{"ADD", "DEL"} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		start := time.Now()
-		plugin.MustSucceed(b, c)
-		return time.Since(start)
+		o, err := n.plugin.Exec(ctx, n.call(cmd, id, n.cniPod))
+		elapsed := time.Since(start)
+		cancel()
+		if err != nil || o.ExitCode != 0 {
+			b.Fatalf("%s %s %s: %v %v", n.c.plugin, cmd, id, err, o)
+		}
+		if cmd == "ADD" {
+			n.cniAdd = append(n.cniAdd, elapsed)
+		} else {
+			n.cniDel = append(n.cniDel, elapsed)
+		}
 	}
-	for i, p := range pods {
-		adds = append(adds, timed(call("ADD", fmt.Sprintf("p%d", i), p)))
-	}
-	for i, p := range pods {
-		dels = append(dels, timed(call("DEL", fmt.Sprintf("p%d", i), p)))
-	}
-	r.addP50, r.addP99 = pct(adds, 0.5), pct(adds, 0.99)
-	r.delP50, r.delP99 = pct(dels, 0.5), pct(dels, 0.99)
-	return r
 }
 
-// iperf runs iperf3 from client to server for iperfSeconds: TCP bulk
-// throughput (bits/s), or with mode "udp" 64-byte datagrams as fast as the
-// client can send them (datagrams/s received).
-func iperf(b *testing.B, client, server *harness.NetNS, serverIP, mode string) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(iperfSeconds+20)*time.Second)
-	defer cancel()
-	port := "5201"
-	args := []string{"iperf3", "-c", serverIP, "-p", port, "-t", fmt.Sprint(iperfSeconds), "-J"}
-	if mode == "udp" {
-		port = "5202" // never the TCP run's server, which may still be exiting
-		args = append(args, "-p", port, "-u", "-l", "64", "-b", "0")
+// transmits is how many packets the case's veth devices (or, for
+// loopback, lo) have transmitted, over its namespaces: a veth transmit
+// without NAPI queues the packet on a CPU's backlog for the peer to
+// receive, so this counts the backlog passes of the case's own traffic.
+func (n *p2pNode) transmits(b *testing.B) uint64 {
+	nss, sel := []*harness.NetNS{n.node, n.client, n.server}, []string{"type", "veth"}
+	if n.node == nil {
+		nss, sel = []*harness.NetNS{n.client}, []string{"dev", "lo"}
 	}
-	srv := server.Start(b, "iperf3", "-s", "-1", "-p", port)
-	defer srv.Process.Kill()
-	var rep struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-			Sum struct {
-				Seconds     float64 `json:"seconds"`
-				Packets     float64 `json:"packets"`
-				LostPackets float64 `json:"lost_packets"`
-			} `json:"sum"`
-		} `json:"end"`
-	}
-	var out string
-	for try := 0; ; try++ { // the server needs a moment to listen
-		out, _ = client.Run(ctx, args...)
-		rep.Error = ""
-		if i := strings.Index(out, "{"); i >= 0 && json.Unmarshal([]byte(out[i:]), &rep) == nil && rep.Error == "" {
-			break
+	var sum uint64
+	for _, ns := range nss {
+		var links []struct {
+			Stats64 struct {
+				TX struct {
+					Packets uint64 `json:"packets"`
+				} `json:"tx"`
+			} `json:"stats64"`
 		}
-		if try == 50 {
-			b.Fatalf("iperf3 %s: %s", mode, out)
+		out := ns.Exec(b, append([]string{"ip", "-j", "-s", "link", "show"}, sel...)...)
+		if err := json.Unmarshal([]byte(out), &links); err != nil {
+			b.Fatalf("ip -j -s link in %s: %v\n%s", ns.Name, err, out)
 		}
-		time.Sleep(100 * time.Millisecond)
+		for _, l := range links {
+			sum += l.Stats64.TX.Packets
+		}
 	}
-	v := rep.End.SumReceived.BitsPerSecond
-	if mode == "udp" {
-		s := rep.End.Sum
-		v = (s.Packets - s.LostPackets) / s.Seconds
-	}
-	if !(v > 0) {
-		b.Fatalf("iperf3 %s measured nothing: %s", mode, out)
-	}
-	return v
+	return sum
 }
 
-// requestResponse measures round trips of one byte over one TCP connection,
-// both ends in this process (inside the pod namespaces).
-func requestResponse(b *testing.B, env *harness.Env, client, server *harness.NetNS, serverIP string) (p50, p99 time.Duration) {
-	var ln net.Listener
-	if err := server.Do(func() (err error) { ln, err = net.Listen("tcp", ":7000"); return err }); err != nil {
+// progRun is the cumulative run time and count of the case's pinned host
+// program (tc or XDP), zero without one; they grow only while BPF
+// run-time stats are on.
+func (n *p2pNode) progRun(b *testing.B) (time.Duration, uint64) {
+	prog := map[string]string{"tc": "warp_tc_host", "xdp": "warp_xdp_host"}[n.c.id]
+	if prog == "" {
+		return 0, 0
+	}
+	p, err := ebpf.LoadPinnedProgram(filepath.Join(n.bpffs, "progs", prog), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 1)
-		for {
-			if _, err := c.Read(buf); err != nil {
-				return
-			}
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
-	var c net.Conn
-	if err := client.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", net.JoinHostPort(serverIP, "7000"), 5*time.Second)
-		return err
-	}); err != nil {
+	defer p.Close()
+	st, err := p.Stats()
+	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Minute))
-	buf := make([]byte, 1)
-	rtts := make([]time.Duration, 0, rrRounds)
-	for i := 0; i < rrRounds; i++ {
-		start := time.Now()
-		if _, err := c.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := c.Read(buf); err != nil {
-			b.Fatal(err)
-		}
-		rtts = append(rtts, time.Since(start))
-	}
-	return pct(rtts, 0.5), pct(rtts, 0.99)
+	return st.Runtime, st.RunCount
 }
 
-// BenchmarkPodToPod compares pod networking plugins on one node. Run with
-// -benchtime 1x: each configuration measures a fixed amount itself.
+// loadAvg is the 1-minute load average, as /proc/loadavg says.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(data))[0]
+}
+
+// BenchmarkPodToPod compares pod networking datapaths on one node. Run
+// with -benchtime 1x: it measures a fixed amount itself.
 func BenchmarkPodToPod(b *testing.B) {
 	harness.RequireTools(b, "iperf3", "/usr/lib/cni/bridge", "/usr/lib/cni/ptp", "/usr/lib/cni/host-local")
-	var names []string
-	results := map[string]podNetResult{}
-	for _, tc := range podNetCases() {
-		b.Run(tc.name, func(b *testing.B) {
-			r := runPodNetCase(b, tc)
-			results[tc.name] = r
-			b.ReportMetric(r.tcpGbps, "tcp-Gbit/s")
-			b.ReportMetric(float64(r.rrP50.Microseconds()), "rr-p50-us")
-			b.ReportMetric(r.udpKpps, "udp64-kpps")
-		})
-		names = append(names, tc.name)
+	loadBefore := loadAvg()
+	env := harness.New(b)
+	cases := p2pCases()
+	var nodes []*p2pNode
+	for _, c := range cases {
+		nodes = append(nodes, newP2PNode(b, env, c))
 	}
-	var out strings.Builder
-	fmt.Fprintf(&out, "\nPod-to-pod on one node (TCP %ds iperf3; %d 1-byte TCP round trips; UDP 64-byte datagrams %ds; CNI ADD/DEL of %d pods)\n",
-		iperfSeconds, rrRounds, iperfSeconds, podsForCNI)
-	fmt.Fprintf(&out, "%-15s %10s %9s %9s %11s %9s %9s %9s %9s\n", "plugin", "TCP Gb/s", "RR p50", "RR p99", "UDP64 kpps", "ADD p50", "ADD p99", "DEL p50", "DEL p99")
-	for _, name := range names {
-		r, ok := results[name]
-		if !ok {
-			continue
+	// Each measurement visits every case once per round, starting with
+	// another case each round.
+	rotate := func(round int, nodes []*p2pNode, measure func(*p2pNode)) {
+		for k := range nodes {
+			measure(nodes[(k+round)%len(nodes)])
 		}
-		fmt.Fprintf(&out, "%-15s %10.2f %9s %9s %11.1f %9s %9s %9s %9s\n", name, r.tcpGbps,
-			r.rrP50.Round(time.Microsecond), r.rrP99.Round(time.Microsecond), r.udpKpps, round(r.addP50), round(r.addP99), round(r.delP50), round(r.delP99))
 	}
-	if base, ok := results["bridge"]; ok {
-		for _, name := range []string{"warp-veth+xdp", "warp-veth"} {
-			if r, ok := results[name]; ok {
-				fmt.Fprintf(&out, "%-15s %9.2fx %8.2fx %8.2fx %10.2fx   (vs bridge; throughput: higher is better, latency: bridge/x)\n", name,
-					r.tcpGbps/base.tcpGbps, float64(base.rrP50)/float64(r.rrP50), float64(base.rrP99)/float64(r.rrP99), r.udpKpps/base.udpKpps)
+	for round := range p2pRounds {
+		for s, streams := range []int{1, 4} {
+			rotate(round, nodes, func(n *p2pNode) {
+				bps, cpu := iperf(b, n.client, n.server, n.serverIP, "", streams)
+				n.tcp[s] = append(n.tcp[s], bps/1e9)
+				if streams == 1 {
+					n.cpuPerGB = append(n.cpuPerGB, cpu.Seconds()/(bps*iperfSeconds/8/1e9))
+				}
+			})
+			rotate(round, nodes, func(n *p2pNode) {
+				if n.node != nil {
+					bps, _ := iperf(b, n.client, n.node, p2pNodeIP, "", streams)
+					n.tcp[2+s] = append(n.tcp[2+s], bps/1e9)
+				}
+			})
+		}
+		rotate(round, nodes, func(n *p2pNode) {
+			pps, cpu := iperf(b, n.client, n.server, n.serverIP, "udp", 1)
+			n.udp = append(n.udp, pps/1e3)
+			n.cpuPerDgram = append(n.cpuPerDgram, cpu.Seconds()/(pps*iperfSeconds)*1e6)
+		})
+		rotate(round, nodes, func(n *p2pNode) {
+			srv, tx := processCPU(b, n.serverProc.Pid), n.transmits(b)
+			r, cpu := runLoadgenCPU(b, n.client, "rr", n.serverIP+":"+p2pPort, p2pRRSamples)
+			cpu += processCPU(b, n.serverProc.Pid) - srv
+			n.rr = append(n.rr, r)
+			n.cpuPerRT = append(n.cpuPerRT, cpu.Seconds()/float64(r.Samples)*1e6)
+			n.txPerRT = append(n.txPerRT, float64(n.transmits(b)-tx)/float64(r.Samples))
+		})
+	}
+	// The BPF programs' own cost, with run-time stats on (which costs a
+	// little, so only now): one more RR run per case with a program.
+	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+		b.Logf("no BPF run-time stats: %v", err)
+	} else {
+		for _, n := range nodes {
+			if n.c.id != "tc" && n.c.id != "xdp" {
+				continue
+			}
+			t0, c0 := n.progRun(b)
+			runLoadgen(b, n.client, "rr", n.serverIP+":"+p2pPort, p2pRRSamples)
+			if t1, c1 := n.progRun(b); c1 > c0 {
+				n.progNs = float64(t1-t0) / float64(c1-c0)
 			}
 		}
+		stats.Close()
 	}
-	fmt.Print(out.String())
+	var plugins []*p2pNode
+	for _, n := range nodes {
+		if n.plugin != nil {
+			plugins = append(plugins, n)
+		}
+	}
+	for i := range cniPairs {
+		rotate(i, plugins, func(n *p2pNode) { n.cni(b, i) })
+	}
+	loadAfter := loadAvg()
+	for _, n := range nodes {
+		b.ReportMetric(median(n.tcp[0]), n.c.id+"-tcp-Gbit/s")
+		b.ReportMetric(median(n.udp), n.c.id+"-udp64-kpps")
+	}
+	publish(b, "podtopod", p2pTable(nodes, loadBefore, loadAfter))
 }
+
+// p2pTable is the markdown docs/benchmarks.md shows.
+func p2pTable(nodes []*p2pNode, loadBefore, loadAfter string) string {
+	var out strings.Builder
+	fmt.Fprintf(&out, "Same-node traffic, median of %d rounds. TCP bulk: iperf3, %d s, 1 and 4 streams; UDP: 64-byte datagrams "+
+		"as fast as one iperf3 client sends them, delivered to the server pod's UDP stack per second; RR: 1-byte request/response over one TCP connection "+
+		"between two loadgen processes, %d round trips per round (p50 and p99 are each round's, then the median). "+
+		"Load average (1 min) before / after the run: %s / %s.\n\n", p2pRounds, iperfSeconds, p2pRRSamples, loadBefore, loadAfter)
+	out.WriteString("| datapath | pod→pod TCP, 1 stream | 4 streams | pod→node TCP, 1 stream | 4 streams | UDP 64 B | RR p50 | RR p99 |\n")
+	out.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	s := map[string]p2pSummary{}
+	for _, n := range nodes {
+		x := summarizeP2P(n)
+		s[n.c.id] = x
+		gbps := func(v float64) string {
+			if v == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.1f Gbit/s", v)
+		}
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %s | %.0f kpps | %.0f µs | %.0f µs |\n", n.c.name,
+			gbps(x.tcp[0]), gbps(x.tcp[1]), gbps(x.tcp[2]), gbps(x.tcp[3]), x.udp, x.p50, x.p99)
+	}
+
+	ptp := s["ptp"]
+	fmt.Fprintf(&out, "\nAgainst ptp (throughput and rate: x / ptp, higher is better; latency: x / ptp, lower is better):\n\n")
+	out.WriteString("| datapath | pod→pod TCP, 1 stream | 4 streams | pod→node TCP, 1 stream | 4 streams | UDP 64 B | RR p50 | RR p99 |\n")
+	out.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, n := range nodes {
+		if n.c.id == "ptp" {
+			continue
+		}
+		x := s[n.c.id]
+		ratio := func(v, base float64) string {
+			if v == 0 || base == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.2fx", v/base)
+		}
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", n.c.name, ratio(x.tcp[0], ptp.tcp[0]), ratio(x.tcp[1], ptp.tcp[1]),
+			ratio(x.tcp[2], ptp.tcp[2]), ratio(x.tcp[3], ptp.tcp[3]), ratio(x.udp, ptp.udp), ratio(x.p50, ptp.p50), ratio(x.p99, ptp.p99))
+	}
+	tc := s["tc"]
+	goal := func(what string, r, limit float64, atLeast bool) string {
+		met := r >= limit
+		if !atLeast {
+			met = r <= limit
+		}
+		verdict := "missed"
+		if met {
+			verdict = "met"
+		}
+		cmp := "≥"
+		if !atLeast {
+			cmp = "≤"
+		}
+		return fmt.Sprintf("%s %.2fx (goal %s %.2fx: %s)", what, r, cmp, limit, verdict)
+	}
+	fmt.Fprintf(&out, "\nGoals for the tc redirect against ptp: %s; %s; %s; %s.\n",
+		goal("pod→pod TCP, 1 stream", tc.tcp[0]/ptp.tcp[0], 1.15, true),
+		goal("4 streams", tc.tcp[1]/ptp.tcp[1], 1.15, true),
+		goal("UDP 64 B", tc.udp/ptp.udp, 1.15, true),
+		goal("RR p50", tc.p50/ptp.p50, 0.85, false))
+
+	fmt.Fprintf(&out, "\nWhere the time goes: CPU time of the client and server processes per unit of work in the runs above "+
+		"(user and system, with the kernel's network work done in their context: the veth, forwarding and receive path runs in "+
+		"the sender's softirq), the packets the case's veth devices (loopback: lo) transmitted per round trip (each veth "+
+		"transmit queues the packet on a CPU's backlog once), and the pod datapath program's own run time per packet (BPF "+
+		"run-time stats, during one more RR run):\n\n")
+	out.WriteString("| datapath | CPU per RR round trip | device transmits per round trip | CPU per 64 B datagram | CPU per GB, TCP 1 stream | BPF program per packet |\n")
+	out.WriteString("|---|---:|---:|---:|---:|---:|\n")
+	for _, n := range nodes {
+		prog := "—"
+		if n.progNs > 0 {
+			prog = fmt.Sprintf("%.0f ns", n.progNs)
+		}
+		fmt.Fprintf(&out, "| %s | %.1f µs | %.1f | %.2f µs | %.2f s | %s |\n", n.c.name, median(n.cpuPerRT), median(n.txPerRT),
+			median(n.cpuPerDgram), median(n.cpuPerGB), prog)
+	}
+
+	fmt.Fprintf(&out, "\nCNI ADD and DEL of one pod (the whole plugin process, as a runtime sees it), %d pairs per plugin, "+
+		"interleaved across plugins; host-local IPAM for all:\n\n", cniPairs)
+	label, q := quantile(cniPairs)
+	fmt.Fprintf(&out, "| plugin | ADD p50 | ADD %s | DEL p50 | DEL %s |\n|---|---:|---:|---:|---:|\n", label, label)
+	for _, n := range nodes {
+		if n.plugin == nil {
+			continue
+		}
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %s |\n", n.c.name, ms(pct(n.cniAdd, 0.5)), ms(pct(n.cniAdd, q)), ms(pct(n.cniDel, 0.5)), ms(pct(n.cniDel, q)))
+	}
+	return out.String()
+}
+
+type p2pSummary struct {
+	tcp      [4]float64
+	udp      float64
+	p50, p99 float64
+}
+
+func summarizeP2P(n *p2pNode) p2pSummary {
+	var s p2pSummary
+	for i, v := range n.tcp {
+		if len(v) > 0 {
+			s.tcp[i] = median(v)
+		}
+	}
+	s.udp = median(n.udp)
+	var p50, p99 []float64
+	for _, r := range n.rr {
+		p50, p99 = append(p50, r.P50), append(p99, r.P99)
+	}
+	s.p50, s.p99 = median(p50), median(p99)
+	return s
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }

@@ -140,12 +140,13 @@ func runTwoNodes(t *testing.T, mode string) {
 		ipam := map[string]any{"type": "warp-ipam", "dataDir": filepath.Join(env.TempDir, n.name+"-ipam"), "detectConflicts": false}
 		call := harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0"}
 		if kind == "veth" {
-			// The same configuration on every node: addresses from the
-			// node's pod CIDRs, the MTU warpd publishes.
+			// The same configuration on every node, as the shipped
+			// conflist: addresses from the node's pod CIDRs, the MTU and
+			// the cluster's pod CIDRs warpd publishes, the tc datapath.
 			plugin = env.Plugin(t, "warp-veth").In(n.ns)
 			ipam["ranges"] = [][]map[string]any{{{"subnet": "podCIDR"}}}
 			ipam["nodeFacts"] = n.facts
-			conf = map[string]any{"ipam": ipam, "nodeFacts": n.facts}
+			conf = map[string]any{"ipam": ipam, "nodeFacts": n.facts, "redirect": "tc", "bpffsRoot": n.bpffs}
 		} else {
 			plugin = env.Plugin(t, "warp-sriov").In(n.ns)
 			ipam["ranges"] = [][]map[string]any{{{"subnet": "192.168.50.0/24", "gateway": n.vfGW,

@@ -86,6 +86,25 @@ func (n *NetNS) Run(ctx context.Context, argv ...string) (string, error) {
 	return string(out), nil
 }
 
+// RunCPU is Run that also returns the CPU time the command used, user and
+// system (with the kernel's work done in its context, such as the softirqs
+// its sends run), its waited-for children included.
+func (n *NetNS) RunCPU(ctx context.Context, argv ...string) (string, time.Duration, error) {
+	if len(argv) == 0 {
+		return "", 0, errors.New("harness: NetNS.RunCPU: empty command")
+	}
+	cmd := n.command(ctx, argv)
+	out, err := cmd.CombinedOutput()
+	var cpu time.Duration
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	if err != nil {
+		return string(out), cpu, fmt.Errorf("in netns %s: %s: %w\n%s", n.Name, quote(argv), err, out)
+	}
+	return string(out), cpu, nil
+}
+
 // Exec is Run bounded by CommandTimeout that fails the test on error.
 func (n *NetNS) Exec(t testing.TB, argv ...string) string {
 	t.Helper()

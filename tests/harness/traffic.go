@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +142,59 @@ func (n *NetNS) MustExchange(t testing.TB, network, addr, msg string) string {
 		t.Fatalf("%s %s from %s: reply %q, want \"<server>:%s\"", network, addr, n, reply, msg)
 	}
 	return server
+}
+
+// SNMP returns n's protocol counters, read inside n: /proc/net/snmp's as
+// "Group:Name" ("Ip:ForwDatagrams", "Udp:InDatagrams", ...) and
+// /proc/net/snmp6's under their own names ("Ip6OutForwDatagrams", ...).
+func (n *NetNS) SNMP(t testing.TB) map[string]uint64 {
+	t.Helper()
+	out := n.Exec(t, "cat", "/proc/net/snmp", "/proc/net/snmp6")
+	counters := map[string]uint64{}
+	header := map[string][]string{} // group -> names, from the line before its values
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && !strings.HasSuffix(f[0], ":"):
+			counters[f[0]] = parseCounter(t, f[1])
+		case len(f) > 1 && strings.HasSuffix(f[0], ":"):
+			group := strings.TrimSuffix(f[0], ":")
+			names, ok := header[group]
+			if !ok || len(names) != len(f)-1 {
+				header[group] = f[1:]
+				continue
+			}
+			for i, name := range names {
+				if v, err := strconv.ParseInt(f[i+1], 10, 64); err == nil && v >= 0 { // a few are gauges, -1 for "none"
+					counters[group+":"+name] = uint64(v)
+				}
+			}
+			delete(header, group)
+		}
+	}
+	return counters
+}
+
+// Forwarded returns how many IPv4 and IPv6 packets n's stack has forwarded
+// (ForwDatagrams of /proc/net/snmp, Ip6OutForwDatagrams of
+// /proc/net/snmp6, read inside n): a datapath that delivers packets itself
+// leaves them flat, the forwarding path makes them grow.
+func (n *NetNS) Forwarded(t testing.TB) (v4, v6 uint64) {
+	t.Helper()
+	c := n.SNMP(t)
+	v4, ok4 := c["Ip:ForwDatagrams"]
+	v6, ok6 := c["Ip6OutForwDatagrams"]
+	if !ok4 || !ok6 {
+		t.Fatalf("harness: no forwarding counters in %s's /proc/net/snmp{,6}", n)
+	}
+	return v4, v6
+}
+
+func parseCounter(t testing.TB, s string) uint64 {
+	t.Helper()
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("harness: counter %q: %v", s, err)
+	}
+	return v
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// TestBothDatapathsOneRoot: the XDP pod datapath and the service load
+// TestBothDatapathsOneRoot: the pod datapath and the service load
 // balancer share a bpffs root without touching each other's pins, and a
 // node that only runs the load balancer gets no XDP pins from a look for
 // XDP state (what warp-veth's DEL does).
@@ -44,7 +44,7 @@ func TestBothDatapathsOneRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp.Close()
-	if got := harness.PinNames(t, root); !slices.Equal(got, []string{"lb", "maps", "progs"}) {
+	if got := harness.PinNames(t, root); !slices.Equal(got, []string{"lb", "links", "maps", "progs"}) {
 		t.Errorf("root holds %v", got)
 	}
 	if got := harness.PinNames(t, filepath.Join(servicelb.Dir(root), "maps")); !slices.Equal(got, lbMaps) {

@@ -166,6 +166,12 @@ func contains(ips []netip.Addr, ip netip.Addr) bool {
 	return false
 }
 
+// Held reports whether ip is reserved.
+func (s *Store) Held(ip netip.Addr) (bool, error) {
+	_, held, err := s.Owner(ip)
+	return held, err
+}
+
 func (s *Store) Owner(ip netip.Addr) (store.Key, bool, error) {
 	data, err := os.ReadFile(s.ipPath(ip))
 	if errors.Is(err, os.ErrNotExist) {

@@ -46,6 +46,12 @@ func (s *Store) Reserve(key store.Key, ip netip.Addr) (bool, error) {
 	return true, nil
 }
 
+// Held reports whether ip is reserved.
+func (s *Store) Held(ip netip.Addr) (bool, error) {
+	_, held, err := s.Owner(ip)
+	return held, err
+}
+
 func (s *Store) Owner(ip netip.Addr) (store.Key, bool, error) {
 	s.mustLocked()
 	k, ok := s.owners[ip]

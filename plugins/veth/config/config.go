@@ -3,8 +3,10 @@
 package config
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -45,15 +47,49 @@ func (x *XDP) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Values of "redirect".
+const (
+	// RedirectNone leaves the pod's traffic to the node's forwarding path.
+	RedirectNone = "none"
+	// RedirectTC has the tc program on the host end forward it.
+	RedirectTC = "tc"
+)
+
+// TC says what the tc program on the pod's host end does; it is attached
+// when either is on.
+type TC struct {
+	// Redirect: the program forwards the pod's traffic itself
+	// ("redirect": "tc"), skipping the node's forwarding path.
+	Redirect bool
+	// AntiSpoof: the program drops packets whose source IP or MAC is not
+	// the pod's ("antiSpoof", on by default with "redirect": "tc").
+	AntiSpoof bool
+}
+
+// Enabled reports whether the pod gets the tc program.
+func (t TC) Enabled() bool { return t.Redirect || t.AntiSpoof }
+
 // NetConf is warp-veth's configuration.
 type NetConf struct {
 	types.PluginConf
-	MTU       int    `json:"mtu"`
-	XDP       *XDP   `json:"xdp"`
+	MTU int  `json:"mtu"`
+	XDP *XDP `json:"xdp"`
+	// Redirect is RedirectTC or RedirectNone ("" is none).
+	Redirect string `json:"redirect"`
+	// AntiSpoof turns the tc program's anti-spoofing on or off (nil: on
+	// with "redirect": "tc", off otherwise).
+	AntiSpoof *bool  `json:"antiSpoof"`
 	BPFFSRoot string `json:"bpffsRoot"`
-	// NodeFacts is where warpd publishes the node's pod MTU, used when mtu
-	// is not set (internal/nodefacts.DefaultPath).
+	// NodeFacts is where warpd publishes the node's facts: the pod MTU,
+	// used when mtu is not set, and the cluster's pod CIDRs, to which the
+	// tc program forwards itself (internal/nodefacts.DefaultPath).
 	NodeFacts string `json:"nodeFacts"`
+
+	// TC is what Load resolved from redirect and antiSpoof.
+	TC TC `json:"-"`
+	// ClusterPodCIDRs are the cluster's pod CIDRs as warpd published them
+	// (nil while nothing is published); read only with "redirect": "tc".
+	ClusterPodCIDRs []netip.Prefix `json:"-"`
 }
 
 // Load parses stdin, applies defaults and validates.
@@ -70,21 +106,29 @@ func Load(stdin []byte) (*NetConf, error) {
 	if err := checkIPAM(n.IPAM.Type); err != nil {
 		return nil, err
 	}
-	if n.MTU == 0 {
-		mtu, err := nodeMTU(n.NodeFacts)
-		if err != nil {
-			return nil, err
-		}
-		n.MTU = mtu
-	}
-	if n.MTU < 68 || n.MTU > 65535 {
-		return nil, cnierr.Invalid("mtu", "%d is out of range (68-65535)", n.MTU)
-	}
 	if n.XDP == nil {
 		// Off unless asked for: on veth, XDP costs more than it saves
 		// (the kernel turns off GSO/TSO on the pod end, and redirected
 		// frames need software checksums); see docs/benchmarks.md.
 		n.XDP = &XDP{}
+	}
+	if err := n.resolveTC(); err != nil {
+		return nil, err
+	}
+	if n.MTU == 0 || n.TC.Redirect {
+		facts, err := readFacts(n.NodeFacts)
+		if err != nil {
+			return nil, err
+		}
+		if n.MTU == 0 {
+			n.MTU = cmp.Or(facts.MTU, DefaultMTU)
+		}
+		if n.TC.Redirect {
+			n.ClusterPodCIDRs = facts.ClusterPodCIDRs
+		}
+	}
+	if n.MTU < 68 || n.MTU > 65535 {
+		return nil, cnierr.Invalid("mtu", "%d is out of range (68-65535)", n.MTU)
 	}
 	if n.BPFFSRoot == "" {
 		n.BPFFSRoot = pinset.DefaultRoot
@@ -93,7 +137,7 @@ func Load(stdin []byte) (*NetConf, error) {
 }
 
 // LoadDel parses only what DEL needs: the IPAM plugin that releases the
-// addresses and the bpffs root where XDP state is pinned. Every other key is
+// addresses and the bpffs root where the BPF state (XDP or tc) is pinned. Every other key is
 // ignored, so a pod is still cleaned up when the rest of its configuration
 // has since become invalid (the runtime retries a failing DEL while the veth,
 // its routes and its addresses stay). Keys DEL does not read keep their
@@ -121,25 +165,48 @@ func LoadDel(stdin []byte) (*NetConf, error) {
 	return n, nil
 }
 
-// nodeMTU is the pod MTU warpd published for this node (it follows the
-// routing mode: a tunnel's overhead is subtracted), or DefaultMTU while
-// nothing is published.
-func nodeMTU(factsPath string) (int, error) {
+// resolveTC checks redirect and antiSpoof and sets TC.
+func (n *NetConf) resolveTC() error {
+	switch n.Redirect {
+	case "", RedirectNone:
+	case RedirectTC:
+		n.TC.Redirect = true
+	default:
+		return cnierr.Invalid("redirect", "%q: want %q or %q", n.Redirect, RedirectTC, RedirectNone)
+	}
+	n.TC.AntiSpoof = n.TC.Redirect
+	if n.AntiSpoof != nil {
+		n.TC.AntiSpoof = *n.AntiSpoof
+	}
+	if n.XDP.Enabled {
+		// One program per host end.
+		if n.TC.Redirect {
+			return cnierr.Invalid("redirect", `"tc" cannot be combined with "xdp": choose one datapath`)
+		}
+		if n.AntiSpoof != nil {
+			return cnierr.Invalid("antiSpoof", `belongs to the tc datapath; with "xdp" on, set "xdp": {"antiSpoof": ...}`)
+		}
+	}
+	return nil
+}
+
+// readFacts reads what warpd published for this node: the pod MTU (it
+// follows the routing mode: a tunnel's overhead is subtracted) and the
+// cluster's pod CIDRs. Nothing published yet is zero facts.
+func readFacts(factsPath string) (nodefacts.Facts, error) {
 	if factsPath == "" {
 		factsPath = nodefacts.DefaultPath
 	} else if !filepath.IsAbs(factsPath) {
-		return 0, cnierr.Invalid("nodeFacts", "%q is not an absolute path", factsPath)
+		return nodefacts.Facts{}, cnierr.Invalid("nodeFacts", "%q is not an absolute path", factsPath)
 	}
 	f, err := nodefacts.Read(factsPath)
 	switch {
 	case errors.Is(err, nodefacts.ErrNotPublished):
-		return DefaultMTU, nil
+		return nodefacts.Facts{}, nil
 	case err != nil:
-		return 0, cnierr.New(types.ErrIOFailure, "nodeFacts: %v", err)
-	case f.MTU == 0:
-		return DefaultMTU, nil
+		return nodefacts.Facts{}, cnierr.New(types.ErrIOFailure, "nodeFacts: %v", err)
 	}
-	return f.MTU, nil
+	return f, nil
 }
 
 func checkIPAM(pluginType string) error {

@@ -1,6 +1,7 @@
 // Package plugin implements warp-veth's CNI verbs: a routed veth pair per pod
-// (no bridge), addresses from any IPAM plugin, and the XDP datapath on the
-// host end. The binary's main only hands these to skel.
+// (no bridge), addresses from any IPAM plugin, and the pod datapath (XDP or
+// tc, bpf/podpath) on the host end. The binary's main only hands these to
+// skel.
 package plugin
 
 import (
@@ -34,9 +35,9 @@ func openPodNS(path string) (ns.NetNS, error) {
 }
 
 // Add builds the pod's veth pair and routes. Every step is undone if a later
-// one fails: the BPF map entries, the pair (which takes its routes,
-// neighbours and XDP programs with it) and the IPAM reservation. Each step
-// is a crash point (internal/faultpoint) from which DEL recovers.
+// one fails: the BPF map entries and tc link, the pair (which takes its
+// routes, neighbours and XDP programs with it) and the IPAM reservation.
+// Each step is a crash point (internal/faultpoint) from which DEL recovers.
 func Add(args *skel.CmdArgs) (err error) {
 	conf, err := config.Load(args.StdinData)
 	if err != nil {
@@ -105,9 +106,14 @@ func Add(args *skel.CmdArgs) (err error) {
 		return cnierr.Internal(err)
 	}
 	faultpoint.Hit("warp-veth.add.after-host-config")
-	if conf.XDP.Enabled {
+	switch {
+	case conf.XDP.Enabled:
 		if err := attachXDP(conf, att, hostIndex, podNS, podIndex, ips, &undo); err != nil {
 			return cnierr.Internal(fmt.Errorf("xdp: %w", err))
+		}
+	case conf.TC.Enabled():
+		if err := attachTC(conf, att, hostIndex, ips, &undo); err != nil {
+			return cnierr.Internal(fmt.Errorf("tc: %w", err))
 		}
 	}
 	if err := types.PrintResult(buildResult(res, att, args, ips), conf.CNIVersion); err != nil {
@@ -159,10 +165,10 @@ func buildResult(ipamRes *current.Result, att Attachment, args *skel.CmdArgs, ip
 	return res
 }
 
-// Del removes the BPF state, the pair and its routes, and releases the
-// addresses. It reads only the IPAM type and bpffsRoot (config.LoadDel), so
-// it still works when the rest of the configuration has since become
-// invalid. It succeeds when the namespace or the link is already gone, and
+// Del removes the BPF state (tc link, map entries), the pair and its
+// routes, and releases the addresses. It reads only the IPAM type and
+// bpffsRoot (config.LoadDel), so it still works when the rest of the
+// configuration has since become invalid. It succeeds when the namespace or the link is already gone, and
 // when run again; each step is a crash point that a repeated DEL finishes.
 func Del(args *skel.CmdArgs) error {
 	conf, err := config.LoadDel(args.StdinData)
@@ -171,12 +177,13 @@ func Del(args *skel.CmdArgs) error {
 	}
 	att := Derive(args.ContainerID, args.IfName)
 	var errs []error
-	// Map entries first: they name the host end's ifindex, which the
+	// BPF state first (either datapath's: DEL does not know which one the
+	// pod had): the map entries name the host end's ifindex, which the
 	// kernel may give to another pod once the link is gone.
-	if err := detachXDP(conf, att); err != nil {
-		errs = append(errs, fmt.Errorf("xdp: %w", err))
+	if err := removeBPF(conf, att); err != nil {
+		errs = append(errs, fmt.Errorf("pod datapath: %w", err))
 	}
-	faultpoint.Hit("warp-veth.del.after-xdp")
+	faultpoint.Hit("warp-veth.del.after-endpoint")
 	if args.Netns != "" {
 		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
 			// The pod end is ours only if it carries the MAC we gave it.
@@ -219,8 +226,9 @@ func nsGone(err error) bool {
 
 func macEqual(a, b net.HardwareAddr) bool { return a.String() == b.String() }
 
-// Check verifies the link, addresses, routes and XDP attachment against
-// prevResult, and asks the IPAM plugin to check its side.
+// Check verifies the link, addresses, routes and the datapath's attachment
+// (XDP or tc) and map entries against prevResult, and asks the IPAM plugin
+// to check its side.
 func Check(args *skel.CmdArgs) error {
 	conf, err := config.Load(args.StdinData)
 	if err != nil {
@@ -266,8 +274,11 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if conf.XDP.Enabled {
+	switch {
+	case conf.XDP.Enabled:
 		return checkXDP(conf, att, hostIndex, podNS, podIndex, ips)
+	case conf.TC.Enabled():
+		return checkTC(conf, att, hostIndex, ips)
 	}
 	return nil
 }

@@ -11,10 +11,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +27,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/warpnet/warpnet/bpf/podpath"
 	"github.com/warpnet/warpnet/internal/nodefacts"
+	"github.com/warpnet/warpnet/plugins/veth/plugin"
 	"github.com/warpnet/warpnet/tests/apiserver"
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -158,12 +162,13 @@ func (c *cluster) waitFacts(n *node) nodefacts.Facts {
 }
 
 // addPod adds a warp-veth pod on n with the one configuration every node
-// shares (only the per-test paths differ), and starts its echo servers.
-func (c *cluster) addPod(name string, n *node, args string) *pod {
+// shares (only the per-test paths differ, and extra fields), and starts its
+// echo servers.
+func (c *cluster) addPod(name string, n *node, args string, extra ...map[string]any) *pod {
 	t := c.t
 	p := &pod{name: name, node: n, ns: c.env.NetNS(name)}
 	veth := c.env.Plugin(t, "warp-veth").In(n.ns)
-	res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0", Config: c.podConf(n), Args: args}))
+	res := harness.ParseResult(t, veth.MustSucceed(t, harness.Call{Command: "ADD", ContainerID: name, Netns: p.ns.Path, IfName: "eth0", Config: c.podConf(n, extra...), Args: args}))
 	for _, ip := range res.IPs {
 		if ip.Address.IP.To4() != nil {
 			p.v4 = ip.Address.IP.String()
@@ -183,11 +188,38 @@ func (c *cluster) addPod(name string, n *node, args string) *pod {
 // podConf is the network configuration every node shares (only the test's
 // per-node paths differ): addresses from the node's pod CIDRs, the MTU
 // warpd publishes.
-func (c *cluster) podConf(n *node) []byte {
-	return harness.ConfigJSON(c.t, harness.NetConf("cluster", "warp-veth", map[string]any{"cniVersion": "1.1.0",
+func (c *cluster) podConf(n *node, extra ...map[string]any) []byte {
+	fields := map[string]any{"cniVersion": "1.1.0",
 		"nodeFacts": n.facts, "bpffsRoot": n.bpffs,
 		"ipam": map[string]any{"type": "warp-ipam", "ranges": [][]map[string]any{{{"subnet": "podCIDR"}}},
-			"nodeFacts": n.facts, "dataDir": filepath.Join(c.env.TempDir, n.name, "ipam"), "detectConflicts": false}}))
+			"nodeFacts": n.facts, "dataDir": filepath.Join(c.env.TempDir, n.name, "ipam"), "detectConflicts": false}}
+	for _, e := range extra {
+		maps.Copy(fields, e)
+	}
+	return harness.ConfigJSON(c.t, harness.NetConf("cluster", "warp-veth", fields))
+}
+
+// redirected is how many packets pod p's tc program forwarded itself.
+func (c *cluster) redirected(p *pod) uint64 {
+	c.t.Helper()
+	var n uint64
+	if err := p.node.ns.Do(func() error {
+		dp, err := podpath.OpenReadOnly(p.node.bpffs)
+		if err != nil {
+			return err
+		}
+		defer dp.Close()
+		ep, ok, err := dp.Endpoint(plugin.Derive(p.name, "eth0").Owner)
+		if err != nil || !ok {
+			return fmt.Errorf("no endpoint for %s: %v", p.name, err)
+		}
+		cnt, err := dp.Counters(ep.HostIfIndex)
+		n = cnt.RedirectPackets
+		return err
+	}); err != nil {
+		c.t.Fatal(err)
+	}
+	return n
 }
 
 // exchange checks one request from pod a to pod b over network and family.
@@ -352,6 +384,60 @@ func TestClusterNetwork(t *testing.T) {
 					}
 				}
 			}
+		}
+	})
+
+	t.Run("tc pods: the sending node's forwarding path skipped", func(t *testing.T) {
+		// warp-veth's tc datapath beside plain pods: a second pod on n1,
+		// and one on n2 (native) and n4 (tunnel).
+		tcPods := []*pod{
+			c.addPod("t1", c.nodes["n1"], "", map[string]any{"redirect": "tc"}),
+			c.addPod("t1b", c.nodes["n1"], "", map[string]any{"redirect": "tc"}),
+			c.addPod("t2", c.nodes["n2"], "", map[string]any{"redirect": "tc"}),
+			c.addPod("t4", c.nodes["n4"], "", map[string]any{"redirect": "tc"}),
+		}
+		f := c.waitFacts(c.nodes["n1"])
+		for _, want := range []string{"10.244.0.0/16", "fd00:10:244::/56", "10.244.4.0/24", "fd00:10:244:2::/64"} {
+			if !slices.Contains(f.ClusterPodCIDRs, netip.MustParsePrefix(want)) {
+				t.Errorf("n1's facts list the cluster's pod CIDRs %v, without %s", f.ClusterPodCIDRs, want)
+			}
+		}
+		hops := c.nodes["n1"].ns.Exec(t, filepath.Join(harness.BinDir(), "warpctl"), "podpath", "nexthops", "--bpffs-root", c.nodes["n1"].bpffs)
+		for _, want := range []string{"10.244.0.0/16", "fd00:10:244::/56", "fd00:10:244:4::/64"} {
+			if !strings.Contains(hops, want) {
+				t.Errorf("warpctl podpath nexthops on n1 lacks %s:\n%s", want, hops)
+			}
+		}
+		for _, a := range append(tcPods, pods...) {
+			for _, b := range append(tcPods, pods...) {
+				for _, network := range []string{"tcp", "udp"} {
+					for _, v6 := range []bool{false, true} {
+						if err := c.exchange(a, b, network, v6); err != nil {
+							t.Error(err)
+						}
+					}
+				}
+			}
+		}
+		// t1's packets to the pods on n1, n2 (native) and n4 (tunnel)
+		// were forwarded by its program: to t1b with bpf_redirect_peer,
+		// to the others' nodes with bpf_redirect_neigh.
+		for _, to := range tcPods[1:] {
+			for _, v6 := range []bool{false, true} {
+				before := c.redirected(tcPods[0])
+				for range 5 {
+					if err := c.exchange(tcPods[0], to, "udp", v6); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if after := c.redirected(tcPods[0]); after < before+5 {
+					t.Errorf("t1 -> %s (v6=%v): %d packets redirected, want at least 5", to.name, v6, after-before)
+				}
+			}
+		}
+		// Traffic leaving the cluster takes the stack, and its masquerade.
+		if got := c.extSees(tcPods[0]); !strings.Contains(got, "10.200.0.11") {
+			t.Errorf("the external host saw %s from a tc pod on n1, want n1's address 10.200.0.11", got)
 		}
 	})
 

@@ -11,15 +11,21 @@ import (
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// The steps of warp-veth's ADD (with XDP on) and DEL, in order, as its crash
-// points name them. warp-ipam's points come in between (its own tests list
-// them): the delegate is the crash-point build too.
+// The steps of warp-veth's ADD (with the XDP or the tc datapath) and DEL,
+// in order, as its crash points name them. warp-ipam's points come in
+// between (its own tests list them): the delegate is the crash-point build
+// too.
 var (
-	addPoints = []string{
-		"warp-veth.add.after-ipam", "warp-veth.add.after-pair", "warp-veth.add.after-pod-config", "warp-veth.add.after-host-config",
-		"warp-veth.add.after-xdp-pod", "warp-veth.add.after-xdp-endpoint", "warp-veth.add.after-xdp-host", "warp-veth.add.after-result",
+	addPoints = map[string][]string{
+		"xdp": {"warp-veth.add.after-ipam", "warp-veth.add.after-pair", "warp-veth.add.after-pod-config", "warp-veth.add.after-host-config",
+			"warp-veth.add.after-xdp-pod", "warp-veth.add.after-xdp-endpoint", "warp-veth.add.after-xdp-host", "warp-veth.add.after-result"},
+		"tc": {"warp-veth.add.after-ipam", "warp-veth.add.after-pair", "warp-veth.add.after-pod-config", "warp-veth.add.after-host-config",
+			"warp-veth.add.after-tc-endpoint", "warp-veth.add.after-tc-link", "warp-veth.add.after-result"},
 	}
-	delPoints = []string{"warp-veth.del.after-xdp", "warp-veth.del.after-pod-link", "warp-veth.del.after-host-link", "warp-veth.del.after-ipam"}
+	delPoints = []string{"warp-veth.del.after-tc-link", "warp-veth.del.after-endpoint", "warp-veth.del.after-pod-link",
+		"warp-veth.del.after-host-link", "warp-veth.del.after-ipam"}
+	// datapaths are the configurations of the two datapaths.
+	datapaths = map[string]map[string]any{"xdp": {"xdp": true}, "tc": tcOn}
 )
 
 // ipamPoints are the delegate's crash points among points.
@@ -37,7 +43,8 @@ func ipamPoints(points []string) []string {
 type nodeState struct {
 	hostLinks, hostRoutes []string
 	ipam                  map[string]string // warp-ipam's files and their content
-	endpoints             []uint64          // XDP endpoint owners
+	endpoints             []uint64          // pod datapath endpoint owners
+	linkPins              []string          // tc links
 }
 
 func (n *node) state(t *testing.T, dp *podpath.Datapath) nodeState {
@@ -51,29 +58,36 @@ func (n *node) state(t *testing.T, dp *podpath.Datapath) nodeState {
 		owners[i] = ep.Owner
 	}
 	slices.Sort(owners)
-	return nodeState{n.hostLinks(), n.hostRoutes(), harness.IPAMFiles(n.dataDir, network), owners}
+	return nodeState{n.hostLinks(), n.hostRoutes(), harness.IPAMFiles(n.dataDir, network), owners, n.linkPins()}
 }
 
 func (s nodeState) equal(o nodeState) bool {
 	return slices.Equal(s.hostLinks, o.hostLinks) && slices.Equal(s.hostRoutes, o.hostRoutes) &&
-		maps.Equal(s.ipam, o.ipam) && slices.Equal(s.endpoints, o.endpoints)
+		maps.Equal(s.ipam, o.ipam) && slices.Equal(s.endpoints, o.endpoints) && slices.Equal(s.linkPins, o.linkPins)
 }
 
-// warp-veth (and its warp-ipam) SIGKILLed at every step of ADD, with XDP on:
-// DEL repairs everything (host and pod links, host routes, warp-ipam's
-// files, XDP map entries), and separately GC, with the crashed attachment
-// not in valid-attachments, repairs what it owns (the reservations) without
-// touching a live pod. Killed at every step of DEL, a repeated DEL finishes
-// the job. "Repaired" means the node is exactly as it was with only the
-// live pod on it.
+// warp-veth (and its warp-ipam) SIGKILLed at every step of ADD, with either
+// datapath: DEL repairs everything (host and pod links, host routes,
+// warp-ipam's files, map entries, tc link pins), and separately GC, with
+// the crashed attachment not in valid-attachments, repairs what it owns
+// (the reservations) without touching a live pod. Killed at every step of
+// DEL, a repeated DEL finishes the job. "Repaired" means the node is
+// exactly as it was with only the live pod on it.
 func TestCrashPoints(t *testing.T) {
+	for _, mode := range []string{"xdp", "tc"} {
+		t.Run(mode, func(t *testing.T) { testCrashPoints(t, mode) })
+	}
+}
+
+func testCrashPoints(t *testing.T, mode string) {
 	n := newNode(t)
 	fveth := n.env.FaultPlugin(t, "warp-veth").In(n.ns)
-	conf := n.conf(map[string]any{"xdp": true})
+	conf := n.conf(datapaths[mode])
 	n.add("keeper", n.env.NetNS("keeper"), conf)
 	dp := n.datapath()
 	clean := n.state(t, dp)
-	if len(clean.hostLinks) != 1 || len(clean.hostRoutes) != 2 || len(clean.endpoints) != 1 {
+	wantPins := map[string]int{"xdp": 0, "tc": 1}[mode]
+	if len(clean.hostLinks) != 1 || len(clean.hostRoutes) != 2 || len(clean.endpoints) != 1 || len(clean.linkPins) != wantPins {
 		t.Fatalf("the keeper's state: %+v", clean)
 	}
 	assertRepaired := func(t *testing.T, what string, pod *harness.NetNS) {
@@ -91,14 +105,16 @@ func TestCrashPoints(t *testing.T) {
 	gotDel := fveth.FaultPoints(t, n.call("DEL", "enumerate", enum, conf))
 	// IPAM runs first in ADD, and after the links in DEL.
 	ipamAdd, ipamDel := ipamPoints(gotAdd), ipamPoints(gotDel)
-	wantAdd := slices.Concat(ipamAdd, addPoints)
-	wantDel := slices.Concat(delPoints[:3], ipamDel, delPoints[3:])
+	wantAdd := slices.Concat(ipamAdd, addPoints[mode])
+	wantDel := slices.Concat(delPoints[:4], ipamDel, delPoints[4:])
 	if len(ipamAdd) < 4 || len(ipamDel) < 2 || !slices.Equal(gotAdd, wantAdd) || !slices.Equal(gotDel, wantDel) {
 		t.Fatalf("crash points: ADD %q, DEL %q; want ADD %q, DEL %q", gotAdd, gotDel, wantAdd, wantDel)
 	}
 	assertRepaired(t, "the enumerating ADD and DEL", enum)
 
-	gc := n.conf(map[string]any{"xdp": true, "cni.dev/valid-attachments": []map[string]string{{"containerID": "keeper", "ifname": "eth0"}}})
+	gcFields := map[string]any{"cni.dev/valid-attachments": []map[string]string{{"containerID": "keeper", "ifname": "eth0"}}}
+	maps.Copy(gcFields, datapaths[mode])
+	gc := n.conf(gcFields)
 	seq := 0
 	for _, point := range gotAdd {
 		for _, repair := range []string{"DEL", "GC"} {

@@ -275,35 +275,45 @@ func TestDelIsIdempotentAndTolerant(t *testing.T) {
 
 // Fault 4: a configuration edited after ADD so that it no longer parses
 // (a runtime keeps the old pod's DEL with the new file) must not keep the
-// pod's veth, routes, XDP entries and addresses forever while the runtime
-// retries DEL: DEL reads only the IPAM section and bpffsRoot.
+// pod's veth, routes, BPF entries, tc link and addresses forever while the
+// runtime retries DEL: DEL reads only the IPAM section and bpffsRoot.
 func TestDelAfterConfigBecameInvalid(t *testing.T) {
 	n := newNode(t)
-	var dp *podpath.Datapath // opened once the first XDP pod pinned the maps
-	for i, broken := range []map[string]any{
-		{"mtu": "abc"},
-		{"xdp": "yes"},
-		{"xdp": map[string]any{"redirect": 7}, "mtu": 20},
+	var dp *podpath.Datapath // opened once the first pod pinned the maps
+	for i, c := range []struct {
+		datapath string
+		broken   map[string]any
+		code     uint // of ADD with the broken configuration
+	}{
+		{"xdp", map[string]any{"mtu": "abc"}, types.ErrDecodingFailure},
+		{"xdp", map[string]any{"xdp": "yes"}, types.ErrDecodingFailure},
+		{"xdp", map[string]any{"xdp": map[string]any{"redirect": 7}, "mtu": 20}, types.ErrDecodingFailure},
+		{"tc", map[string]any{"redirect": "quantum"}, types.ErrInvalidNetworkConfig},
+		{"tc", map[string]any{"redirect": 3, "antiSpoof": "maybe"}, types.ErrDecodingFailure},
 	} {
-		t.Run(fmt.Sprint(broken), func(t *testing.T) {
+		broken := c.broken
+		t.Run(fmt.Sprint(c.datapath, broken), func(t *testing.T) {
 			id, pod := fmt.Sprintf("c%d", i), n.env.NetNS(fmt.Sprintf("pod%d", i))
-			n.add(id, pod, n.conf(map[string]any{"xdp": true}))
+			n.add(id, pod, n.conf(datapaths[c.datapath]))
 			if dp == nil {
 				dp = n.datapath()
 			}
 			owner := plugin.Derive(id, "eth0").Owner
 			if _, ok, _ := dp.Endpoint(owner); !ok {
-				t.Fatal("no XDP endpoint after ADD")
+				t.Fatal("no endpoint after ADD")
 			}
 			bad := n.conf(broken)
-			n.veth.MustFail(t, n.call("ADD", "other", n.env.NetNS(fmt.Sprintf("other%d", i)), bad), types.ErrDecodingFailure)
+			n.veth.MustFail(t, n.call("ADD", "other", n.env.NetNS(fmt.Sprintf("other%d", i)), bad), c.code)
 			n.veth.MustSucceed(t, n.call("DEL", id, pod, bad))
 			n.assertClean("DEL with " + string(bad))
 			if l := podLinks(t, pod); len(l) != 0 {
 				t.Errorf("pod links left: %v", l)
 			}
 			if _, ok, _ := dp.Endpoint(owner); ok {
-				t.Error("XDP endpoint left")
+				t.Error("endpoint left")
+			}
+			if l := n.linkPins(); len(l) != 0 {
+				t.Errorf("tc link pins left: %v", l)
 			}
 			n.veth.MustSucceed(t, n.call("DEL", id, pod, bad))
 		})

@@ -233,9 +233,9 @@ func TestXDPFailureRollsBack(t *testing.T) {
 	n.assertClean("XDP failure")
 }
 
-// A DEL on a node whose bpffs root exists but holds no XDP state (warpd
-// pinned its load balancer there, or made just the directory) removes the
-// pod and loads nothing: no XDP programs or maps appear.
+// A DEL on a node whose bpffs root exists but holds no pod datapath state
+// (warpd pinned its load balancer there, or made just the directory)
+// removes the pod and loads nothing: no programs, maps or links appear.
 func TestDELLoadsNoXDP(t *testing.T) {
 	for _, lbPins := range []bool{false, true} {
 		t.Run(fmt.Sprintf("lb-pins=%v", lbPins), func(t *testing.T) {
@@ -257,9 +257,9 @@ func TestDELLoadsNoXDP(t *testing.T) {
 			if after := harness.PinNames(t, n.bpffs); !slices.Equal(after, before) {
 				t.Errorf("DEL of a pod without XDP changed %s: %v -> %v", n.bpffs, before, after)
 			}
-			for _, d := range []string{"maps", "progs"} {
+			for _, d := range []string{"maps", "progs", "links"} {
 				if _, err := os.Stat(filepath.Join(n.bpffs, d)); !errors.Is(err, os.ErrNotExist) {
-					t.Errorf("DEL created XDP pins: %s/%s (%v)", n.bpffs, d, err)
+					t.Errorf("DEL created pod datapath pins: %s/%s (%v)", n.bpffs, d, err)
 				}
 			}
 		})
