@@ -169,6 +169,10 @@ struct pkt {
 	__u16 gso_seg; /* tc: the L3 length of each GSO segment, 0 if none */
 };
 
+/* bytes of the offending packet an ICMP error quotes (see too_big) */
+#define QUOTE4 (20 + 20)
+#define QUOTE6 (40 + 20)
+
 /* room for what does not fit the 512-byte stack, per CPU (the programs
  * never nest on one CPU) */
 struct scratch {
@@ -185,7 +189,7 @@ struct scratch {
 	struct {
 		struct ipv6hdr ip6;
 		struct icmp6hdr icmp;
-		__u8 quote[48];
+		__u8 quote[QUOTE6];
 	} icmp6;
 	struct {
 		__u8 saddr[16];
@@ -197,7 +201,7 @@ struct scratch {
 	struct {
 		struct iphdr ip;
 		struct icmphdr icmp;
-		__u8 quote[28];
+		__u8 quote[QUOTE4];
 	} icmp4;
 	/* a VXLAN header (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet) */
 	struct {
@@ -780,7 +784,9 @@ static __always_inline bool routable(const bool xdp, const struct pkt *p, int rc
  * too_big turns the packet into the ICMP error that tells its sender the
  * path MTU (mtu, the largest IP packet that passes), sent back out of the
  * interface it came in on. The error quotes the packet's IP header and
- * the first 8 bytes of its payload, as RFC 792 / 4443 require at least.
+ * the first 20 bytes of its payload (RFC 792 / 4443 require 8 at least):
+ * a TCP segment sent by a local veth (CHECKSUM_PARTIAL) cannot be cut
+ * shorter than its checksum field (bpf_skb_change_tail's minimum length).
  */
 static __always_inline int too_big(void *ctx, const bool xdp, struct pkt *p, __u32 mtu)
 {
@@ -790,7 +796,7 @@ static __always_inline int too_big(void *ctx, const bool xdp, struct pkt *p, __u
 	if (!s || ctx_load(ctx, xdp, 0, &eth, sizeof(eth)))
 		return -1;
 	if (p->family == WARP_FAMILY_V4) {
-		/* eth | ip | icmp | quoted ip (20) | 8 bytes */
+		/* eth | ip | icmp | quoted ip (20) | 20 bytes */
 		typeof(s->icmp4) *h = &s->icmp4;
 
 		if (!p->simple)
@@ -798,24 +804,24 @@ static __always_inline int too_big(void *ctx, const bool xdp, struct pkt *p, __u
 		__builtin_memset(h, 0, sizeof(*h));
 		if (ctx_load(ctx, xdp, ETH_HLEN, h->quote, sizeof(h->quote)))
 			return -1;
-		if (ctx_truncate(ctx, xdp, ETH_HLEN + 28) || ctx_grow(ctx, xdp, ETH_HLEN, 28, false, false))
+		if (ctx_truncate(ctx, xdp, ETH_HLEN + QUOTE4) || ctx_grow(ctx, xdp, ETH_HLEN, 28, false, false))
 			return -1;
 		h->ip.version = 4;
 		h->ip.ihl = 5;
 		h->ip.ttl = 64;
 		h->ip.protocol = IPPROTO_ICMP;
-		h->ip.tot_len = bpf_htons(20 + 8 + 28);
+		h->ip.tot_len = bpf_htons(20 + 8 + QUOTE4);
 		__builtin_memcpy(&h->ip.saddr, p->daddr, 4);
 		__builtin_memcpy(&h->ip.daddr, p->saddr, 4);
 		h->ip.check = ip_csum(&h->ip);
 		h->icmp.type = ICMP_DEST_UNREACH;
 		h->icmp.code = ICMP_FRAG_NEEDED;
 		h->icmp.un.frag.mtu = bpf_htons(mtu);
-		h->icmp.checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->icmp, 8 + 28, 0));
+		h->icmp.checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->icmp, 8 + QUOTE4, 0));
 		if (ctx_store(ctx, xdp, ETH_HLEN, h, sizeof(*h)))
 			return -1;
 	} else {
-		/* eth | ip6 | icmp6 | quoted ip6 (40) | 8 bytes */
+		/* eth | ip6 | icmp6 | quoted ip6 (40) | 20 bytes */
 		typeof(s->icmp6) *h = &s->icmp6;
 		typeof(s->ph) *ph = &s->ph;
 		__u32 sum;
@@ -824,22 +830,22 @@ static __always_inline int too_big(void *ctx, const bool xdp, struct pkt *p, __u
 		__builtin_memset(ph, 0, sizeof(*ph));
 		if (ctx_load(ctx, xdp, ETH_HLEN, h->quote, sizeof(h->quote)))
 			return -1;
-		if (ctx_truncate(ctx, xdp, ETH_HLEN + 48) || ctx_grow(ctx, xdp, ETH_HLEN, 48, false, false))
+		if (ctx_truncate(ctx, xdp, ETH_HLEN + QUOTE6) || ctx_grow(ctx, xdp, ETH_HLEN, 48, false, false))
 			return -1;
 		h->ip6.version = 6;
 		h->ip6.nexthdr = IPPROTO_ICMPV6;
 		h->ip6.hop_limit = 64;
-		h->ip6.payload_len = bpf_htons(8 + 48);
+		h->ip6.payload_len = bpf_htons(8 + QUOTE6);
 		__builtin_memcpy(&h->ip6.saddr, p->daddr, 16);
 		__builtin_memcpy(&h->ip6.daddr, p->saddr, 16);
 		h->icmp.icmp6_type = ICMPV6_PKT_TOOBIG;
 		h->icmp.icmp6_mtu = bpf_htonl(mtu);
 		__builtin_memcpy(ph->saddr, p->daddr, 16);
 		__builtin_memcpy(ph->daddr, p->saddr, 16);
-		ph->len = bpf_htonl(8 + 48);
+		ph->len = bpf_htonl(8 + QUOTE6);
 		ph->next = IPPROTO_ICMPV6;
 		sum = bpf_csum_diff(0, 0, (__be32 *)ph, sizeof(*ph), 0);
-		sum = bpf_csum_diff(0, 0, (__be32 *)&h->icmp, 8 + 48, sum);
+		sum = bpf_csum_diff(0, 0, (__be32 *)&h->icmp, 8 + QUOTE6, sum);
 		h->icmp.icmp6_cksum = csum_fold(sum);
 		if (ctx_store(ctx, xdp, ETH_HLEN, h, sizeof(*h)))
 			return -1;

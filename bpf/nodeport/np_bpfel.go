@@ -133,7 +133,7 @@ type npNpTunnelKey struct {
 
 type npScratchBytes struct {
 	_ structs.HostLayout
-	B [880]uint8
+	B [904]uint8
 }
 
 // Names of all BPF objects in the ELF.
