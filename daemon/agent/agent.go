@@ -19,6 +19,7 @@ import (
 	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
+	"github.com/warpnet/warpnet/daemon/nodeport"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
@@ -46,16 +47,21 @@ type Config struct {
 	// IPAMGC collects warp-ipam addresses leaked in the API server (one
 	// warpd per cluster, elected); nil: off.
 	IPAMGC *ipamgc.Config
+	// NorthSouth is the load balancer for NodePorts, ExternalIPs and
+	// LoadBalancer IPs reached from outside (northsouth.go); nil: off.
+	NorthSouth *nodeport.Config
 }
 
 // Agent runs one warpd.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	lb      *servicelb.LB
-	src     source.Source
-	screen  services.LastGood // used by Run's goroutine only
-	metrics *metrics
+	cfg    Config
+	log    *slog.Logger
+	lb     *servicelb.LB
+	src    source.Source
+	screen services.LastGood // used by Run's goroutine only
+	// lastDesired is the last sync's translation (Run's goroutine only).
+	lastDesired []services.Entry
+	metrics     *metrics
 
 	mu            sync.Mutex // guards what the HTTP handlers read
 	synced        bool       // a sync has succeeded entirely
@@ -66,8 +72,9 @@ type Agent struct {
 	inMaps        reconcile.Stats            // Services and Backends of the last sync
 	network       *status.Network            // nil with Config.Network nil
 
-	net    *nodenet.Controller // used by runNetwork's goroutine only
-	ipamGC *ipamgc.Collector   // nil unless Config.IPAMGC
+	net    *nodenet.Controller  // used by runNetwork's goroutine only
+	ipamGC *ipamgc.Collector    // nil unless Config.IPAMGC
+	ns     *nodeport.Reconciler // nil unless Config.NorthSouth
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -128,8 +135,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
 	}
+	if err := a.openNorthSouth(); err != nil {
+		lb.Close()
+		return nil, err
+	}
 	if cfg.Network != nil {
 		if a.net, err = nodenet.New(*cfg.Network); err != nil {
+			a.closeNorthSouth()
 			lb.Close()
 			return nil, err
 		}
@@ -161,6 +173,7 @@ func nodeAddresses() ([]netip.Addr, error) {
 // exits promptly; the next warpd finishes the job.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.lb.Close()
+	defer a.closeNorthSouth()
 	if a.cfg.ListenAddr != "" {
 		srv, err := a.serve()
 		if err != nil {
@@ -204,6 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if snap != nil && (changed || force) {
 			a.sync(ctx, snap)
+			a.syncNorthSouth(a.lastDesired, force)
 		}
 		if force {
 			a.gc()
@@ -215,6 +229,7 @@ func (a *Agent) sync(ctx context.Context, snap *source.Snapshot) {
 	start := time.Now()
 	svcs, slices, rejected := a.screen.Screen(snap.Services, snap.EndpointSlices)
 	desired, conflicts := services.Translate(svcs, slices, a.cfg.Node)
+	a.lastDesired = desired
 	a.setRejected(append(rejected, conflicts...), start)
 	st, err := reconcile.Sync(ctx, a.lb, desired)
 	if err == nil && a.lb.Staged() != "" {
