@@ -40,7 +40,11 @@ func (a *Agent) syncNorthSouth(desired []services.Entry, force bool) {
 		return
 	}
 	if force {
-		a.ns.Resync()
+		if n, err := a.ns.Resync(); err != nil {
+			a.log.Warn("north-south: collecting stale entries failed", "err", err)
+		} else if n > 0 {
+			a.log.Info("north-south: collected stale entries", "entries", n)
+		}
 	}
 	st, err := a.ns.Sync(desired)
 	switch {

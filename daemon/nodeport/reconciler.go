@@ -198,11 +198,14 @@ func (r *Reconciler) Sync(entries []services.Entry) (Stats, error) {
 }
 
 // Resync forgets what was applied, so the next Sync compares with the
-// maps themselves and repairs any drift.
-func (r *Reconciler) Resync() {
+// maps themselves and repairs any drift, and collects idle connections
+// (they hold SNAT ports until removed) and entries interrupted updates
+// left behind; it returns how many entries it removed.
+func (r *Reconciler) Resync() (int, error) {
 	r.mu.Lock()
 	r.applied = nil
 	r.mu.Unlock()
+	return r.lb.GC()
 }
 
 // SetTunnelPeers tells the programs the peers reached through the VXLAN
