@@ -213,8 +213,11 @@ func (l *LB) Attachments() ([]Attachment, error) {
 		if idx == 0 {
 			continue
 		}
-		a := Attachment{Ifindex: idx, Hook: h, Defunct: true}
-		if lk, err := link.LoadPinnedLink(filepath.Join(linksDir(l.obj), e.Name()), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+		a := Attachment{Ifindex: idx, Hook: h}
+		// Links open read-write only (the kernel refuses BPF_F_RDONLY
+		// for them); opening changes nothing. One that cannot be opened
+		// is not called defunct: Prune would detach it.
+		if lk, err := link.LoadPinnedLink(filepath.Join(linksDir(l.obj), e.Name()), nil); err == nil {
 			live, _ := linkState(lk, h)
 			a.Defunct = live != idx
 			lk.Close()
