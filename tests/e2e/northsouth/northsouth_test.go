@@ -30,7 +30,8 @@ import (
 
 const (
 	echoPort = 8080 // harness.EchoServer, TCP and UDP: "<pod>:<msg>"
-	peerPort = 9000 // socat: answers with the client address it saw
+	peerPort = 9000 // peerServer: answers with the client address it saw
+	linePort = 7000 // harness.LineServer: answers lines until the client closes
 )
 
 type node struct {
@@ -39,6 +40,8 @@ type node struct {
 	v4, v6 netip.Addr
 	bpffs  string
 	facts  string
+	warpd  []string // argv
+	proc   *os.Process
 }
 
 type pod struct {
@@ -93,11 +96,12 @@ func (c *cluster) addNode(i int, warpdArgs ...string) *node {
 		t.Fatal(err)
 	}
 	pods := c.env.Cgroup(n.name + "-pods")
-	n.ns.Start(t, append([]string{filepath.Join(harness.BinDir(), "warpd"),
+	n.warpd = append([]string{filepath.Join(harness.BinDir(), "warpd"),
 		"--kubeconfig", c.api.BridgeInto(t, n.ns), "--node-name", n.name, "--node-ip", n.v4.String() + "," + n.v6.String(),
 		"--cgroup-root", pods.Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "127.0.0.1:9090",
 		"--routing", "native", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56", "--service-cidr", "10.96.0.0/16,fd00:96::/112",
-		"--resync", "5s"}, warpdArgs...)...)
+		"--resync", "5s"}, warpdArgs...)
+	n.proc = n.ns.Start(t, n.warpd...).Process
 	harness.WaitFor(t, "warpd on "+n.name+" to publish the node's facts", 60*time.Second, func() bool {
 		_, err := os.Stat(n.facts)
 		return err == nil
@@ -125,6 +129,7 @@ func (c *cluster) addPod(name string, n *node) *pod {
 	}
 	c.env.EchoServer(p.ns, name, echoPort)
 	peerServer(t, p.ns)
+	c.env.LineServer(p.ns, name, linePort)
 	return p
 }
 
@@ -152,6 +157,11 @@ func peerServer(t *testing.T, ns *harness.NetNS) {
 // (to the pods' echo servers) and a TCP port to their client-address
 // servers, and EndpointSlices with pods as endpoints.
 func (c *cluster) apply(name, typ string, local bool, pods ...*pod) *corev1.Service {
+	return c.applyMode(name, typ, local, "", pods...)
+}
+
+// applyMode is apply with the warpnet.io/lb-mode annotation ("": none).
+func (c *cluster) applyMode(name, typ string, local bool, mode string, pods ...*pod) *corev1.Service {
 	t := c.t
 	policy := "Cluster"
 	if local {
@@ -162,17 +172,21 @@ func (c *cluster) apply(name, typ string, local bool, pods ...*pod) *corev1.Serv
 		fmt.Fprintf(&v4, "\n- {addresses: [%q], nodeName: %s, conditions: {ready: true}}", p.v4, p.node.name)
 		fmt.Fprintf(&v6, "\n- {addresses: [%q], nodeName: %s, conditions: {ready: true}}", p.v6, p.node.name)
 	}
-	ports := fmt.Sprintf("[{name: tcp, port: %d, protocol: TCP}, {name: udp, port: %d, protocol: UDP}, {name: peer, port: %d, protocol: TCP}]", echoPort, echoPort, peerPort)
+	ports := fmt.Sprintf("[{name: tcp, port: %d, protocol: TCP}, {name: udp, port: %d, protocol: UDP}, {name: peer, port: %d, protocol: TCP}, {name: line, port: %d, protocol: TCP}]", echoPort, echoPort, peerPort, linePort)
+	annotations := "{}"
+	if mode != "" {
+		annotations = fmt.Sprintf("{warpnet.io/lb-mode: %s}", mode)
+	}
 	c.api.Apply(t, fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
-metadata: {name: %[1]s, namespace: default}
+metadata: {name: %[1]s, namespace: default, annotations: %[9]s}
 spec:
   type: %[2]s
   externalTrafficPolicy: %[3]s
   ipFamilyPolicy: RequireDualStack
   ipFamilies: [IPv4, IPv6]
-  ports: [{name: tcp, port: 80, protocol: TCP, targetPort: %[4]d}, {name: udp, port: 53, protocol: UDP, targetPort: %[4]d}, {name: peer, port: 90, protocol: TCP, targetPort: %[5]d}]
+  ports: [{name: tcp, port: 80, protocol: TCP, targetPort: %[4]d}, {name: udp, port: 53, protocol: UDP, targetPort: %[4]d}, {name: peer, port: 90, protocol: TCP, targetPort: %[5]d}, {name: line, port: 70, protocol: TCP, targetPort: %[10]d}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -187,7 +201,7 @@ metadata: {name: %[1]s-v6, namespace: default, labels: {kubernetes.io/service-na
 addressType: IPv6
 ports: %[6]s
 endpoints:%[8]s
-`, name, typ, policy, echoPort, peerPort, ports, v4.String(), v6.String()))
+`, name, typ, policy, echoPort, peerPort, ports, v4.String(), v6.String(), annotations, linePort))
 	svc, err := c.client.CoreV1().Services("default").Get(t.Context(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -414,9 +428,90 @@ func TestNorthSouth(t *testing.T) {
 			}
 		}
 
-		// Not yet: a LoadBalancer ingress IP routed to n1 by the client.
-		// warpd programs it (warpctl lb external lists 10.200.0.200:90),
-		// but in this topology the client's packets reach n1's stack
-		// untranslated (n1 answers with ICMP redirects); see the README.
+		// a LoadBalancer ingress IP, routed to n1 by the client
+		svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.200.0.200"}}
+		if _, err := c.client.CoreV1().Services("default").UpdateStatus(t.Context(), svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// the route only once n1 serves the address: before, n1's stack
+		// would forward the client's packets back onto the segment and
+		// send it an ICMP redirect, which the client would keep
+		harness.WaitFor(t, "n1 to program the LoadBalancer IP", 60*time.Second, func() bool {
+			out, err := n1.ns.Run(t.Context(), filepath.Join(harness.BinDir(), "warpctl"), "lb", "external", "--bpffs-root", n1.bpffs)
+			return err == nil && strings.Contains(out, "10.200.0.200:90")
+		})
+		c.ext.Exec(t, "ip", "route", "add", "10.200.0.200/32", "via", n1.v4.String())
+		harness.WaitFor(t, "the LoadBalancer IP to answer through n1", 60*time.Second, func() bool {
+			s, err := c.peerSeen(netip.MustParseAddrPort("10.200.0.200:90"))
+			return err == nil && s == c.extV4.String()
+		})
+	})
+
+	t.Run("DSR: the backend's node answers the client directly", func(t *testing.T) {
+		svc := c.applyMode("dsr", "NodePort", false, "dsr", p2) // p2 is on n2: remote from n1
+		for _, fe := range []netip.AddrPort{netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "peer"))), netip.AddrPortFrom(n1.v6, uint16(nodePort(svc, "peer")))} {
+			want := c.extV4.String()
+			if fe.Addr().Is6() {
+				want = c.extV6.String()
+			}
+			var s string
+			var err error
+			defer func() {
+				if t.Failed() {
+					t.Logf("%s: the backend saw %q (%v)", fe, s, err)
+				}
+			}()
+			harness.WaitFor(t, "the remote backend behind "+fe.String()+" to see the client's address (DSR)", 90*time.Second, func() bool {
+				s, err = c.peerSeen(fe)
+				return err == nil && s == want
+			})
+		}
+	})
+
+	t.Run("warpd restarted: an established flow survives", func(t *testing.T) {
+		svc := c.apply("restart", "NodePort", false, p1, p2)
+		fe := netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "line")))
+		var conn net.Conn
+		harness.WaitFor(t, "a connection through "+fe.String(), 90*time.Second, func() bool {
+			return c.ext.Do(func() (err error) {
+				conn, err = net.DialTimeout("tcp", fe.String(), 3*time.Second)
+				return err
+			}) == nil
+		})
+		defer conn.Close()
+		r := bufio.NewReader(conn)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		server, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("greeting: %v", err)
+		}
+		server = strings.TrimSpace(server)
+		ping := func(what string) {
+			t.Helper()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := fmt.Fprintf(conn, "%s\n", what); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			line, err := r.ReadString('\n')
+			if err != nil || strings.TrimSpace(line) != server+":"+what {
+				t.Fatalf("%s: %q, %v", what, line, err)
+			}
+		}
+		ping("before")
+		if err := n1.proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		n1.proc.Wait()
+		ping("while warpd is down")
+		n1.proc = n1.ns.Start(t, n1.warpd...).Process
+		harness.WaitFor(t, "the new warpd on n1 to be healthy", 60*time.Second, func() bool {
+			out, err := n1.ns.Run(t.Context(), "curl", "-sf", "http://127.0.0.1:9090/healthz")
+			return err == nil && out != ""
+		})
+		ping("after the new warpd synced")
+		// and the new warpd serves new flows too
+		if seen, err := c.answers("tcp", netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "tcp"))), 10); len(seen) == 0 {
+			t.Errorf("no new connection after the restart: %v", err)
+		}
 	})
 }
