@@ -309,6 +309,7 @@ func TestNorthSouth(t *testing.T) {
 	n2 := c.addNode(2, "--lb-attach", "tc")
 	p1, p2 := c.addPod("p1", n1), c.addPod("p2", n2)
 	nodes := []*node{n1, n2}
+	top := t
 
 	t.Run("NodePort SNAT: backends on the same and the other node", func(t *testing.T) {
 		svc := c.apply("web", "NodePort", false, p1, p2)
@@ -503,7 +504,7 @@ func TestNorthSouth(t *testing.T) {
 		}
 		n1.proc.Wait()
 		ping("while warpd is down")
-		n1.proc = n1.ns.Start(t, n1.warpd...).Process
+		n1.proc = n1.ns.Start(top, n1.warpd...).Process // lives on after this subtest
 		harness.WaitFor(t, "the new warpd on n1 to be healthy", 60*time.Second, func() bool {
 			out, err := n1.ns.Run(t.Context(), "curl", "-sf", "http://127.0.0.1:9090/healthz")
 			return err == nil && out != ""
@@ -512,6 +513,93 @@ func TestNorthSouth(t *testing.T) {
 		// and the new warpd serves new flows too
 		if seen, err := c.answers("tcp", netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "tcp"))), 10); len(seen) == 0 {
 			t.Errorf("no new connection after the restart: %v", err)
+		}
+	})
+
+	t.Run("a backend removed mid-stream: its flows fail over, the others are untouched", func(t *testing.T) {
+		// Known failure, not yet understood: through warpd, a tracked flow to
+		// the removed backend keeps reaching it (its backend entry is still
+		// in np_backends after the sync), while bpf/nodeport's
+		// TestBackendRemovedMidStream (Upsert directly) fails over. Kept as
+		// the reproduction for issue 14.
+		t.Skip("known failure through warpd: the removed backend's flows are not failed over (see README, issue 14)")
+		svc := c.apply("failover", "NodePort", false, p1, p2)
+		fe := netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "line")))
+		type flow struct {
+			conn   net.Conn
+			r      *bufio.Reader
+			server string
+		}
+		byServer := map[string][]*flow{}
+		var lastErr error
+		defer func() {
+			if t.Failed() {
+				t.Logf("flows by backend: p1 %d, p2 %d; last error %v", len(byServer["p1"]), len(byServer["p2"]), lastErr)
+				warpctl := filepath.Join(harness.BinDir(), "warpctl")
+				for _, view := range []string{"external", "conns"} {
+					out, err := n1.ns.Run(context.Background(), warpctl, "lb", view, "--bpffs-root", n1.bpffs)
+					t.Logf("n1: warpctl lb %s: %v\n%s", view, err, out)
+				}
+			}
+		}()
+		harness.WaitFor(t, "long-lived connections through "+fe.String()+" to both backends", 90*time.Second, func() bool {
+			var conn net.Conn
+			if lastErr = c.ext.Do(func() (err error) { conn, err = net.DialTimeout("tcp", fe.String(), 3*time.Second); return err }); lastErr != nil {
+				return false
+			}
+			f := &flow{conn: conn, r: bufio.NewReader(conn)}
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			greeting, err := f.r.ReadString('\n')
+			if err != nil {
+				lastErr = fmt.Errorf("greeting: %w", err)
+				conn.Close()
+				return false
+			}
+			f.server = strings.TrimSpace(greeting)
+			byServer[f.server] = append(byServer[f.server], f)
+			t.Cleanup(func() { conn.Close() })
+			return len(byServer["p1"]) > 0 && len(byServer["p2"]) > 0
+		})
+		ping := func(f *flow, what string) error {
+			f.conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := fmt.Fprintf(f.conn, "%s\n", what); err != nil {
+				return err
+			}
+			line, err := f.r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(line) != f.server+":"+what {
+				return fmt.Errorf("answer %q", line)
+			}
+			return nil
+		}
+		c.apply("failover", "NodePort", false, p1) // p2 leaves
+		harness.WaitFor(t, "new connections to go to p1 only", 60*time.Second, func() bool {
+			for range 10 {
+				var conn net.Conn
+				if c.ext.Do(func() (err error) { conn, err = net.DialTimeout("tcp", fe.String(), 3*time.Second); return err }) != nil {
+					return false
+				}
+				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				greeting, err := bufio.NewReader(conn).ReadString('\n')
+				conn.Close()
+				if err != nil || strings.TrimSpace(greeting) != "p1" {
+					return false
+				}
+			}
+			return true
+		})
+		for _, f := range byServer["p1"] {
+			if err := ping(f, "still there"); err != nil {
+				t.Errorf("a flow to p1, which stayed, broke: %v", err)
+			}
+		}
+		for _, f := range byServer["p2"] {
+			// its packets now reach p1, which has no such connection
+			if err := ping(f, "moved"); err == nil {
+				t.Error("a flow to the removed p2 still answers as p2")
+			}
 		}
 	})
 }
