@@ -13,6 +13,12 @@ import (
 // A backend leaves its service: a flow tracked to it fails over (its next
 // packet goes to a backend of the new table, which resets it).
 func TestBackendRemovedMidStream(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "same LB", true: "new LB"}[restart], func(t *testing.T) { backendRemoved(t, restart) })
+	}
+}
+
+func backendRemoved(t *testing.T, restart bool) {
 	c := newCluster(t, TC)
 	c.debugOnFailure(t)
 	svc := Service{ID: newID(), Proto: l4.TCP, Backends: backendsOf(false, c.a.pods[0], c.b.pods[0])}
@@ -33,6 +39,19 @@ func TestBackendRemovedMidStream(t *testing.T) {
 		t.Fatal("no flow to pb0")
 	}
 	defer conn.Close()
+	if restart {
+		// warpd restarted: a new LB on the pinned maps does the update
+		c.a.lb.Close()
+		lb, err := Open(c.a.root, Sizes{Frontends: 256, Services: 64, Backends: 256, Conns: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lb.Close() })
+		c.a.lb = lb
+		if n, err := lb.GC(); err != nil {
+			t.Fatal(err, n)
+		}
+	}
 	svc.Backends = backendsOf(false, c.a.pods[0])
 	c.service(t, svc, c.a)
 	conn.SetDeadline(time.Now().Add(5 * time.Second))

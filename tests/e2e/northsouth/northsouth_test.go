@@ -517,12 +517,13 @@ func TestNorthSouth(t *testing.T) {
 	})
 
 	t.Run("a backend removed mid-stream: its flows fail over, the others are untouched", func(t *testing.T) {
-		// Known failure, not yet understood: through warpd, a tracked flow to
-		// the removed backend keeps reaching it (its backend entry is still
-		// in np_backends after the sync), while bpf/nodeport's
-		// TestBackendRemovedMidStream (Upsert directly) fails over. Kept as
-		// the reproduction for issue 14.
-		t.Skip("known failure through warpd: the removed backend's flows are not failed over (see README, issue 14)")
+		// Known failure, not yet understood: after the warpd restart above, a
+		// tracked flow to the removed backend keeps reaching it (its backend
+		// entry is still in np_backends after the sync). Run before the
+		// restart subtest, this passes; bpf/nodeport's
+		// TestBackendRemovedMidStream (also with a new LB on the pins) fails
+		// over. Kept as the reproduction for issue 14.
+		t.Skip("known failure after a warpd restart: the removed backend's flows are not failed over (see README, issue 14)")
 		svc := c.apply("failover", "NodePort", false, p1, p2)
 		fe := netip.AddrPortFrom(n1.v4, uint16(nodePort(svc, "line")))
 		type flow struct {
