@@ -24,7 +24,7 @@ ifeq ($(CI),true)
 export WARP_E2E_REQUIRED := 1
 endif
 
-.PHONY: help deps generate build demo test bench lint clean image kube helm manifests cluster cluster-down
+.PHONY: help deps generate build demo test bench lint clean image kube helm multus coredns manifests cluster cluster-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ build: ## build every binary into bin/
 demo: deps build ## two-node simulated cluster: warpd, veth and SR-IOV pods behind ClusterIPs; prints a report, tears down
 	@$(GO) test -count=1 -v -run '^TestDemo$$' ./tests/demo/ | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok '
 
-test: deps build kube helm ## unit + e2e tests (e2e needs root; CI=true turns skips into failures)
+test: deps build kube helm multus coredns ## unit + e2e tests (e2e needs root; CI=true turns skips into failures)
 	$(GO) test -count=1 -timeout 40m ./...
 
 image: build ## the warpnet OCI image (no docker): bin/warpnet-image.tar, for ctr -n k8s.io images import
@@ -63,6 +63,12 @@ kube: ## build the Kubernetes binaries the tests run (kubelet, apiserver, ...) i
 
 helm: ## build helm into the same cache, once (~3 min)
 	@bash hack/build-helm.sh
+
+multus: ## build Multus's thin plugin and its installer into the same cache, once (the cluster test's Multus case)
+	@bash hack/build-multus.sh
+
+coredns: ## build CoreDNS into the same cache, once (the cluster test's DNS)
+	@bash hack/build-coredns.sh
 
 manifests: ## re-render install/manifests/ from the chart (committed; a test checks they are up to date)
 	@bash hack/render-manifests.sh

@@ -227,6 +227,11 @@ enum {
 	BPF_F_NO_PREALLOC = (1U << 0),
 };
 
+/* BPF_FUNC_sk_storage_get flags */
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = (1ULL << 0),
+};
+
 #define __bpf_md_ptr(type, name) \
 	union {                  \
 		type name;       \

@@ -71,6 +71,7 @@ func (d *Datapath) AttachTC(owner uint64, ifindex int) error {
 			}
 			return nil
 		}
+		detachNow(lk)
 		lk.Close()
 		if err := os.Remove(pin); err != nil {
 			return fmt.Errorf("podpath: remove stale tc link %s: %w", pin, err)
@@ -98,6 +99,15 @@ func attachTCLink(ifindex int, prog *ebpf.Program) (link.Link, error) {
 		return nil, fmt.Errorf("podpath: attach %s to the tcx ingress of ifindex %d: %w", tcProgName, ifindex, err)
 	}
 	return lk, nil
+}
+
+// detachNow detaches lk at once. Dropping the last reference (pin and fds)
+// would detach it too, but the kernel frees an unpinned link from an RCU
+// callback, later: the program would still run on the interface for a
+// moment, and a new attachment there could find it. A link whose device is
+// gone is detached already, so an error here changes nothing.
+func detachNow(lk link.Link) {
+	_ = lk.Detach()
 }
 
 // updateLink switches lk to prog unless it runs prog already.
@@ -148,7 +158,8 @@ func (d *Datapath) RemoveTC(owner uint64) error {
 		}
 		return nil
 	}
-	defer lk.Close() // the last reference: closing it detaches the program
+	defer lk.Close()
+	detachNow(lk)
 	if err := lk.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("podpath: unpin tc link %s: %w", pin, err)
 	}

@@ -12,8 +12,8 @@
 // Everything lives under <root>/lb, apart from the XDP pod datapath's pins,
 // so that either can be loaded, upgraded or removed without the other:
 //
-//	<root>/lb/maps/<map>                      lb_services, lb_backends, lb_revnat, lb_affinity, lb_config, lb_meta
-//	<root>/lb/progs/<program>                 lb_connect4, ..., lb_sock_release
+//	<root>/lb/maps/<map>                      lb_services, lb_backends, lb_sock, lb_affinity, lb_config, lb_meta
+//	<root>/lb/progs/<program>                 lb_connect4, ..., lb_getpeername6
 //	<root>/lb/links/<cgroup hash>/<program>   one bpf_link per program and cgroup
 //
 // Loading, pinning and upgrading in place follow package pinset. Unlike
@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -91,10 +92,6 @@ type Sizes struct {
 	// backend of two frontends counts twice. An Upsert briefly needs room
 	// for the backends it adds before it removes the ones it drops.
 	Backends int
-	// RevNAT bounds the sockets whose translation is remembered (for
-	// recvmsg, getpeername and UDP stickiness); least recently used
-	// entries are evicted. Preallocated: about 280 bytes per entry.
-	RevNAT int
 	// Affinity bounds the (client, service) session-affinity entries;
 	// least recently used entries are evicted. Preallocated: about 96
 	// bytes per entry.
@@ -102,15 +99,17 @@ type Sizes struct {
 }
 
 // DefaultSizes are the capacities of new maps when Sizes has zeros.
-var DefaultSizes = Sizes{Services: 65536, Backends: 65536, RevNAT: 65536, Affinity: 65536}
+var DefaultSizes = Sizes{Services: 65536, Backends: 65536, Affinity: 65536}
 
-// maxSize bounds every capacity; far beyond any node.
-const maxSize = 1 << 24
+// MaxSize bounds every capacity; far beyond any node.
+const MaxSize = 1 << 24
 
 // layoutVersion names the meaning of the pinned maps' contents (see
 // pinset.Object.Layout): bump it whenever a struct in sock_lb.h or the
-// meaning of a field changes.
-const layoutVersion = 1
+// meaning of a field changes. 2: the sockets' translations moved from the
+// LRU hash lb_revnat (keyed by socket cookie) to socket-local storage
+// (lb_sock).
+const layoutVersion = 2
 
 var buildID = sync.OnceValue(func() [32]byte { return pinset.BuildID(_LbBytes) })
 
@@ -228,7 +227,7 @@ func OpenReadOnly(root string) (*LB, error) {
 	m := l.objs.lbMaps
 	backends := int(m.LbBackends.MaxEntries())
 	l.sizes = Sizes{Services: int(m.LbServices.MaxEntries()) - backends, Backends: backends,
-		RevNAT: int(m.LbRevnat.MaxEntries()), Affinity: int(m.LbAffinity.MaxEntries())}
+		Affinity: int(m.LbAffinity.MaxEntries())}
 	return l, nil
 }
 
@@ -237,11 +236,11 @@ func (s Sizes) check(explicit bool) error {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"Services", s.Services}, {"Backends", s.Backends}, {"RevNAT", s.RevNAT}, {"Affinity", s.Affinity}} {
-		if (v.n == 0 && explicit) || (v.n >= 1 && v.n <= maxSize) {
+	}{{"Services", s.Services}, {"Backends", s.Backends}, {"Affinity", s.Affinity}} {
+		if (v.n == 0 && explicit) || (v.n >= 1 && v.n <= MaxSize) {
 			continue
 		}
-		return fmt.Errorf("servicelb: Sizes.%s = %d: want 1 to %d", v.name, v.n, maxSize)
+		return fmt.Errorf("servicelb: Sizes.%s = %d: want 1 to %d", v.name, v.n, MaxSize)
 	}
 	return nil
 }
@@ -268,7 +267,6 @@ func resolveSizes(o pinset.Object, s Sizes) Sizes {
 	s.Backends = orDefault(s.Backends, pinned(lbMapLbBackends), DefaultSizes.Backends)
 	// lb_services holds a header per frontend and a slot per backend.
 	s.Services = orDefault(s.Services, max(pinned(lbMapLbServices)-s.Backends, 0), DefaultSizes.Services)
-	s.RevNAT = orDefault(s.RevNAT, pinned(lbMapLbRevnat), DefaultSizes.RevNAT)
 	s.Affinity = orDefault(s.Affinity, pinned(lbMapLbAffinity), DefaultSizes.Affinity)
 	return s
 }
@@ -278,7 +276,6 @@ func (s Sizes) maxEntries() map[string]uint32 {
 	return map[string]uint32{
 		lbMapLbServices: uint32(s.Services + s.Backends),
 		lbMapLbBackends: uint32(s.Backends),
-		lbMapLbRevnat:   uint32(s.RevNAT),
 		lbMapLbAffinity: uint32(s.Affinity),
 	}
 }
@@ -333,7 +330,7 @@ func (l *LB) load() error {
 	if err := l.obj.Commit(&l.objs, false); err != nil {
 		return fmt.Errorf("servicelb: %w", err)
 	}
-	return nil
+	return removeStalePins(l.obj, &l.objs, false)
 }
 
 // stage loads the programs on new, unpinned maps in place of pins this
@@ -346,7 +343,9 @@ func (l *LB) stage(spec *ebpf.CollectionSpec, why error) error {
 	}
 	var old lbMaps
 	if l.obj.OpenMaps(&old, true) == nil {
-		copyEntries(old.LbRevnat, l.objs.LbRevnat, new(uint64), new(lbRevnat))
+		// Now for most sockets, and again at Commit for those that
+		// connected meanwhile.
+		_ = copySockets(old.LbSock, l.objs.LbSock)
 		copyEntries(old.LbAffinity, l.objs.LbAffinity, new(lbAffKey), new(lbAff))
 		copyEntries(old.LbConfig, l.objs.LbConfig, new(uint32), new(lbConfig))
 		pinset.Close(&old)
@@ -400,10 +399,56 @@ func (l *LB) Commit() error {
 		return err
 	}
 	faultpoint.Hit(fpCommitLinks)
+	// The old programs no longer run: what sockets they translated since
+	// the rebuild began is in the old lb_sock only. Copying it now
+	// (sockets the new programs translated meanwhile keep their state)
+	// leaves no socket without its translation.
+	var old lbMaps
+	if l.obj.OpenMaps(&old, true) == nil {
+		_ = copySockets(old.LbSock, l.objs.LbSock)
+		pinset.Close(&old)
+	}
 	if err := l.obj.Commit(&l.objs, true); err != nil {
 		return fmt.Errorf("servicelb: %w", err)
 	}
 	l.staged = ""
+	return removeStalePins(l.obj, &l.objs, true)
+}
+
+// removeStalePins removes the pins of programs (and, after a rebuild,
+// maps) that an older build had and this one has not, such as
+// lb_sock_release and lb_revnat before socket-local storage.
+func removeStalePins(o pinset.Object, objs *lbObjects, maps bool) error {
+	dirs := []string{o.ProgsDir()}
+	keep := map[string]bool{}
+	for name := range pinset.Programs(&objs.lbPrograms) {
+		keep[o.ProgPin(name)] = true
+	}
+	if maps {
+		dirs = append(dirs, o.MapsDir())
+		for name := range pinset.Maps(&objs.lbMaps) {
+			keep[o.MapPin(name)] = true
+		}
+	}
+	var errs []error
+	for _, dir := range dirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range ents {
+			path := filepath.Join(dir, e.Name())
+			if !keep[path] {
+				if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("servicelb: remove an older build's pins: %w", err)
+	}
 	return nil
 }
 

@@ -243,12 +243,17 @@ func walkLinks(o pinset.Object, fn func(pinPath string, lk link.Link, info *link
 }
 
 // updateLinks points every pinned link at the program of the same name in
-// progs. Links whose cgroup is gone are unpinned.
+// progs. Links whose cgroup is gone are unpinned, and so are links of
+// programs progs lacks (an older build's hook this build does without,
+// such as lb_sock_release), after detaching them.
 func updateLinks(o pinset.Object, progs map[string]*ebpf.Program) error {
 	return walkLinks(o, func(pinPath string, lk link.Link, info *link.Info) error {
 		prog := progs[filepath.Base(pinPath)]
 		if prog == nil {
-			return nil // not ours
+			if err := lk.Detach(); err != nil {
+				return fmt.Errorf("servicelb: detach an older build's %s: %w", pinPath, err)
+			}
+			return unpinDefunct(pinPath, lk)
 		}
 		if cg := info.Cgroup(); cg == nil || cg.CgroupId == 0 {
 			return unpinDefunct(pinPath, lk)

@@ -65,12 +65,11 @@ type lbRevSlot struct {
 	BackendId uint32
 }
 
-type lbRevnat struct {
-	_      structs.HostLayout
-	Slots  [4]lbRevSlot
-	Cookie uint64
-	Next   uint32
-	Pad    uint32
+type lbSockState struct {
+	_     structs.HostLayout
+	Slots [4]lbRevSlot
+	Next  uint32
+	Pad   uint32
 }
 
 type lbSvc struct {
@@ -101,8 +100,8 @@ const (
 	lbMapLbBackends      = "lb_backends"
 	lbMapLbConfig        = "lb_config"
 	lbMapLbMeta          = "lb_meta"
-	lbMapLbRevnat        = "lb_revnat"
 	lbMapLbServices      = "lb_services"
+	lbMapLbSock          = "lb_sock"
 	lbProgLbConnect4     = "lb_connect4"
 	lbProgLbConnect6     = "lb_connect6"
 	lbProgLbGetpeername4 = "lb_getpeername4"
@@ -111,7 +110,6 @@ const (
 	lbProgLbRecvmsg6     = "lb_recvmsg6"
 	lbProgLbSendmsg4     = "lb_sendmsg4"
 	lbProgLbSendmsg6     = "lb_sendmsg6"
-	lbProgLbSockRelease  = "lb_sock_release"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -164,7 +162,6 @@ type lbProgramSpecs struct {
 	LbRecvmsg6     *ebpf.ProgramSpec `ebpf:"lb_recvmsg6"`
 	LbSendmsg4     *ebpf.ProgramSpec `ebpf:"lb_sendmsg4"`
 	LbSendmsg6     *ebpf.ProgramSpec `ebpf:"lb_sendmsg6"`
-	LbSockRelease  *ebpf.ProgramSpec `ebpf:"lb_sock_release"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -175,8 +172,8 @@ type lbMapSpecs struct {
 	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbConfig   *ebpf.MapSpec `ebpf:"lb_config"`
 	LbMeta     *ebpf.MapSpec `ebpf:"lb_meta"`
-	LbRevnat   *ebpf.MapSpec `ebpf:"lb_revnat"`
 	LbServices *ebpf.MapSpec `ebpf:"lb_services"`
+	LbSock     *ebpf.MapSpec `ebpf:"lb_sock"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -209,8 +206,8 @@ type lbMaps struct {
 	LbBackends *ebpf.Map `ebpf:"lb_backends"`
 	LbConfig   *ebpf.Map `ebpf:"lb_config"`
 	LbMeta     *ebpf.Map `ebpf:"lb_meta"`
-	LbRevnat   *ebpf.Map `ebpf:"lb_revnat"`
 	LbServices *ebpf.Map `ebpf:"lb_services"`
+	LbSock     *ebpf.Map `ebpf:"lb_sock"`
 }
 
 func (m *lbMaps) Close() error {
@@ -219,8 +216,8 @@ func (m *lbMaps) Close() error {
 		m.LbBackends,
 		m.LbConfig,
 		m.LbMeta,
-		m.LbRevnat,
 		m.LbServices,
+		m.LbSock,
 	)
 }
 
@@ -242,7 +239,6 @@ type lbPrograms struct {
 	LbRecvmsg6     *ebpf.Program `ebpf:"lb_recvmsg6"`
 	LbSendmsg4     *ebpf.Program `ebpf:"lb_sendmsg4"`
 	LbSendmsg6     *ebpf.Program `ebpf:"lb_sendmsg6"`
-	LbSockRelease  *ebpf.Program `ebpf:"lb_sock_release"`
 }
 
 func (p *lbPrograms) Close() error {
@@ -255,7 +251,6 @@ func (p *lbPrograms) Close() error {
 		p.LbRecvmsg6,
 		p.LbSendmsg4,
 		p.LbSendmsg6,
-		p.LbSockRelease,
 	)
 }
 

@@ -47,6 +47,15 @@ type RevNATEntry struct {
 	BackendID uint32
 }
 
+// FullError says a map has no room for an entry: Sizes are too small for
+// what is being written (see Sizes for what each map holds).
+type FullError struct {
+	Map      string // lb_services or lb_backends
+	Capacity int    // its capacity in entries
+}
+
+func (e *FullError) Error() string { return fmt.Sprintf("%s is full (%d entries)", e.Map, e.Capacity) }
+
 // netPort converts a port to network byte order as the programs see it
 // (the generated types, and so this package, are little-endian only).
 func netPort(p uint16) uint16 { return bits.ReverseBytes16(p) }
@@ -159,7 +168,7 @@ func (l *LB) newBackend(v *lbBackend) (uint32, error) {
 		case errors.Is(err, ebpf.ErrKeyExist):
 			continue
 		case errors.Is(err, unix.E2BIG):
-			return 0, fmt.Errorf("lb_backends is full (%d entries): raise Sizes.Backends", l.sizes.Backends)
+			return 0, &FullError{Map: lbMapLbBackends, Capacity: l.sizes.Backends}
 		default:
 			return 0, fmt.Errorf("write lb_backends: %w", err)
 		}
@@ -170,8 +179,7 @@ func (l *LB) newBackend(v *lbBackend) (uint32, error) {
 func (l *LB) putService(k lbSvcKey, v *lbSvc) error {
 	if err := l.objs.LbServices.Put(k, v); err != nil {
 		if errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("lb_services is full (%d entries): raise Sizes.Services or Backends",
-				l.sizes.Services+l.sizes.Backends)
+			return &FullError{Map: lbMapLbServices, Capacity: l.sizes.Services + l.sizes.Backends}
 		}
 		return fmt.Errorf("write lb_services: %w", err)
 	}
@@ -534,33 +542,6 @@ func (l *LB) Affinity() ([]AffinityEntry, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("servicelb: read lb_affinity: %w", err)
-	}
-	return out, nil
-}
-
-// RevNAT returns the remembered translations of open sockets (for
-// warpctl), one entry per socket and service.
-func (l *LB) RevNAT() ([]RevNATEntry, error) {
-	var out []RevNATEntry
-	var k uint64
-	var v lbRevnat
-	it := l.objs.LbRevnat.Iterate()
-	for it.Next(&k, &v) {
-		for _, s := range v.Slots {
-			if s.Family == 0 {
-				continue
-			}
-			out = append(out, RevNATEntry{
-				Cookie:    k,
-				Frontend:  Frontend{Addr: pinset.DecodeAddr(s.FeAddr, s.Family), Port: netPort(s.FePort), Proto: l4.Protocol(s.Proto)},
-				Backend:   Backend{Addr: pinset.DecodeAddr(s.BeAddr, s.Family), Port: netPort(s.BePort)},
-				ServiceID: s.SvcId,
-				BackendID: s.BackendId,
-			})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("servicelb: read lb_revnat: %w", err)
 	}
 	return out, nil
 }

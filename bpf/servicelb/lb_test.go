@@ -38,7 +38,7 @@ func TestLBSpecMatchesGo(t *testing.T) {
 	}{
 		lbMapLbServices: {ebpf.Hash, lbSvcKey{}, lbSvc{}},
 		lbMapLbBackends: {ebpf.Hash, uint32(0), lbBackend{}},
-		lbMapLbRevnat:   {ebpf.LRUHash, uint64(0), lbRevnat{}},
+		lbMapLbSock:     {ebpf.SkStorage, int32(0), lbSockState{}},
 		lbMapLbAffinity: {ebpf.LRUHash, lbAffKey{}, lbAff{}},
 		lbMapLbConfig:   {ebpf.Array, uint32(0), lbConfig{}},
 		lbMapLbMeta:     {ebpf.Array, uint32(0), pinset.Meta{}},
@@ -75,23 +75,24 @@ func TestLBSpecMatchesGo(t *testing.T) {
 		lbProgLbRecvmsg6:     ebpf.AttachCGroupUDP6Recvmsg,
 		lbProgLbGetpeername4: ebpf.AttachCgroupInet4GetPeername,
 		lbProgLbGetpeername6: ebpf.AttachCgroupInet6GetPeername,
-		lbProgLbSockRelease:  ebpf.AttachCgroupInetSockRelease,
 	}
 	types, err := attachTypes()
 	if err != nil || !reflect.DeepEqual(types, hooks) || len(pinset.Programs(&lbPrograms{})) != len(hooks) {
 		t.Errorf("attach types %v (%v), want %v", types, err, hooks)
 	}
-	// sock_destroy.c reads lb_revnat with the same layout.
-	dspec, err := loadLbdestroy()
+	// sock_iter.c reads and writes lb_sock with the same layout.
+	ispec, err := loadLbiter()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, m := dspec.Maps[lbdestroyMapLbRevnat], spec.Maps[lbMapLbRevnat]; d.KeySize != m.KeySize ||
-		d.ValueSize != m.ValueSize || d.Type != m.Type {
-		t.Errorf("sock_destroy.c's lb_revnat differs: %v vs %v", d, m)
+	for _, name := range []string{lbiterMapLbSock, lbiterMapLbSockNew} {
+		if d, m := ispec.Maps[name], spec.Maps[lbMapLbSock]; d.KeySize != m.KeySize ||
+			d.ValueSize != m.ValueSize || d.Type != m.Type || d.Flags != m.Flags {
+			t.Errorf("sock_iter.c's %s differs from lb_sock: %v vs %v", name, d, m)
+		}
 	}
-	if binary.Size(lbdestroyBackend{}) != binary.Size(lbBackend{}) {
-		t.Error("sock_destroy.c's struct backend differs")
+	if binary.Size(lbiterSockState{}) != binary.Size(lbSockState{}) {
+		t.Error("sock_iter.c's struct sock_state differs")
 	}
 }
 
@@ -370,10 +371,10 @@ func TestLBTranslate(t *testing.T) {
 			e.ServiceID != 2 {
 			t.Fatalf("RevNAT entry of the socket: %+v (answered by %s)", e, r.Server)
 		}
+		// Socket-local storage is freed with the socket (UDP sockets
+		// after an RCU grace period).
 		c.must(lbReq{Op: "close", Name: "kept"})
-		if e := find(); e != nil {
-			t.Errorf("entry survives the socket's close (sock_release): %+v", e)
-		}
+		harness.WaitFor(t, "the closed socket's entry to go", 10*time.Second, func() bool { return find() == nil })
 	})
 
 	t.Run("services", func(t *testing.T) {
@@ -750,7 +751,7 @@ func TestLBPinsAndAttachments(t *testing.T) {
 	}
 	// Explicit sizes on a fresh pin set are used.
 	other := filepath.Join(le.PinDir, "other")
-	small := Sizes{Services: 10, Backends: 20, RevNAT: 30, Affinity: 40}
+	small := Sizes{Services: 10, Backends: 20, Affinity: 40}
 	ls, err := Open(other, small)
 	if err != nil {
 		t.Fatal(err)
@@ -836,18 +837,21 @@ func TestLBDestroySockets(t *testing.T) {
 	le.upsert(le.svc(svcIP6, l4.TCP, 1, 2))
 	c.must(tcpReq)
 
-	// pod1 leaves the service; its sockets are destroyed, pod2's are not.
+	// pod1 leaves the UDP service and pod2 the IPv6 TCP one: one call
+	// (one load, one walk of the namespace) destroys the sockets of both,
+	// and only those: pod2's UDP sockets over IPv4 stay.
 	le.upsert(le.svc(svcIP4, l4.UDP, 2, 2))
-	b := le.backend(svcIP4, 1)
-	if n, err := le.lb.DestroySockets(b, l4.TCP, le.Pods[0].NS.Path); err != nil || n != 0 {
-		t.Errorf("DestroySockets(TCP) = %d, %v; want 0", n, err)
+	b := Target{le.backend(svcIP4, 1), l4.UDP}
+	if got, err := le.lb.DestroySockets([]Target{{b.Backend, l4.TCP}}, le.Pods[0].NS.Path); err != nil || len(got) != 0 {
+		t.Errorf("DestroySockets(pod1 TCP) = %v, %v; want none", got, err)
 	}
-	n, err := le.lb.DestroySockets(b, l4.UDP, le.Pods[0].NS.Path)
+	tcp := Target{le.backend(svcIP6, 2), l4.TCP}
+	got, err := le.lb.DestroySockets([]Target{b, tcp}, le.Pods[0].NS.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != len(byServer["pod1"]) {
-		t.Errorf("destroyed %d sockets, want %d (%v)", n, len(byServer["pod1"]), byServer)
+	if want := map[Target]int{b: len(byServer["pod1"]), tcp: 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("destroyed %v, want %v (%v)", got, want, byServer)
 	}
 	for _, name := range byServer["pod1"] {
 		r := c.do(lbReq{Op: "udp-io", Name: name, Msg: "still there?"})
@@ -862,23 +866,17 @@ func TestLBDestroySockets(t *testing.T) {
 			t.Errorf("socket %s to the remaining backend: %+v", name, r)
 		}
 	}
+	r := c.do(lbReq{Op: "udp-io", Name: "tcp", Msg: "x"})
+	if r.WriteErr != "ECONNABORTED" && r.ReadErr != "ECONNABORTED" {
+		t.Errorf("destroyed TCP socket: write %q read %q, want ECONNABORTED", r.WriteErr, r.ReadErr)
+	}
 	// All namespaces: nothing is left to destroy.
-	if n, err := le.lb.DestroySockets(b, l4.UDP); err != nil || n != 0 {
-		t.Errorf("DestroySockets in all namespaces = %d, %v", n, err)
+	if got, err := le.lb.DestroySockets([]Target{b, tcp}); err != nil || len(got) != 0 {
+		t.Errorf("DestroySockets in all namespaces = %v, %v", got, err)
 	}
 	// A new socket gets the remaining backend.
 	if r := c.must(dst("udp-conn", 4, svcIP4, "new")); r.Server != "pod2" {
 		t.Errorf("new socket answered by %q", r.Server)
-	}
-
-	// TCP: the connection to pod2 over IPv6.
-	n, err = le.lb.DestroySockets(le.backend(svcIP6, 2), l4.TCP, le.Pods[0].NS.Path)
-	if err != nil || n != 1 {
-		t.Errorf("DestroySockets(pod2, TCP) = %d, %v; want 1", n, err)
-	}
-	r := c.do(lbReq{Op: "udp-io", Name: "tcp", Msg: "x"})
-	if r.WriteErr != "ECONNABORTED" && r.ReadErr != "ECONNABORTED" {
-		t.Errorf("destroyed TCP socket: write %q read %q, want ECONNABORTED", r.WriteErr, r.ReadErr)
 	}
 }
 

@@ -151,7 +151,7 @@ func TestLBRebuild(t *testing.T) {
 	}
 
 	t.Run("capacities", func(t *testing.T) {
-		sizes := Sizes{Services: 1000, Backends: 2000, RevNAT: 3000, Affinity: 4000}
+		sizes := Sizes{Services: 1000, Backends: 2000, Affinity: 4000}
 		l := rebuild(t, sizes, "MaxEntries")
 		if l.Sizes() != sizes || l.objs.LbServices.MaxEntries() != 3000 || l.objs.LbAffinity.MaxEntries() != 4000 {
 			t.Errorf("sizes %+v", l.Sizes())
@@ -207,7 +207,7 @@ func TestLBCommitCrash(t *testing.T) {
 	old := pinnedMapIDs(t, le.PinDir)
 	le.lb.Close()
 
-	sizes := Sizes{Services: 100, Backends: 200, RevNAT: 300, Affinity: 400}
+	sizes := Sizes{Services: 100, Backends: 200, Affinity: 400}
 	crashAt(t, le.Node, fpCommitLinks, helperRequest{Root: le.PinDir, Sizes: sizes, Services: want})
 	if now := pinnedMapIDs(t, le.PinDir); !reflect.DeepEqual(now, old) {
 		t.Fatalf("pins changed although Commit died before pinning: %v -> %v", old, now)

@@ -19,7 +19,10 @@
  *                     is still one of the service's
  *   lb_recvmsg4/6     UDP replies appear to come from the service address
  *   lb_getpeername4/6 the application sees the service address as its peer
- *   lb_sock_release   forgets the socket's reverse translations
+ *
+ * What a socket was translated to is kept in socket-local storage
+ * (lb_sock), which the kernel frees with the socket: a connect costs no
+ * hash insert, and a close no program run and no delete.
  *
  * IPv4-mapped destinations (::ffff:a.b.c.d) of AF_INET6 sockets reach the
  * *6 programs (connect6, recvmsg6, getpeername6) and are looked up as IPv4
@@ -69,17 +72,16 @@ struct {
 } lb_backends SEC(".maps");
 
 /*
- * Per-socket state, written by the programs. LRU: if sockets outlive the
- * programs' attachment (lb_sock_release then never runs for them), their
- * entries are evicted eventually instead of filling the map.
+ * Per-socket state, written by the programs: socket-local storage, created
+ * at the socket's first translation and freed with the socket.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, LB_REVNAT);
-	__type(key, __u64);
-	__type(value, struct revnat);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_revnat SEC(".maps");
+} lb_sock SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -205,7 +207,7 @@ static __always_inline bool backend_get(__u32 id, __u32 svc_id, __u8 family, str
  * The socket's earlier choice for this service (unconnected UDP), if that
  * backend still serves it: same id, same owner, same address and port.
  */
-static __always_inline bool rev_sticky(const struct revnat *r, const struct svc_key *key, __u32 svc_id,
+static __always_inline bool rev_sticky(const struct sock_state *r, const struct svc_key *key, __u32 svc_id,
 				       __u32 *bid, struct backend *be)
 {
 #pragma unroll
@@ -237,7 +239,7 @@ enum { XLATE_NONE, XLATE_DONE, XLATE_EMPTY, XLATE_FAILED };
  * after, so a fresh header read always leads to complete entries.
  */
 static __always_inline int lb_select(struct bpf_sock_addr *ctx, struct svc_key *key,
-				     const struct revnat *r, __u32 *svc_out, __u32 *bid_out,
+				     const struct sock_state *r, __u32 *svc_out, __u32 *bid_out,
 				     struct backend *be)
 {
 	for (int attempt = 0; attempt < LB_ATTEMPTS; attempt++) {
@@ -331,11 +333,10 @@ static __always_inline int lb_fwd(struct bpf_sock_addr *ctx, bool v6, bool sendm
 {
 	struct svc_key key = {};
 	struct backend be = {};
-	struct revnat rev = {};
-	struct revnat *cur;
+	struct sock_state *st = NULL;
+	struct rev_slot *s;
 	__u32 svc_id = 0, bid = 0;
-	__u64 cookie;
-	bool mapped, have = false;
+	bool mapped;
 	int ret, i, slot = -1, empty = -1;
 
 	key.proto = ctx->protocol;
@@ -346,18 +347,11 @@ static __always_inline int lb_fwd(struct bpf_sock_addr *ctx, bool v6, bool sendm
 	if (skip_namespace(ctx))
 		return SYS_PROCEED;
 
-	cookie = bpf_get_socket_cookie(ctx);
-	if (sendmsg) {
-		cur = bpf_map_lookup_elem(&lb_revnat, &cookie);
-		if (cur) {
-			__builtin_memcpy(&rev, cur, sizeof(rev));
-			have = rev.cookie == cookie;
-			if (!have)
-				__builtin_memset(&rev, 0, sizeof(rev));
-		}
-	}
+	/* An unconnected UDP socket's earlier choices (stickiness). */
+	if (sendmsg && ctx->sk)
+		st = bpf_sk_storage_get(&lb_sock, ctx->sk, 0, 0);
 
-	ret = lb_select(ctx, &key, have ? &rev : NULL, &svc_id, &bid, &be);
+	ret = lb_select(ctx, &key, st, &svc_id, &bid, &be);
 	switch (ret) {
 	case XLATE_NONE:
 		return SYS_PROCEED;
@@ -376,17 +370,23 @@ static __always_inline int lb_fwd(struct bpf_sock_addr *ctx, bool v6, bool sendm
 	 * from its one peer. A send updates the slot of its service, or takes
 	 * a free one, or the oldest; if nothing changed, nothing is written.
 	 */
+	if (!ctx->sk)
+		return SYS_PROCEED;
+	if (!st)
+		st = bpf_sk_storage_get(&lb_sock, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return SYS_PROCEED; /* out of memory: translated, but not remembered */
 	if (!sendmsg) {
-		rev_fill(&rev.slots[0], &key, svc_id, bid, &be);
-		rev.cookie = cookie;
-		rev.next = 1;
-		bpf_map_update_elem(&lb_revnat, &cookie, &rev, BPF_ANY);
+		rev_fill(&st->slots[0], &key, svc_id, bid, &be);
+#pragma unroll
+		for (i = 1; i < LB_REV_SLOTS; i++)
+			st->slots[i].family = 0;
+		st->next = 1;
 		return SYS_PROCEED;
 	}
 #pragma unroll
 	for (i = 0; i < LB_REV_SLOTS; i++) {
-		struct rev_slot *s = &rev.slots[i];
-
+		s = &st->slots[i];
 		if (s->family == 0) {
 			if (empty < 0)
 				empty = i;
@@ -397,20 +397,17 @@ static __always_inline int lb_fwd(struct bpf_sock_addr *ctx, bool v6, bool sendm
 			slot = i;
 	}
 	if (slot >= 0) {
-		struct rev_slot *s = &rev.slots[slot & (LB_REV_SLOTS - 1)];
-
+		s = &st->slots[slot & (LB_REV_SLOTS - 1)];
 		if (s->svc_id == svc_id && s->backend_id == bid && s->be_port == be.port &&
 		    addr_eq(s->be_addr, be.addr))
 			return SYS_PROCEED;
 	} else if (empty >= 0) {
 		slot = empty;
 	} else {
-		slot = rev.next % LB_REV_SLOTS;
-		rev.next++;
+		slot = st->next % LB_REV_SLOTS;
+		st->next++;
 	}
-	rev_fill(&rev.slots[slot & (LB_REV_SLOTS - 1)], &key, svc_id, bid, &be);
-	rev.cookie = cookie;
-	bpf_map_update_elem(&lb_revnat, &cookie, &rev, BPF_ANY);
+	rev_fill(&st->slots[slot & (LB_REV_SLOTS - 1)], &key, svc_id, bid, &be);
 	return SYS_PROCEED;
 }
 
@@ -421,10 +418,12 @@ static __always_inline int lb_rev(struct bpf_sock_addr *ctx, bool v6)
 	__u8 family;
 	__be16 port;
 	bool mapped;
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct revnat *r = bpf_map_lookup_elem(&lb_revnat, &cookie);
+	struct sock_state *st;
 
-	if (!r)
+	if (!ctx->sk)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&lb_sock, ctx->sk, 0, 0);
+	if (!st)
 		return SYS_PROCEED;
 	ctx_addr(ctx, v6, addr, &family, &mapped);
 	port = (__be16)ctx->user_port;
@@ -432,11 +431,9 @@ static __always_inline int lb_rev(struct bpf_sock_addr *ctx, bool v6)
 	for (int i = 0; i < LB_REV_SLOTS; i++) {
 		struct rev_slot s;
 
-		__builtin_memcpy(&s, &r->slots[i], sizeof(s));
+		__builtin_memcpy(&s, &st->slots[i], sizeof(s));
 		if (s.family != family || s.be_port != port || !addr_eq(s.be_addr, addr))
 			continue;
-		if (r->cookie != cookie) /* recycled meanwhile */
-			return SYS_PROCEED;
 		ctx_set(ctx, v6, mapped, s.fe_addr, s.fe_port);
 		break;
 	}
@@ -489,17 +486,4 @@ SEC("cgroup/getpeername6")
 int lb_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return lb_rev(ctx, true);
-}
-
-/* The socket is gone: so is its reverse translation. */
-SEC("cgroup/sock_release")
-int lb_sock_release(struct bpf_sock *sk)
-{
-	__u64 cookie;
-
-	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
-		return SYS_PROCEED;
-	cookie = bpf_get_socket_cookie(sk);
-	bpf_map_delete_elem(&lb_revnat, &cookie);
-	return SYS_PROCEED;
 }

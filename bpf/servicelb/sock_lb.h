@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Map layouts of the socket-level service load balancer (sock_lb.c, and
- * sock_destroy.c which reads lb_revnat), shared with the Go API through the
+ * sock_iter.c which reads lb_sock), shared with the Go API through the
  * types bpf2go generates (lb_bpfel.go). Every struct is laid out without
  * implicit padding, so that the Go types have the same size and every byte
  * the kernel hashes as a key is explicit.
@@ -24,10 +24,9 @@
 
 #define LB_SERVICES 65536
 #define LB_BACKENDS 65536
-#define LB_REVNAT 65536
 #define LB_AFFINITY 65536
 
-/* Reverse translations remembered per socket (struct revnat). */
+/* Reverse translations remembered per socket (struct sock_state). */
 #define LB_REV_SLOTS 4
 
 /* lb_config.flags */
@@ -91,20 +90,14 @@ struct rev_slot {
 };
 
 /*
- * Value of lb_revnat, keyed by socket cookie (__u64): the translations of
- * one socket. A connected socket uses one slot; an unconnected UDP socket
- * one per service it sends to (the LB_REV_SLOTS most recent), which is also
- * where its backend choice is kept, so that it stays on one backend.
- * Deleted by lb_sock_release when the socket is closed.
+ * Value of lb_sock, socket-local storage (BPF_MAP_TYPE_SK_STORAGE): the
+ * translations of one socket, freed by the kernel with the socket. A
+ * connected socket uses one slot; an unconnected UDP socket one per service
+ * it sends to (the LB_REV_SLOTS most recent), which is also where its
+ * backend choice is kept, so that it stays on one backend.
  */
-struct revnat {
+struct sock_state {
 	struct rev_slot slots[LB_REV_SLOTS];
-	/*
-	 * The key again: LRU hash elements are recycled as soon as they are
-	 * replaced, so a program that read a value through a stale pointer
-	 * checks that it still belongs to its socket.
-	 */
-	__u64 cookie;
 	__u32 next; /* slot to reuse when all are taken (round robin) */
 	__u32 pad;
 };

@@ -184,7 +184,7 @@ func lbAffinityCommand() *command {
 }
 
 func lbRevNATCommand() *command {
-	return lbList("revnat", "show reverse-translation entries (socket cookie, service, backend)",
+	return lbList("revnat", "show reverse-translation entries (socket cookie, service, backend); they live in each socket's own storage, so this walks the sockets of every network namespace of a process or under /run/netns",
 		[]string{"SOCKET COOKIE", "FRONTEND", "PROTO", "BACKEND"},
 		func(lb *servicelb.LB) (any, [][]string, error) {
 			entries, err := lb.RevNAT()

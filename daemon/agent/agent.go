@@ -16,7 +16,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
+	"k8s.io/utils/clock"
+
 	"github.com/warpnet/warpnet/bpf/servicelb"
+	"github.com/warpnet/warpnet/daemon/boundedrun"
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/nodeport"
@@ -24,7 +27,6 @@ import (
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
 	"github.com/warpnet/warpnet/daemon/status"
-	"github.com/warpnet/warpnet/internal/l4"
 	"github.com/warpnet/warpnet/internal/mountinfo"
 )
 
@@ -38,9 +40,13 @@ type Config struct {
 	HostOnly     bool          // translate only sockets of the host network namespace
 	DestroyTCP   bool          // also destroy TCP sockets to removed backends (UDP ones always are)
 	Poll         time.Duration // how often the file is checked for changes
+	MinSync      time.Duration // least time between two syncs: changes meanwhile are coalesced
 	Resync       time.Duration // full resync, repairing any drift in the maps
 	ListenAddr   string        // /healthz, /metrics and /status; "" = none
-	Sizes        servicelb.Sizes
+	// Sizes are the maps' capacities; a zero field is sized from the
+	// cluster (the pinned map's capacity or the default, grown when the
+	// desired state needs more).
+	Sizes servicelb.Sizes
 	// Network is node networking (routes to other nodes' pods,
 	// masquerading, node facts); nil leaves it to someone else.
 	Network *nodenet.Config
@@ -54,14 +60,16 @@ type Config struct {
 
 // Agent runs one warpd.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	lb     *servicelb.LB
-	src    source.Source
-	screen services.LastGood // used by Run's goroutine only
-	// lastDesired is the last sync's translation (Run's goroutine only).
-	lastDesired []services.Entry
-	metrics     *metrics
+	cfg     Config
+	log     *slog.Logger
+	src     source.Source
+	metrics *metrics
+
+	// Used by the sync goroutine only (see sync.go).
+	lb       *servicelb.LB         // replaced when the maps grow
+	tracker  *services.Tracker     // the desired state, one service at a time
+	rec      *reconcile.Reconciler // the maps, as written
+	readMaps bool                  // rec has read the maps (a Full sync succeeded in reading them)
 
 	mu            sync.Mutex // guards what the HTTP handlers read
 	synced        bool       // a sync has succeeded entirely
@@ -70,6 +78,8 @@ type Agent struct {
 	sourceProblem error
 	rejected      map[string]status.Rejected // by services.Rejected.Key
 	inMaps        reconcile.Stats            // Services and Backends of the last sync
+	sizes         servicelb.Sizes            // the maps' capacities
+	short         []shortage                 // maps that cannot hold the desired state
 	network       *status.Network            // nil with Config.Network nil
 
 	net    *nodenet.Controller  // used by runNetwork's goroutine only
@@ -127,7 +137,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	log.Info("socket load balancer attached", "cgroup", cfg.CgroupRoot, "bpffs", cfg.BPFFSRoot, "source", src.String(),
 		"node", cfg.Node.Name, "nodeAddresses", cfg.Node.Addresses, "hostOnly", cfg.HostOnly)
-	a := &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{}}
+	a := &Agent{cfg: cfg, log: log, lb: lb, src: src, metrics: newMetrics(), rejected: map[string]status.Rejected{},
+		tracker: services.NewTracker(cfg.Node), rec: reconcile.New(lb), sizes: lb.Sizes()}
 	if cfg.IPAMGC != nil {
 		if a.ipamGC, err = ipamgc.Open(cfg.Kubeconfig, *cfg.IPAMGC, log); err != nil {
 			lb.Close()
@@ -167,12 +178,14 @@ func nodeAddresses() ([]netip.Addr, error) {
 	return out, nil
 }
 
-// Run syncs until ctx ends. A source that cannot be read leaves the maps
-// as they are (traffic keeps flowing on the last good state) and is retried.
-// When ctx ends, a sync in progress stops between two entries, so warpd
-// exits promptly; the next warpd finishes the job.
+// Run syncs until ctx ends: at once, then when the source changes (at most
+// once per MinSync: changes meanwhile are coalesced) and fully every
+// Resync. A source that cannot be read leaves the maps as they are (traffic
+// keeps flowing on the last good state) and is retried. When ctx ends, a
+// sync in progress stops between two entries, so warpd exits promptly;
+// the next warpd finishes the job.
 func (a *Agent) Run(ctx context.Context) error {
-	defer a.lb.Close()
+	defer func() { a.lb.Close() }() // the LB of the moment: growing the maps replaces it
 	defer a.closeNorthSouth()
 	if a.cfg.ListenAddr != "" {
 		srv, err := a.serve()
@@ -197,80 +210,39 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer func() { <-done }()
 		go func() { defer close(done); a.ipamGC.Run(ctx) }()
 	}
-	resync := time.NewTicker(a.cfg.Resync)
-	defer resync.Stop()
-	var snap *source.Snapshot
-	for {
-		force := false
-		select {
-		case <-ctx.Done():
-			a.log.Info("stopping; maps and programs stay pinned and attached")
-			return nil
-		case <-a.src.Changes():
-		case <-resync.C:
-			force = true
+	runner := boundedrun.New(a.cfg.MinSync, a.cfg.Resync, clock.RealClock{})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.src.Changes():
+				runner.Trigger()
+			}
 		}
-		next, changed, err := a.src.Snapshot()
-		a.setSourceProblem(err)
-		if changed && next != nil {
-			snap = next
-		}
-		if snap != nil && (changed || force) {
-			a.sync(ctx, snap)
-			a.syncNorthSouth(a.lastDesired, force)
-		}
-		if force {
-			a.gc()
-		}
-	}
-}
-
-func (a *Agent) sync(ctx context.Context, snap *source.Snapshot) {
-	start := time.Now()
-	svcs, slices, rejected := a.screen.Screen(snap.Services, snap.EndpointSlices)
-	desired, conflicts := services.Translate(svcs, slices, a.cfg.Node)
-	a.lastDesired = desired
-	a.setRejected(append(rejected, conflicts...), start)
-	st, err := reconcile.Sync(ctx, a.lb, desired)
-	if err == nil && a.lb.Staged() != "" {
-		// The rebuilt maps hold every service now: switch to them.
-		err = a.lb.Commit()
-	}
-	// What did change is done, also when other entries failed: sockets
-	// to the backends it removed are stale now.
-	a.destroyStale(st.Removed)
-	dur := time.Since(start)
-	a.record(st, err, start, dur)
-	switch {
-	case err != nil && ctx.Err() != nil:
-		a.log.Info("shutdown interrupted a sync; the next warpd finishes it", "upserted", st.Upserted, "deleted", st.Deleted, "of", len(desired))
-	case err != nil:
-		a.log.Error("sync failed in part; the rest is done, and it is retried at the next resync", "err", err,
-			"upserted", st.Upserted, "deleted", st.Deleted, "resync", a.cfg.Resync.String())
-	case st.Upserted+st.Deleted > 0:
-		a.log.Info("synced", "services", st.Services, "backends", st.Backends, "upserted", st.Upserted, "deleted", st.Deleted,
-			"unchanged", st.Skipped, "duration", dur.String())
-	}
+	}()
+	runner.Run(ctx, func(full bool) { a.sync(ctx, full) })
+	a.log.Info("stopping; maps and programs stay pinned and attached")
+	return nil
 }
 
 // destroyStale destroys sockets still connected to removed backends, so a
 // resolver's connected UDP socket does not stay pinned to a dead DNS pod.
 // TCP connections are left to end on their own unless DestroyTCP is set.
+// All of a sync's removed backends go in one pass: the iterators are
+// loaded once and every network namespace is walked once.
 func (a *Agent) destroyStale(removed []reconcile.Removed) {
-	done := map[reconcile.Removed]bool{}
-	for _, r := range removed {
-		if done[r] || (r.Proto == l4.TCP && !a.cfg.DestroyTCP) {
-			continue
-		}
-		done[r] = true
-		n, err := reconcile.DestroySockets(a.lb, r)
-		if err != nil {
-			a.log.Warn("destroying sockets to a removed backend failed", "backend", r.Backend.String(), "proto", r.Proto.String(), "err", err)
-			continue
-		}
-		if n > 0 {
-			a.log.Info("destroyed sockets to a removed backend", "backend", r.Backend.String(), "proto", r.Proto.String(), "sockets", n)
-		}
+	targets := reconcile.Targets(removed, a.cfg.DestroyTCP)
+	if len(targets) == 0 {
+		return
+	}
+	n, err := a.lb.DestroySockets(targets)
+	a.metrics.destroyPass(n)
+	if err != nil {
+		a.log.Warn("destroying sockets to removed backends failed in part", "backends", len(targets), "err", err)
+	}
+	for t, count := range n {
+		a.log.Info("destroyed sockets to a removed backend", "backend", t.Backend.String(), "proto", t.Proto.String(), "sockets", count)
 	}
 }
 
@@ -289,6 +261,7 @@ func (a *Agent) record(st reconcile.Stats, err error, start time.Time, dur time.
 	a.metrics.synced(st, err, dur, sizes)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.sizes = sizes
 	if st.Counted {
 		a.inMaps = st
 	}

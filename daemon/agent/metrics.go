@@ -26,6 +26,10 @@ type metrics struct {
 	sourceHealthyGauge prometheus.Gauge
 	peers              *prometheus.GaugeVec
 	networkSyncErrors  prometheus.Counter
+	destroyPasses      prometheus.Counter
+	destroyedSockets   prometheus.Counter
+	mapFull            *prometheus.GaugeVec
+	mapCapacity        *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -53,20 +57,31 @@ func newMetrics() *metrics {
 			Help: "Other nodes by how their pods are reached: native (routed), tunnel (VXLAN), unreachable (see warpctl warpd status)."}, []string{"path"}),
 		networkSyncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_node_network_sync_errors_total",
 			Help: "Node networking syncs (routes, tunnel, masquerading, node facts) that failed in part."}),
+		destroyPasses: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_socket_destroy_passes_total",
+			Help: "Walks of the node's sockets to destroy those still connected to removed backends (one per sync that removed any)."}),
+		destroyedSockets: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_destroyed_sockets_total",
+			Help: "Sockets destroyed because their backend left its service."}),
+		mapFull: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "warpd_map_full",
+			Help: "1 while a map cannot hold the desired state (its size is fixed by --map-services/--map-backends, or growing it failed): services that do not fit are not programmed."}, []string{"map"}),
+		mapCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "warpd_map_capacity",
+			Help: "Capacity of a map: services (frontends) and backends (backend entries summed over frontends)."}, []string{"map"}),
 	}
 	m.reg.MustRegister(m.services, m.backends, m.syncs, m.syncErrors, m.syncDuration, m.lastSuccess, m.fill, m.rejected,
-		m.sourceHealthyGauge, m.peers, m.networkSyncErrors,
+		m.sourceHealthyGauge, m.peers, m.networkSyncErrors, m.destroyPasses, m.destroyedSockets, m.mapFull, m.mapCapacity,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.sourceHealthyGauge.Set(1)
 	for _, kind := range []string{"Service", "EndpointSlice"} {
 		m.rejected.WithLabelValues(kind).Set(0)
 	}
+	m.mapsShort(nil)
 	return m
 }
 
 func (m *metrics) synced(st reconcile.Stats, err error, dur time.Duration, sizes servicelb.Sizes) {
 	m.syncs.Inc()
 	m.syncDuration.Observe(dur.Seconds())
+	m.mapCapacity.WithLabelValues("services").Set(float64(sizes.Services))
+	m.mapCapacity.WithLabelValues("backends").Set(float64(sizes.Backends))
 	if st.Counted {
 		m.services.Set(float64(st.Services))
 		m.backends.Set(float64(st.Backends))
@@ -106,6 +121,25 @@ func fill(st reconcile.Stats, sizes servicelb.Sizes) []status.MapFill {
 		}
 	}
 	return out
+}
+
+// mapsShort records which maps cannot hold the desired state.
+func (m *metrics) mapsShort(short []shortage) {
+	full := map[string]float64{"services": 0, "backends": 0}
+	for _, s := range short {
+		full[s.Map] = 1
+	}
+	for name, v := range full {
+		m.mapFull.WithLabelValues(name).Set(v)
+	}
+}
+
+// destroyPass records one pass of socket destruction.
+func (m *metrics) destroyPass(destroyed map[servicelb.Target]int) {
+	m.destroyPasses.Inc()
+	for _, n := range destroyed {
+		m.destroyedSockets.Add(float64(n))
+	}
 }
 
 // networkSynced records a node networking sync.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -72,6 +73,12 @@ func (a *Agent) health() (bool, string) {
 	switch {
 	case a.sourceProblem != nil:
 		return false, "services source unusable (the last good state stays in force): " + a.sourceProblem.Error()
+	case len(a.short) > 0:
+		var parts []string
+		for _, s := range a.short {
+			parts = append(parts, s.String())
+		}
+		return false, "the service maps cannot hold the desired state: " + strings.Join(parts, "; ")
 	case a.lastSync != nil && a.lastSync.Error != "":
 		return false, "the last sync failed in part: " + a.lastSync.Error
 	case a.network != nil && a.network.LastSync != nil && a.network.LastSync.Error != "":
@@ -90,7 +97,7 @@ func (a *Agent) status() status.Status {
 	s := status.Status{
 		Version: buildinfo.Version, Node: a.cfg.Node.Name, Source: a.src.String(),
 		Healthy: ok, Unhealthy: why, LastGoodSync: a.lastGoodSync,
-		Maps: fill(a.inMaps, a.lb.Sizes()), Rejected: []status.Rejected{},
+		Maps: fill(a.inMaps, a.sizes), Rejected: []status.Rejected{},
 	}
 	if a.sourceProblem != nil {
 		s.SourceProblem = a.sourceProblem.Error()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +84,7 @@ func TestSyncChangesOnlyWhatDiffers(t *testing.T) {
 		// no backends, nil here and empty in the maps: untouched
 		entry("e", "10.96.0.5", 5, 0),
 	}
-	st, err := Sync(ctx, m, desired)
+	st, err := New(m).Full(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,14 +99,14 @@ func TestSyncChangesOnlyWhatDiffers(t *testing.T) {
 	}
 	// Dropping a backend reports it.
 	desired[0] = entry("a", "10.96.0.1", 1, 0, "10.0.0.2")
-	if st, _ := Sync(ctx, m, desired); len(st.Removed) != 1 || st.Removed[0].Backend != be("10.0.0.1") || st.Removed[0].Proto != l4.TCP {
+	if st, _ := New(m).Full(ctx, desired); len(st.Removed) != 1 || st.Removed[0].Backend != be("10.0.0.1") || st.Removed[0].Proto != l4.TCP {
 		t.Fatalf("removed %+v", st.Removed)
 	}
 	desired[0] = entry("a", "10.96.0.1", 1, 0, "10.0.0.1", "10.0.0.2")
-	Sync(ctx, m, desired)
+	New(m).Full(ctx, desired)
 	// A second sync is a no-op.
 	m.calls = nil
-	if st, _ := Sync(ctx, m, desired); st.Upserted+st.Deleted != 0 || len(m.calls) != 0 {
+	if st, _ := New(m).Full(ctx, desired); st.Upserted+st.Deleted != 0 || len(m.calls) != 0 {
 		t.Fatalf("second sync changed things: %+v %v", st, m.calls)
 	}
 }
@@ -117,7 +118,7 @@ func TestSyncGoesOnPastFailures(t *testing.T) {
 	m := &fakeMaps{fail: lbFE("10.96.0.1"), svcs: map[servicelb.Frontend]servicelb.Service{
 		lbFE("10.96.0.2"): {Frontend: lbFE("10.96.0.2"), ID: 2, Backends: []servicelb.Backend{lbBE("10.0.0.1"), lbBE("10.0.0.2")}},
 	}}
-	st, err := Sync(context.Background(), m, []services.Entry{
+	st, err := New(m).Full(context.Background(), []services.Entry{
 		entry("bad", "10.96.0.1", 1, 0, "10.0.0.9"),
 		entry("good", "10.96.0.2", 2, 0, "10.0.0.2"),
 	})
@@ -135,7 +136,7 @@ func TestSyncGoesOnPastFailures(t *testing.T) {
 // A frontend listed twice is programmed once and counted once.
 func TestSyncDuplicateFrontend(t *testing.T) {
 	m := &fakeMaps{svcs: map[servicelb.Frontend]servicelb.Service{}}
-	st, err := Sync(context.Background(), m, []services.Entry{
+	st, err := New(m).Full(context.Background(), []services.Entry{
 		entry("a", "10.96.0.1", 1, 0, "10.0.0.1"),
 		entry("b", "10.96.0.1", 2, 0, "10.0.0.2", "10.0.0.3"),
 	})
@@ -149,7 +150,7 @@ func TestSyncStopsWhenCancelled(t *testing.T) {
 	m := &fakeMaps{svcs: map[servicelb.Frontend]servicelb.Service{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	st, err := Sync(ctx, m, []services.Entry{entry("a", "10.96.0.1", 1, 0)})
+	st, err := New(m).Full(ctx, []services.Entry{entry("a", "10.96.0.1", 1, 0)})
 	if !errors.Is(err, context.Canceled) || st.Upserted != 0 || len(m.calls) != 0 {
 		t.Fatalf("err %v stats %+v calls %v", err, st, m.calls)
 	}
@@ -253,5 +254,61 @@ func change(t *testing.T, f reflect.Value) {
 		f.SetBool(!f.Bool())
 	default:
 		t.Fatalf("field of type %v: teach change to change it", f.Type())
+	}
+}
+
+// countingMaps counts reads of the maps.
+type countingMaps struct {
+	*fakeMaps
+	reads int
+}
+
+func (c *countingMaps) Services() ([]servicelb.Service, error) {
+	c.reads++
+	return c.fakeMaps.Services()
+}
+
+// Apply writes only the changed frontends, reads nothing, and retries a
+// write that failed at the next Apply.
+func TestApplyWritesOnlyWhatChanged(t *testing.T) {
+	m := &countingMaps{fakeMaps: &fakeMaps{svcs: map[servicelb.Frontend]servicelb.Service{}}}
+	ctx := context.Background()
+	desired := map[services.Frontend]services.Entry{}
+	for _, e := range []services.Entry{entry("a", "10.96.0.1", 1, 0, "10.0.0.1"), entry("b", "10.96.0.2", 2, 0, "10.0.0.2"), entry("c", "10.96.0.3", 3, 0)} {
+		desired[e.Frontend] = e
+	}
+	lookup := func(f services.Frontend) (services.Entry, bool) { e, ok := desired[f]; return e, ok }
+	r := New(m)
+	if _, err := r.Apply(ctx, nil, lookup); err == nil {
+		t.Fatal("Apply before Full succeeded")
+	}
+	var all []services.Entry
+	for _, e := range desired {
+		all = append(all, e)
+	}
+	if _, err := r.Full(ctx, all); err != nil || m.reads != 1 || len(m.calls) != 3 {
+		t.Fatalf("Full: %v, %d reads, calls %v", err, m.reads, m.calls)
+	}
+	m.calls = nil
+
+	// b gets another backend, c goes; a's entry is untouched.
+	desired[fe("10.96.0.2")] = entry("b", "10.96.0.2", 2, 0, "10.0.0.3")
+	delete(desired, fe("10.96.0.3"))
+	m.fail = lbFE("10.96.0.2")
+	st, err := r.Apply(ctx, []services.Frontend{fe("10.96.0.2"), fe("10.96.0.3")}, lookup)
+	if err == nil || st.Upserted != 0 || st.Deleted != 1 || !slices.Equal(m.calls, []string{"delete 10.96.0.3"}) || m.reads != 1 {
+		t.Fatalf("Apply: %v %+v calls %v reads %d", err, st, m.calls, m.reads)
+	}
+	if st.Services != 2 || st.Backends != 2 {
+		t.Fatalf("counted %d services, %d backends", st.Services, st.Backends)
+	}
+	// The failed write is retried with the next change (none here).
+	m.fail, m.calls = servicelb.Frontend{}, nil
+	st, err = r.Apply(ctx, nil, lookup)
+	if err != nil || st.Upserted != 1 || !slices.Equal(m.calls, []string{"upsert 10.96.0.2"}) || m.reads != 1 {
+		t.Fatalf("retry: %v %+v calls %v", err, st, m.calls)
+	}
+	if len(st.Removed) != 1 || st.Removed[0].Backend != be("10.0.0.2") {
+		t.Fatalf("removed %v", st.Removed)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
-	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,70 +42,108 @@ var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAd
 // one frontend (the same external IP and port, say), the first by
 // namespace/name keeps it and the other's claim is returned as rejected.
 // Input is expected to have passed CheckService and CheckEndpointSlice;
-// anything else that cannot be translated is left out.
+// anything else that cannot be translated is left out. It is a Tracker fed
+// everything at once: warpd keeps a Tracker and feeds it the changes.
 func Translate(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node) ([]Entry, []Rejected) {
-	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	t := NewTracker(node)
+	t.Update(NewListView(svcs, epSlices), nil)
+	return t.Entries(), t.Conflicts()
+}
+
+// ListView is a View of lists of objects.
+type ListView struct {
+	svcs   map[string]*corev1.Service
+	slices map[string][]*discoveryv1.EndpointSlice
+}
+
+// NewListView indexes svcs and epSlices (by the Service they are labelled
+// for; slices without the label belong to no Service).
+func NewListView(svcs []*corev1.Service, epSlices []*discoveryv1.EndpointSlice) *ListView {
+	v := &ListView{svcs: map[string]*corev1.Service{}, slices: map[string][]*discoveryv1.EndpointSlice{}}
+	for _, s := range svcs {
+		v.svcs[key(s)] = s
+	}
 	for _, s := range epSlices {
-		name := s.Labels[discoveryv1.LabelServiceName]
-		if name != "" {
-			bySvc[s.Namespace+"/"+name] = append(bySvc[s.Namespace+"/"+name], s)
+		if k := SliceServiceKey(s); k != "" {
+			v.slices[k] = append(v.slices[k], s)
 		}
 	}
+	return v
+}
+
+func (v *ListView) Service(key string) (*corev1.Service, bool) {
+	s, ok := v.svcs[key]
+	return s, ok
+}
+
+func (v *ListView) EndpointSlices(key string) []*discoveryv1.EndpointSlice { return v.slices[key] }
+
+func (v *ListView) ServiceKeys() []string {
+	keys := sortedKeys(v.svcs)
+	for k := range v.slices {
+		if _, ok := v.svcs[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// SliceServiceKey is the namespace/name of the Service an EndpointSlice is
+// labelled for, "" if none.
+func SliceServiceKey(s *discoveryv1.EndpointSlice) string {
+	if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+		return s.Namespace + "/" + name
+	}
+	return ""
+}
+
+// translateService translates one service (not skipped) with its
+// EndpointSlices; id gives the id of a service port name.
+func translateService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, id func(name string) uint32) []Entry {
 	var out []Entry
-	var conflicts []Rejected
-	owner := map[Frontend]string{}
-	ids := map[uint32]string{}
-	sorted := append([]*corev1.Service(nil), svcs...)
-	sort.Slice(sorted, func(i, j int) bool { return key(sorted[i]) < key(sorted[j]) })
-	for _, svc := range sorted {
-		if skip(svc) {
-			continue
+	seen := map[Frontend]bool{}
+	for _, port := range svc.Spec.Ports {
+		proto, ok := l4.Parse(string(port.Protocol))
+		if !ok {
+			continue // SCTP passes through untranslated
 		}
-		for _, port := range svc.Spec.Ports {
-			proto, ok := l4.Parse(string(port.Protocol))
-			if !ok {
-				continue // SCTP passes through untranslated
+		name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), proto)
+		sid := id(name)
+		var affinity time.Duration
+		if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+			affinity = DefaultAffinityTimeout
+			if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+				affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
 			}
-			name := fmt.Sprintf("%s:%s/%s", key(svc), portName(port), proto)
-			id := serviceID(name, ids)
-			var affinity time.Duration
-			if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
-				affinity = DefaultAffinityTimeout
-				if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-					affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+		internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+		externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+		for _, fe := range frontends(svc, port, node) {
+			local := internalLocal
+			if fe.external {
+				local = externalLocal
+			}
+			f := Frontend{AddrPort: netip.AddrPortFrom(fe.addr, fe.port), Proto: proto}
+			if seen[f] {
+				continue
+			}
+			seen[f] = true
+			e := Entry{Name: name, Service: Service{
+				Frontend:        f,
+				ID:              sid,
+				Backends:        backends(epSlices, port, fe.addr.Is4(), local, node),
+				AffinityTimeout: affinity,
+			}}
+			if fe.external {
+				e.External = &External{Local: externalLocal, Mode: svc.Annotations[LBModeAnnotation], NodePort: fe.nodePort}
+				if externalLocal && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
+					e.External.HealthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
 				}
 			}
-			internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-			externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-			for _, fe := range frontends(svc, port, node) {
-				local := internalLocal
-				if fe.external {
-					local = externalLocal
-				}
-				f := Frontend{AddrPort: netip.AddrPortFrom(fe.addr, fe.port), Proto: proto}
-				if first, taken := owner[f]; taken {
-					conflicts = append(conflicts, Rejected{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name,
-						Reason: fmt.Sprintf("frontend %s is already %s's; this service's claim is ignored", f, first)})
-					continue
-				}
-				owner[f] = name
-				e := Entry{Name: name, Service: Service{
-					Frontend:        f,
-					ID:              id,
-					Backends:        backends(bySvc[key(svc)], port, fe.addr.Is4(), local, node),
-					AffinityTimeout: affinity,
-				}}
-				if fe.external {
-					e.External = &External{Local: externalLocal, Mode: svc.Annotations[LBModeAnnotation], NodePort: fe.nodePort}
-					if externalLocal && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
-						e.External.HealthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
-					}
-				}
-				out = append(out, e)
-			}
+			out = append(out, e)
 		}
 	}
-	return out, conflicts
+	return out
 }
 
 func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }

@@ -99,44 +99,45 @@ func wantError(t *testing.T, err error, want string) {
 
 // A broken edit keeps the object's last valid version; others are not
 // affected; deleting the object forgets it.
-func TestLastGood(t *testing.T) {
+func TestTrackerKeepsLastGood(t *testing.T) {
 	v4 := discoveryv1.AddressTypeIPv4
-	var g LastGood
+	tr := NewTracker(node)
 	good := svc("web")
 	other := svc("api", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.11", nil })
 	es := slice("web", v4, 8080, ready("10.244.1.2", "node1"))
-	svcs, slices, rej := g.Screen([]*corev1.Service{good, other}, []*discoveryv1.EndpointSlice{es})
-	if len(svcs) != 2 || len(slices) != 1 || len(rej) != 0 {
-		t.Fatalf("all valid: %d %d %v", len(svcs), len(slices), rej)
+	tr.Update(NewListView([]*corev1.Service{good, other}, []*discoveryv1.EndpointSlice{es}), nil)
+	if rej := tr.Rejected(); len(rej) != 0 {
+		t.Fatalf("all valid: %v", rej)
 	}
 
 	broken := svc("web", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.999", nil })
 	badSlice := slice("web", v4, 8080, ready("10.244.1.2", "node1"), ready("10.244.1.300", "node1"))
 	fresh := svc("new", func(s *corev1.Service) { s.Spec.ClusterIP = "nope" })
-	svcs, slices, rej = g.Screen([]*corev1.Service{broken, other, fresh}, []*discoveryv1.EndpointSlice{badSlice})
-	if len(rej) != 3 || !rej[0].Kept || rej[0].Name != "web" || rej[1].Name != "new" || rej[1].Kept ||
-		rej[2].Kind != "EndpointSlice" || !rej[2].Kept || !strings.Contains(rej[2].Reason, "10.244.1.300") {
+	tr.Update(NewListView([]*corev1.Service{broken, other, fresh}, []*discoveryv1.EndpointSlice{badSlice}), nil)
+	rej := tr.Rejected()
+	if len(rej) != 3 || rej[0].Name != "new" || rej[0].Kept || rej[1].Kind != "EndpointSlice" || !rej[1].Kept ||
+		!strings.Contains(rej[1].Reason, "10.244.1.300") || !rej[2].Kept || rej[2].Name != "web" {
 		t.Fatalf("rejected %+v", rej)
 	}
-	if len(svcs) != 2 || svcs[0] != good || svcs[1] != other || len(slices) != 1 || slices[0] != es {
-		t.Fatalf("want the last good web and its slice, api untouched, new left out: %v %v", svcs, slices)
-	}
-	entries, _ := Translate(svcs, slices, node)
-	if got := render(entries); got != "10.96.0.11:80/tcp -> []\n10.96.0.10:80/tcp -> [10.244.1.2:8080]" {
-		t.Fatalf("translated %s", got)
+	if got := render(tr.Entries()); got != "10.96.0.11:80/tcp -> []\n10.96.0.10:80/tcp -> [10.244.1.2:8080]" {
+		t.Fatalf("want the last good web and its slice, api untouched, new left out:\n%s", got)
 	}
 
-	// Still broken on the next round: still the last good one.
-	if svcs, _, rej = g.Screen([]*corev1.Service{broken}, nil); len(svcs) != 1 || svcs[0] != good || len(rej) != 1 {
-		t.Fatalf("second round %v %v", svcs, rej)
+	// Still broken on the next round: still the last good one (its slice
+	// is gone: so are its endpoints).
+	tr.Update(NewListView([]*corev1.Service{broken}, nil), nil)
+	if got, rej := render(tr.Entries()), tr.Rejected(); got != "10.96.0.10:80/tcp -> []" || len(rej) != 1 {
+		t.Fatalf("second round %s %v", got, rej)
 	}
 	// Deleted: gone, even though its last version was broken.
-	if svcs, _, rej = g.Screen(nil, nil); len(svcs) != 0 || len(rej) != 0 {
-		t.Fatalf("after delete %v %v", svcs, rej)
+	tr.Update(NewListView(nil, nil), nil)
+	if got, rej := render(tr.Entries()), tr.Rejected(); got != "" || len(rej) != 0 {
+		t.Fatalf("after delete %s %v", got, rej)
 	}
 	// Re-created broken: nothing to keep.
-	if svcs, _, rej = g.Screen([]*corev1.Service{broken}, nil); len(svcs) != 0 || len(rej) != 1 || rej[0].Kept {
-		t.Fatalf("re-created broken %v %v", svcs, rej)
+	tr.Update(NewListView([]*corev1.Service{broken}, nil), nil)
+	if got, rej := render(tr.Entries()), tr.Rejected(); got != "" || len(rej) != 1 || rej[0].Kept {
+		t.Fatalf("re-created broken %s %v", got, rej)
 	}
 }
 

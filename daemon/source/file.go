@@ -7,12 +7,16 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/warpnet/warpnet/daemon/services"
 )
 
 // Source is one of warpd's inputs.
@@ -22,10 +26,14 @@ type Source interface {
 	Start(ctx context.Context) error
 	// Changes is signalled when the input may have changed.
 	Changes() <-chan struct{}
-	// Snapshot returns the current input; changed is false when it is
-	// known to equal the last one returned. An error says the source
-	// cannot be followed right now; the last good state stays in force.
-	Snapshot() (snap *Snapshot, changed bool, err error)
+	// Take returns what to sync: a view of the current Services and
+	// EndpointSlices (nil until there is a good state) and the services
+	// (namespace/name) that may have changed since the last Take; all
+	// says that any may have (the first Take). This is the change
+	// tracking that lets warpd translate and write only what changed.
+	// An error says the source cannot be followed right now; the view
+	// keeps the last good state.
+	Take() (view services.View, changed []string, all bool, err error)
 	// String names the source for logs and warpd's status.
 	String() string
 
@@ -87,10 +95,12 @@ type File struct {
 	nodeChanges chan struct{}
 
 	mu       sync.Mutex
-	snap     *Snapshot // last good state
-	fresh    bool      // snap not yet returned by Snapshot
-	problem  error     // why the file cannot be followed now, if it cannot
-	nodesKey string    // nodesKey of snap.Nodes
+	snap     *Snapshot          // last good state
+	view     *services.ListView // of snap
+	pending  map[string]bool    // services changed since the last Take
+	taken    bool               // Take was called
+	problem  error              // why the file cannot be followed now, if it cannot
+	nodesKey string             // nodesKey of snap.Nodes
 }
 
 // Start reads the file once and then polls it until ctx ends.
@@ -162,7 +172,14 @@ func (f *File) set(snap *Snapshot, problem error) {
 	changed := snap != nil || fmt.Sprint(problem) != fmt.Sprint(f.problem)
 	nodesChanged := false
 	if snap != nil {
-		f.snap, f.fresh = snap, true
+		view := services.NewListView(snap.Services, snap.EndpointSlices)
+		if f.pending == nil {
+			f.pending = map[string]bool{}
+		}
+		for _, key := range changedKeys(f.view, view) {
+			f.pending[key] = true
+		}
+		f.snap, f.view = snap, view
 		if key := nodesKey(snap.Nodes); key != f.nodesKey || f.nodesKey == "" {
 			f.nodesKey, nodesChanged = key, true
 		}
@@ -193,14 +210,61 @@ func (f *File) Nodes() ([]*corev1.Node, bool) {
 // Changes is signalled when the file's state or problem changed.
 func (f *File) Changes() <-chan struct{} { return f.changes }
 
-// Snapshot returns the last good state of the file, and what keeps the file
-// from being followed, if anything.
-func (f *File) Snapshot() (*Snapshot, bool, error) {
+// Take returns the file's last good state, the services that changed in
+// it since the last Take, and what keeps the file from being followed, if
+// anything.
+func (f *File) Take() (services.View, []string, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fresh := f.fresh
-	f.fresh = false
-	return f.snap, fresh, f.problem
+	if f.view == nil {
+		return nil, nil, false, f.problem
+	}
+	all := !f.taken
+	f.taken = true
+	keys := make([]string, 0, len(f.pending))
+	for k := range f.pending {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	f.pending = map[string]bool{}
+	return f.view, keys, all, f.problem
+}
+
+// changedKeys lists the services whose Service or EndpointSlices differ
+// between two states of the file (prev nil: all of next's).
+func changedKeys(prev, next *services.ListView) []string {
+	keys := map[string]bool{}
+	for _, k := range next.ServiceKeys() {
+		keys[k] = true
+	}
+	if prev != nil {
+		for _, k := range prev.ServiceKeys() {
+			keys[k] = true
+		}
+	}
+	var out []string
+	for k := range keys {
+		if prev == nil || !sameService(prev, next, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func sameService(a, b services.View, key string) bool {
+	sa, oka := a.Service(key)
+	sb, okb := b.Service(key)
+	if oka != okb || !reflect.DeepEqual(sa, sb) {
+		return false
+	}
+	byName := func(ss []*discoveryv1.EndpointSlice) map[string]*discoveryv1.EndpointSlice {
+		m := map[string]*discoveryv1.EndpointSlice{}
+		for _, s := range ss {
+			m[s.Name] = s
+		}
+		return m
+	}
+	return reflect.DeepEqual(byName(a.EndpointSlices(key)), byName(b.EndpointSlices(key)))
 }
 
 func (f *File) String() string { return "file " + f.Path }

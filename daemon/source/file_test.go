@@ -113,12 +113,14 @@ func TestFileKeepsLastGoodState(t *testing.T) {
 	f.changes = make(chan struct{}, 1)
 	w := &fileWatch{f: f}
 	w.look(true)
-	snap, changed, err := f.Snapshot()
-	if !changed || err != nil || len(snap.Services) != 2 {
-		t.Fatalf("first load: %v %v %+v", changed, err, snap)
+	// services is how many services the view holds.
+	services := func(v interface{ ServiceKeys() []string }) int { return len(v.ServiceKeys()) }
+	view, keys, all, err := f.Take()
+	if !all || err != nil || view == nil || services(view) != 2 {
+		t.Fatalf("first load: %v %v %v", all, err, keys)
 	}
-	if _, changed, err := f.Snapshot(); changed || err != nil {
-		t.Fatalf("unchanged file reported as changed: %v %v", changed, err)
+	if _, keys, all, err := f.Take(); all || len(keys) != 0 || err != nil {
+		t.Fatalf("unchanged file reported as changed: %v %v %v", all, keys, err)
 	}
 
 	// Caught half-written: a new content is only looked at again.
@@ -126,32 +128,40 @@ func TestFileKeepsLastGoodState(t *testing.T) {
 	if next := w.look(false); next != f.Settle {
 		t.Fatalf("a fresh change must be read again after Settle, got %v", next)
 	}
-	if _, changed, err := f.Snapshot(); changed || err != nil {
-		t.Fatalf("a change in progress was applied: %v %v", changed, err)
+	if _, keys, _, err := f.Take(); len(keys) != 0 || err != nil {
+		t.Fatalf("a change in progress was applied: %v %v", keys, err)
 	}
 	write("")
 	w.look(false)
 	w.look(false) // empty for two looks in a row: a broken edit
-	snap, changed, err = f.Snapshot()
-	if changed || !errors.Is(err, ErrEmpty) || len(snap.Services) != 2 {
-		t.Fatalf("an empty file must keep the last good state: %v %v %+v", changed, err, snap)
+	view, keys, _, err = f.Take()
+	if len(keys) != 0 || !errors.Is(err, ErrEmpty) || services(view) != 2 {
+		t.Fatalf("an empty file must keep the last good state: %v %v", keys, err)
 	}
 	write("kind: Nonsense")
 	w.look(false)
 	w.look(false)
-	if snap, changed, err = f.Snapshot(); changed || err == nil || len(snap.Services) != 2 {
-		t.Fatalf("a broken file must be an error, not a change: %v %v", changed, err)
+	if view, keys, _, err = f.Take(); len(keys) != 0 || err == nil || services(view) != 2 {
+		t.Fatalf("a broken file must be an error, not a change: %v %v", keys, err)
 	}
+	// The same content again (a trailing newline more): nothing changed.
 	write(sample + "\n")
 	w.look(false)
 	w.look(false)
-	if _, changed, err := f.Snapshot(); !changed || err != nil {
-		t.Fatalf("fixed file: %v %v", changed, err)
+	if _, keys, _, err := f.Take(); len(keys) != 0 || err != nil {
+		t.Fatalf("fixed file: %v %v", keys, err)
+	}
+	// One service's endpoints change: only it is reported.
+	write(strings.Replace(sample, "10.244.1.2", "10.244.1.9", 1))
+	w.look(false)
+	w.look(false)
+	if _, keys, _, err := f.Take(); len(keys) != 1 || err != nil {
+		t.Fatalf("one service changed: %v %v", keys, err)
 	}
 	write("apiVersion: v1\nkind: List\nitems: []\n")
 	w.look(false)
 	w.look(false)
-	if snap, changed, err := f.Snapshot(); !changed || err != nil || len(snap.Services) != 0 {
-		t.Fatalf("an empty List removes everything: %v %v %+v", changed, err, snap)
+	if view, keys, _, err := f.Take(); len(keys) != 2 || err != nil || services(view) != 0 {
+		t.Fatalf("an empty List removes everything: %v %v", keys, err)
 	}
 }

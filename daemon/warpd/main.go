@@ -17,6 +17,7 @@ import (
 
 	bpfnodeport "github.com/warpnet/warpnet/bpf/nodeport"
 	"github.com/warpnet/warpnet/bpf/pinset"
+	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/agent"
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
@@ -73,11 +74,12 @@ Flags:
 	fs.BoolVar(&cfg.HostOnly, "host-only", false, "translate only sockets in the host network namespace (pods keep the ClusterIP on the wire, for service meshes)")
 	fs.BoolVar(&cfg.DestroyTCP, "destroy-tcp", false, "also destroy TCP sockets still connected to a removed backend (connected UDP sockets always are)")
 	fs.DurationVar(&cfg.Poll, "poll", time.Second, "how often the services file is checked for changes (file mode)")
+	fs.DurationVar(&cfg.MinSync, "min-sync-interval", 100*time.Millisecond, "least time between two syncs of the maps: changes that come sooner wait and are applied together")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz, /metrics and /status (empty: none)")
-	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "capacity in frontends (0: the pinned map's, or 65536; fixed once created)")
-	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries, summed over frontends (0: the pinned map's, or 65536)")
-	fs.IntVar(&cfg.Sizes.RevNAT, "map-revnat", 0, "capacity in remembered socket translations (0: the pinned map's, or 65536)")
+	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "capacity in frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
+	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries summed over frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
+	obsoleteRevNAT := fs.Int("map-revnat", 0, "obsolete, ignored: socket translations live in socket-local storage, freed with each socket")
 	fs.IntVar(&cfg.Sizes.Affinity, "map-affinity", 0, "capacity in session-affinity entries (0: the pinned map's, or 65536)")
 	net := nodenet.Config{}
 	routingMode := fs.String("routing", string(routing.Auto), "how other nodes' pods are reached: native (routes via the peer; peers must share an L2 subnet), vxlan (a tunnel to every peer), auto (native where possible, else the tunnel), or none (node networking is someone else's)")
@@ -102,11 +104,23 @@ Flags:
 	fs.IntVar(&ns.Sizes.Conns, "map-lb-conns", 0, "capacity of the north-south connection table (0: the pinned map's, or 131072; a flow takes two entries)")
 	fs.Parse(os.Args[1:])
 
-	if cfg.Resync <= 0 || cfg.Poll <= 0 {
-		fmt.Fprintln(os.Stderr, "warpd: --resync and --poll must be positive durations, e.g. 30s")
+	if cfg.Resync <= 0 || cfg.Poll <= 0 || cfg.MinSync < 0 {
+		fmt.Fprintln(os.Stderr, "warpd: --resync and --poll must be positive durations, e.g. 30s, --min-sync-interval not negative")
 		os.Exit(2)
 	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"map-services", cfg.Sizes.Services}, {"map-backends", cfg.Sizes.Backends}, {"map-affinity", cfg.Sizes.Affinity}} {
+		if f.v < 0 || f.v > servicelb.MaxSize {
+			fmt.Fprintf(os.Stderr, "warpd: --%s=%d: want 0 (sized from the cluster, or the pinned map's) or 1 to %d\n", f.name, f.v, servicelb.MaxSize)
+			os.Exit(2)
+		}
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if *obsoleteRevNAT != 0 {
+		log.Warn("--map-revnat is obsolete and ignored: socket translations live in socket-local storage, freed with each socket; drop the flag")
+	}
 	for _, s := range strings.Split(nodeIPs, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue

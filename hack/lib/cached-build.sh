@@ -56,3 +56,29 @@ cached_build() {
   rm -rf "$out"
   echo "$what: built in $(( $(date +%s) - start ))s"
 }
+
+#   cached_tool NAME VERSION MODULE_DIR LDFLAGS PKG
+#
+# Builds one tool (the binary of PKG, pinned by the nested module MODULE_DIR)
+# into the cache as NAME-VERSION, unless it is there; serialized across
+# processes with flock (whoever waited finds it built). The cache is
+# ${WARP_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warpnet}.
+cached_tool() {
+  local name=$1 version=$2 mod=$3 ldflags=$4 pkg=$5
+  local cache=${WARP_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warpnet}
+  local bin="$cache/$name-$version"
+  if [ -x "$bin" ]; then
+    echo "build-$name: $bin is there"
+    return 0
+  fi
+  command -v go >/dev/null || { echo "build-$name: go is not in PATH; cannot build $name $version" >&2; return 1; }
+  mkdir -p "$cache"
+  exec 9>"$bin.lock"
+  if ! flock -n 9; then
+    echo "build-$name: another build of $bin is running; waiting for it ..."
+    flock 9
+    [ -x "$bin" ] && { echo "build-$name: $bin is there"; return 0; }
+  fi
+  echo "build-$name: building $name $version into $bin (once)"
+  cached_build "$name-$version" "$mod" "$cache" "$ldflags" "$(basename "$pkg")=$bin" -- "$pkg"
+}

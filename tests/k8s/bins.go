@@ -48,19 +48,67 @@ func KubeBinary(name string) string {
 }
 
 // HelmVersion is the helm release tests/helm/build pins.
-func HelmVersion() (string, error) {
-	f, err := os.Open(filepath.Join(harness.RepoRoot(), "tests/helm/build/go.mod"))
+func HelmVersion() (string, error) { return buildModuleVersion("helm", "helm.sh/helm/v3") }
+
+// buildModuleVersion returns the version of module that the build-only
+// module tests/NAME/build pins.
+func buildModuleVersion(name, module string) (string, error) {
+	gomod := filepath.Join(harness.RepoRoot(), "tests", name, "build", "go.mod")
+	f, err := os.Open(gomod)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if fs := strings.Fields(sc.Text()); len(fs) >= 2 && fs[0] == "helm.sh/helm/v3" {
+		if fs := strings.Fields(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "require ")); len(fs) >= 2 && fs[0] == module {
 			return fs[1], nil
 		}
 	}
-	return "", fmt.Errorf("no helm.sh/helm/v3 in tests/helm/build/go.mod")
+	return "", fmt.Errorf("no %s in %s", module, gomod)
+}
+
+// Multus is Multus's thin plugin and its installer, built from the module
+// proxy (hack/build-multus.sh).
+type Multus struct {
+	Version    string
+	Plugin     string // the multus CNI binary
+	Entrypoint string // thin_entrypoint: copies the plugin, writes 00-multus.conflist
+}
+
+// EnsureMultus builds Multus into the cache unless it is there (once, about
+// a minute cold) and returns it.
+func EnsureMultus(ctx context.Context, log func(string, ...any)) (Multus, error) {
+	v, err := buildModuleVersion("multus", "gopkg.in/k8snetworkplumbingwg/multus-cni.v4")
+	if err != nil {
+		return Multus{}, err
+	}
+	m := Multus{Version: v, Plugin: filepath.Join(CacheDir(), "multus-"+v), Entrypoint: filepath.Join(CacheDir(), "multus-thin-entrypoint-"+v)}
+	if !executable(m.Plugin) || !executable(m.Entrypoint) {
+		buildMu.Lock()
+		defer buildMu.Unlock()
+		if err := runScript(ctx, log, "build-multus.sh"); err != nil {
+			return Multus{}, err
+		}
+	}
+	return m, nil
+}
+
+// EnsureCoreDNS builds CoreDNS into the cache unless it is there (once,
+// several minutes cold) and returns its path and version.
+func EnsureCoreDNS(ctx context.Context, log func(string, ...any)) (path, version string, err error) {
+	if version, err = buildModuleVersion("coredns", "github.com/coredns/coredns"); err != nil {
+		return "", "", err
+	}
+	path = filepath.Join(CacheDir(), "coredns-"+version)
+	if !executable(path) {
+		buildMu.Lock()
+		defer buildMu.Unlock()
+		if err := runScript(ctx, log, "build-coredns.sh"); err != nil {
+			return "", "", err
+		}
+	}
+	return path, version, nil
 }
 
 var buildMu sync.Mutex

@@ -15,8 +15,9 @@
 //   - directory <tmp>/warpnet-k8s/NAME: state.json (owner PID), control plane
 //     data, certificates, logs, and per node its containerd/kubelet state and
 //     its private copies of the standard host paths (nodeN/root/...).
-//   - network namespaces NAME-net (the underlay: bridge br0 10.200.0.1/24,
-//     routes nothing to the machine) and NAME-nodeN (eth0 10.200.0.1N on that
+//   - network namespaces NAME-net (the underlay: bridge br0 10.200.0.1/24 and
+//     fd00:200::1/64, routes nothing to the machine) and NAME-nodeN (eth0
+//     10.200.0.1N and fd00:200::1N on that
 //     bridge). Kubernetes node names are the namespace names.
 //   - cgroups warpnet-k8s/NAME in every hierarchy: every process the cluster
 //     starts is born in warpnet-k8s/NAME/system (cgroup v2, CLONE_INTO_CGROUP),
@@ -32,6 +33,11 @@
 //     bpffs is mounted at /sys/fs/bpf, so each node's warpd and plugins pin
 //     their own maps. Mount points missing on the machine are created empty
 //     and removed when the last cluster goes.
+//
+// With Options.SRIOVVFs every node also gets a simulated SR-IOV NIC
+// (internal/sriov/sim, made with `warpctl sim sriov create`) in
+// <cluster>/sriov/<node>, and its containerd runs with the simulator's
+// WARP_SYSFS_ROOT and WARP_SIM_PF_STATE, which reach every CNI plugin.
 //
 // The machine's own network namespace gets only loopback listeners (etcd,
 // the API server) and unix sockets: node namespaces reach the API server
@@ -65,6 +71,8 @@ import (
 
 	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/internal/mountinfo"
+	"github.com/warpnet/warpnet/internal/sriov/sim"
+	"github.com/warpnet/warpnet/tests/harness"
 )
 
 const (
@@ -72,6 +80,12 @@ const (
 	// ClusterCIDR as spec.podCIDR (kube-controller-manager --allocate-node-cidrs).
 	ServiceCIDR = "10.96.0.0/16"
 	ClusterCIDR = "10.244.0.0/16"
+	// The IPv6 halves: the cluster is dual-stack (IPv4 first). Each node's
+	// spec.podCIDRs get a /64 of ClusterCIDR6 beside the /24.
+	ServiceCIDR6 = "fd00:10:96::/112"
+	ClusterCIDR6 = "fd00:10:244::/56"
+	// DNSServiceIP is the kubelets' clusterDNS: pods' resolv.conf names it.
+	DNSServiceIP = "10.96.0.10"
 	// cgroupParent is the directory of all clusters in every cgroup hierarchy.
 	cgroupParent = "warpnet-k8s"
 	cgroupFS     = "/sys/fs/cgroup"
@@ -105,7 +119,11 @@ type Options struct {
 	// Detach: processes survive this process (make cluster). Otherwise they
 	// die with it (PR_SET_PDEATHSIG), and Sweep removes the rest.
 	Detach bool
-	Log    func(format string, args ...any)
+	// SRIOVVFs > 0 gives every node a simulated SR-IOV NIC (internal/sriov/sim)
+	// with that many VFs: its hardware, as far as the node's software can
+	// tell (see Node.SRIOV).
+	SRIOVVFs int
+	Log      func(format string, args ...any)
 }
 
 // Cluster is a running cluster.
@@ -126,12 +144,22 @@ type Node struct {
 	Name    string // Kubernetes node name = network namespace name
 	Index   int    // 1-based
 	IP      string // 10.200.0.(10+Index)
+	IP6     string // fd00:200::(10+Index)
 	NetNS   string // /run/netns/Name
 	Dir     string // nodeN/
 	Root    string // nodeN/root: the node's /opt/cni/bin, /etc/cni/net.d, ... live below
 	MountNS string // nodeN/mnt.ns
 	Sock    string // containerd's socket
+	// SRIOV is the node's simulated SR-IOV NIC (Options.SRIOVVFs), in
+	// SRIOVDir(); nil without one.
+	SRIOV *sim.PF
 }
+
+// SRIOVDir is where the node's simulated SR-IOV NIC keeps its sysfs tree and
+// PF-side state: <cluster>/sriov/<node name>, so that one hostPath
+// (<cluster>/sriov) with the node's name below it serves a DaemonSet on
+// every node.
+func (c *Cluster) SRIOVDir(n *Node) string { return filepath.Join(c.Dir, "sriov", n.Name) }
 
 type state struct {
 	Name  string `json:"name"`
@@ -189,7 +217,8 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	start := time.Now()
 	for i := 1; i <= o.Nodes; i++ {
-		n := &Node{Name: fmt.Sprintf("%s-node%d", o.Name, i), Index: i, IP: fmt.Sprintf("10.200.0.%d", 10+i), Dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
+		n := &Node{Name: fmt.Sprintf("%s-node%d", o.Name, i), Index: i, IP: fmt.Sprintf("10.200.0.%d", 10+i), IP6: fmt.Sprintf("fd00:200::%d", 10+i),
+			Dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
 		n.NetNS, n.Root, n.MountNS, n.Sock = "/run/netns/"+n.Name, filepath.Join(n.Dir, "root"), filepath.Join(n.Dir, "mnt.ns"), filepath.Join(n.Dir, "containerd.sock")
 		c.Nodes = append(c.Nodes, n)
 	}
@@ -346,6 +375,11 @@ func (c *Cluster) makeCgroupsLocked() error {
 // cgroup (so Down's cgroup.kill reaches it and everything it forks), output
 // to dir/logs/what.log, and unless detached dying with this process.
 func (c *Cluster) start(what string, argv ...string) (*exec.Cmd, error) {
+	return c.startEnv(what, nil, argv...)
+}
+
+// startEnv is start with env added to this process's environment.
+func (c *Cluster) startEnv(what string, env []string, argv ...string) (*exec.Cmd, error) {
 	logs := filepath.Join(c.Dir, "logs")
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
@@ -356,6 +390,9 @@ func (c *Cluster) start(what string, argv ...string) (*exec.Cmd, error) {
 	}
 	defer f.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = c.Dir
 	attr := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(c.sys.Fd())}
@@ -465,8 +502,8 @@ egressSelections:
 	if _, err := c.start("kube-controller-manager", KubeBinary("kube-controller-manager"),
 		"--kubeconfig="+c.Kubeconfig, "--secure-port=0", "--leader-elect=false",
 		"--use-service-account-credentials=true", "--service-account-private-key-file="+filepath.Join(cp, "sa.key"),
-		"--root-ca-file="+cert, "--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR,
-		"--node-cidr-mask-size=24", "--service-cluster-ip-range="+ServiceCIDR); err != nil {
+		"--root-ca-file="+cert, "--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6,
+		"--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64", "--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6); err != nil {
 		return err
 	}
 	if _, err := c.start("kube-scheduler", KubeBinary("kube-scheduler"),
@@ -526,7 +563,7 @@ func (c *Cluster) startEtcdAndAPIServer(ctx context.Context, cp string) error {
 	api, err := c.start("kube-apiserver", KubeBinary("kube-apiserver"),
 		"--etcd-servers="+client, "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port="+strconv.Itoa(c.APIPort), "--cert-dir="+filepath.Join(cp, "certs"),
-		"--service-cluster-ip-range="+ServiceCIDR, "--token-auth-file="+filepath.Join(cp, "tokens.csv"),
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6, "--token-auth-file="+filepath.Join(cp, "tokens.csv"),
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
 		"--service-account-key-file="+filepath.Join(cp, "sa.key"), "--service-account-signing-key-file="+filepath.Join(cp, "sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc", "--allow-privileged=true", "--profiling=false",
@@ -603,6 +640,7 @@ func (c *Cluster) makeUnderlay() error {
 		{"netns", "add", net}, {"-n", net, "link", "set", "lo", "up"},
 		{"-n", net, "link", "add", "br0", "type", "bridge"},
 		{"-n", net, "addr", "add", "10.200.0.1/24", "dev", "br0"},
+		{"-n", net, "addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"},
 		{"-n", net, "link", "set", "br0", "up"},
 	} {
 		if err := run(append([]string{"ip"}, args...)...); err != nil {
@@ -674,6 +712,7 @@ func (c *Cluster) startNode(ctx context.Context, n *Node, images []string) error
 		{"-n", c.netName(), "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", n.Name},
 		{"-n", c.netName(), "link", "set", veth, "master", "br0", "up"},
 		{"-n", n.Name, "addr", "add", n.IP + "/24", "dev", "eth0"},
+		{"-n", n.Name, "addr", "add", n.IP6 + "/64", "dev", "eth0", "nodad"},
 		{"-n", n.Name, "link", "set", "eth0", "up"},
 		{"-n", n.Name, "route", "add", "default", "via", "10.200.0.1"},
 	} {
@@ -689,7 +728,29 @@ func (c *Cluster) startNode(ctx context.Context, n *Node, images []string) error
 	if err := c.makeMountNS(n); err != nil {
 		return fmt.Errorf("mount namespace: %w", err)
 	}
-	if err := c.startContainerd(ctx, n, images); err != nil {
+	// The node's hardware, before the software that looks at it starts.
+	var hwEnv []string
+	if c.opts.SRIOVVFs > 0 {
+		// warpctl, not sim.Create in this process: creating the underlay
+		// namespace retires the OS thread that did it, and a thread's exit
+		// kills the children it forked with Pdeathsig (the cluster's daemons).
+		warpctl := filepath.Join(harness.BinDir(), "warpctl")
+		if err := run(warpctl, "sim", "sriov", "create", "--netns", n.NetNS, "--dir", c.SRIOVDir(n), "--vfs", strconv.Itoa(c.opts.SRIOVVFs)); err != nil {
+			return fmt.Errorf("simulated SR-IOV NIC (make build makes %s): %w", warpctl, err)
+		}
+		pf, err := sim.Load(c.SRIOVDir(n))
+		if err != nil {
+			return err
+		}
+		n.SRIOV = pf
+		// What a real node's CNI plugins find in /sys and the PF driver, the
+		// simulator's plugins find through these two variables. containerd
+		// passes its environment to every CNI plugin it runs (and Multus to
+		// its delegates), as a real node's containerd would pass what its
+		// service unit sets: the conflists and plugins stay as shipped.
+		hwEnv = pf.Env()
+	}
+	if err := c.startContainerd(ctx, n, images, hwEnv); err != nil {
 		return err
 	}
 	if err := c.startKubelet(n); err != nil {
@@ -790,7 +851,7 @@ func withBaseLock(fn func() error) error {
 	return fn()
 }
 
-func (c *Cluster) startContainerd(ctx context.Context, n *Node, images []string) error {
+func (c *Cluster) startContainerd(ctx context.Context, n *Node, images, env []string) error {
 	conf := fmt.Sprintf(`version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -823,7 +884,7 @@ state = "/run/containerd"
 		return err
 	}
 	what := fmt.Sprintf("node%d-containerd", n.Index)
-	cd, err := c.start(what, n.inMount("containerd", "--config", cf)...)
+	cd, err := c.startEnv(what, env, n.inMount("containerd", "--config", cf)...)
 	if err != nil {
 		return err
 	}
@@ -888,13 +949,16 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%", nodefs.inodesFree: "1%%"}
 maxPods: 60
 serializeImagePulls: false
-`, cgroupParent, c.Name, n.Name, n.Sock, n.IP, filepath.Join(c.Dir, "cp", "ca.crt"))
+# The cluster's DNS Service (a test deploys CoreDNS behind it).
+clusterDNS: [%s]
+clusterDomain: cluster.local
+`, cgroupParent, c.Name, n.Name, n.Sock, n.IP, filepath.Join(c.Dir, "cp", "ca.crt"), DNSServiceIP)
 	cf := filepath.Join(n.Dir, "kubelet.yaml")
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		return err
 	}
 	_, err := c.start(fmt.Sprintf("node%d-kubelet", n.Index), n.inMount(KubeBinary("kubelet"), "--config="+cf, "--kubeconfig="+kc,
-		"--hostname-override="+n.Name, "--node-ip="+n.IP, "-v=1")...)
+		"--hostname-override="+n.Name, "--node-ip="+n.IP+","+n.IP6, "-v=1")...)
 	return err
 }
 

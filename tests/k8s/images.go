@@ -19,19 +19,27 @@ const (
 	AppImage = "localhost/warpnet-testapp:v1"
 	// AppBinary is where the app is inside AppImage.
 	AppBinary = "/testapp"
+	// DevicePluginBinary is where the tests' SR-IOV device plugin
+	// (tests/k8s/sriovdp) is inside AppImage.
+	DevicePluginBinary = "/sriov-dp"
 )
 
-// buildTestImages compiles tests/k8s/testapp (static) and packs the pause
-// and app images into one OCI layout tar in dir.
+// buildTestImages compiles tests/k8s/testapp and tests/k8s/sriovdp
+// (static) and packs the pause and app images into one OCI layout tar in
+// dir.
 func buildTestImages(dir string) (string, error) {
-	bin := filepath.Join(dir, "testapp")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./tests/k8s/testapp")
+	bins := filepath.Join(dir, "bin")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bins+"/", "./tests/k8s/testapp", "./tests/k8s/sriovdp")
 	cmd.Dir = harness.RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build testapp: %v\n%s", err, out)
+		return "", fmt.Errorf("build testapp, sriovdp: %v\n%s", err, out)
 	}
-	app, err := ociimage.ReadFile(AppBinary, bin, 0o755)
+	app, err := ociimage.ReadFile(AppBinary, filepath.Join(bins, "testapp"), 0o755)
+	if err != nil {
+		return "", err
+	}
+	dp, err := ociimage.ReadFile(DevicePluginBinary, filepath.Join(bins, "sriovdp"), 0o755)
 	if err != nil {
 		return "", err
 	}
@@ -39,7 +47,7 @@ func buildTestImages(dir string) (string, error) {
 	tmp := map[string]int64{"/tmp": 0o1777}
 	_, err = ociimage.WriteFile(tar,
 		ociimage.Image{Name: PauseImage, Files: []ociimage.File{app}, Dirs: tmp, Entrypoint: []string{AppBinary}, Cmd: []string{"pause"}},
-		ociimage.Image{Name: AppImage, Files: []ociimage.File{app}, Dirs: tmp, Entrypoint: []string{AppBinary}, Cmd: []string{"pause"}},
+		ociimage.Image{Name: AppImage, Files: []ociimage.File{app, dp}, Dirs: tmp, Entrypoint: []string{AppBinary}, Cmd: []string{"pause"}},
 	)
 	return tar, err
 }

@@ -114,6 +114,18 @@ func (c *Cluster) Node(name string) *Node {
 	return nil
 }
 
+// Kubectl runs the cached kubectl against the cluster with stdin and returns
+// its output.
+func (c *Cluster) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, KubeBinary("kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
 // Run runs argv in the node's network namespace (and mount namespace),
 // e.g. `ip -o link` to see the node's links.
 func (n *Node) Run(ctx context.Context, argv ...string) (string, error) {
@@ -135,6 +147,12 @@ var sweepOnce sync.Once
 // and helm's path. Leftovers of killed runs are swept first.
 func Start(t *testing.T, nodes int, images ...string) (*Cluster, string) {
 	t.Helper()
+	return StartWith(t, Options{Nodes: nodes, Images: images})
+}
+
+// StartWith is Start with more options (Name, Owner and Log are set here).
+func StartWith(t *testing.T, o Options) (*Cluster, string) {
+	t.Helper()
 	e := harness.New(t) // root check; the harness's own sweep; a run-unique prefix
 	harness.RequireTools(t, "etcd", "containerd", "runc", "ctr", "socat", "python3", "go")
 	logf := func(format string, args ...any) { t.Logf(format, args...) }
@@ -149,14 +167,15 @@ func Start(t *testing.T, nodes int, images ...string) (*Cluster, string) {
 		t.Fatalf("k8s: %v", err)
 	}
 	start := time.Now()
-	c, err := Up(ctx, Options{Name: e.Prefix + "-k", Nodes: nodes, Images: images, Owner: os.Getpid(), Log: logf})
+	o.Name, o.Owner, o.Log = e.Prefix+"-k", os.Getpid(), logf
+	c, err := Up(ctx, o)
 	if err != nil {
 		t.Fatalf("k8s: %v", err)
 	}
 	t.Logf("k8s: cluster %s up in %.1fs (kubeconfig %s)", c.Name, time.Since(start).Seconds(), c.Kubeconfig)
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, what := range []string{"node1-kubelet", "node1-containerd", "kube-controller-manager", "kube-scheduler"} {
+			for _, what := range []string{"node1-kubelet", "node1-containerd", "node2-kubelet", "node2-containerd", "kube-controller-manager", "kube-scheduler"} {
 				t.Logf("k8s: last lines of %s:\n%s", what, tail(c.LogPath(what), 15))
 			}
 		}

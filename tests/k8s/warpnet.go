@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warpnet/warpnet/tests/harness"
 )
@@ -21,43 +19,37 @@ const Namespace = "warpnet"
 // Chart is the path of warpnet's Helm chart.
 func Chart() string { return filepath.Join(harness.RepoRoot(), "install", "chart", "warpnet") }
 
-// PodCIDR waits until the controller-manager has given the node its
-// spec.podCIDR and returns it.
-func (c *Cluster) PodCIDR(ctx context.Context, node string) (string, error) {
-	var cidr string
-	err := waitUntil(ctx, 2*time.Minute, "podCIDR of "+node, func() error {
+// PodCIDRs waits until the controller-manager has given the node its
+// spec.podCIDRs (IPv4, IPv6) and returns them.
+func (c *Cluster) PodCIDRs(ctx context.Context, node string) ([]string, error) {
+	var cidrs []string
+	err := waitUntil(ctx, 2*time.Minute, "podCIDRs of "+node, func() error {
 		n, err := c.Client().CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if cidr = n.Spec.PodCIDR; cidr == "" {
-			return fmt.Errorf("no spec.podCIDR yet")
+		if cidrs = n.Spec.PodCIDRs; len(cidrs) < 2 {
+			return fmt.Errorf("spec.podCIDRs %v, want one per family", cidrs)
 		}
 		return nil
 	})
-	return cidr, err
+	return cidrs, err
 }
 
 // HelmValues are the chart values this cluster needs besides the image:
-// the API server's real address (no kube-proxy), and the cgroup of each
-// node's pods for warpd (all nodes share the machine's cgroup2 mount; each
-// node's pods are below its own directory there, named like the node).
-//
-// Until the cluster network (issue 10) lets warp-ipam take "podCIDR" from
-// the node facts warpd publishes, the pod range is set explicitly: the first
-// node's spec.podCIDR, so pods belong on that node (phase 1 runs pods on one
-// node only).
-func (c *Cluster) HelmValues(ctx context.Context) ([]string, error) {
-	cidr, err := c.PodCIDR(ctx, c.Nodes[0].Name)
-	if err != nil {
-		return nil, err
-	}
-	ranges, _ := json.Marshal([][]map[string]string{{{"subnet": cidr}}})
+// the API server's real address (no kube-proxy), the cgroup of each node's
+// pods for warpd (all nodes share the machine's cgroup2 mount; each node's
+// pods are below its own directory there, named like the node), and the
+// cluster's pod and service CIDRs for warpd's cluster network. Pod
+// addresses come from each node's spec.podCIDR (the chart's default
+// "subnet": "podCIDR", through warpd's node facts).
+func (c *Cluster) HelmValues() []string {
 	return []string{
 		"--set", "apiServer.host=127.0.0.1", "--set", fmt.Sprintf("apiServer.port=%d", c.APIPort),
 		"--set", "warpd.cgroupHostPath=" + c.CgroupDir(), "--set", "warpd.cgroupSubPath=$(NODE_NAME)",
-		"--set-json", "cni.ranges=" + string(ranges),
-	}, nil
+		"--set-json", fmt.Sprintf("network.clusterCIDRs=[%q,%q]", ClusterCIDR, ClusterCIDR6),
+		"--set-json", fmt.Sprintf("network.serviceCIDRs=[%q,%q]", ServiceCIDR, ServiceCIDR6),
+	}
 }
 
 // InstallWarpnet imports the warpnet image tar (make image) into every node
@@ -71,12 +63,8 @@ func (c *Cluster) InstallWarpnet(ctx context.Context, helm, imageTar, image stri
 	if !ok {
 		return "", fmt.Errorf("image %q: want repository:tag", image)
 	}
-	vals, err := c.HelmValues(ctx)
-	if err != nil {
-		return "", err
-	}
 	args := append([]string{"install", "warpnet", Chart(), "--namespace", Namespace, "--create-namespace",
-		"--set", "image.repository=" + repo, "--set", "image.tag=" + tag}, vals...)
+		"--set", "image.repository=" + repo, "--set", "image.tag=" + tag}, c.HelmValues()...)
 	return c.Helm(ctx, helm, append(args, extra...)...)
 }
 
@@ -114,20 +102,6 @@ func (c *Cluster) WaitDaemonSet(ctx context.Context, image string, timeout time.
 		}
 		return nil
 	})
-}
-
-// CordonAllButFirst marks every node but the first unschedulable (DaemonSet
-// pods still run there). Phase 1: pods on different nodes cannot reach each
-// other before the cluster network (issue 10), and the conflist's range is
-// the first node's podCIDR (see HelmValues).
-func (c *Cluster) CordonAllButFirst(ctx context.Context) error {
-	for _, n := range c.Nodes[1:] {
-		patch := []byte(`{"spec":{"unschedulable":true}}`)
-		if _, err := c.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // WarpnetLogs returns the last lines of every warpnet pod's containers (for

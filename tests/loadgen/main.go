@@ -3,27 +3,36 @@
 // nsenter by the bench), so that a measurement includes a real process on
 // each end and nothing of the test binary.
 //
-//	loadgen serve [--tcp ADDR] [--udp ADDR]   echo servers until killed
-//	loadgen rr    --addr HOST:PORT            request/response on one TCP connection
-//	loadgen crr   --addr HOST:PORT            connect, request/response, close, per sample
-//	loadgen udprr --addr HOST:PORT            request/response on one UDP socket
+//	loadgen serve  [--tcp ADDR] [--udp ADDR] [--sink ADDR] [--who ADDR --name N]   servers until killed
+//	loadgen rr     --addr HOST:PORT           request/response on one TCP connection
+//	loadgen crr    --addr HOST:PORT[,...]     connect, request/response, close, per sample (to a random address of the list, as a service spreads)
+//	loadgen udprr  --addr HOST:PORT           request/response on one UDP socket
+//	loadgen udpcrr --addr HOST:PORT[,...]     a new connected UDP socket per request/response (a stub resolver)
+//	loadgen stream --addr HOST:PORT           bulk TCP to a sink for --duration: throughput
+//	loadgen probe  --addr A[,B...]            dial until each answered, or until one answers from a who server
 //
 // Clients take --n samples (bounded by --timeout) of --size-byte requests
 // and print one JSON object: sample count, errors, elapsed time, rate and
-// latency percentiles. A p99 is only meaningful over 1000 samples or more;
-// the report says how many there were.
+// latency percentiles (and every latency with --samples, for merging runs).
+// A p99 is only meaningful over 1000 samples or more; the report says how
+// many there were. --cpu pins the process to one CPU.
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/warpnet/warpnet/tests/loadgen/report"
 )
@@ -32,13 +41,22 @@ func usage() {
 	fmt.Fprint(os.Stderr, `loadgen: traffic generator for warpnet's benchmarks.
 
 Usage:
-  loadgen serve [--tcp ADDR] [--udp ADDR]    echo servers (TCP and/or UDP) until killed
-  loadgen rr    --addr HOST:PORT [flags]     request/response on one TCP connection
-  loadgen crr   --addr HOST:PORT [flags]     a new TCP connection per request/response
-  loadgen udprr --addr HOST:PORT [flags]     request/response on one UDP socket
+  loadgen serve  [--tcp ADDR] [--udp ADDR] [--sink ADDR] [--who ADDR --name N]
+                                             echo servers (TCP, UDP), a TCP sink, a TCP server
+                                             that says "who:N" at once; until killed
+  loadgen rr     --addr HOST:PORT [flags]    request/response on one TCP connection
+  loadgen crr    --addr HOST:PORT[,...]      a new TCP connection per request/response, each to a random address of the list
+  loadgen udprr  --addr HOST:PORT [flags]    request/response on one UDP socket
+  loadgen udpcrr --addr HOST:PORT[,...]      a new connected UDP socket per request/response, each to a random address
+  loadgen stream --addr HOST:PORT [flags]    bulk TCP to a sink for --duration
+  loadgen probe  --addr A[,B...] [flags]     dial each address until it answers (prints when,
+                                             in Unix ns); with --who, dial until a who server
+                                             answers instead of an echo server
 
 Client flags: --n samples (default 10000), --size request bytes (default 1),
---timeout overall bound (default 60s). Clients print one JSON report.
+--timeout overall bound (default 60s), --samples (report every latency),
+--duration (stream, default 3s), --cpu N (pin to CPU N; -1: no pinning).
+Clients print one JSON report. Probes print "ready" first, then one JSON line.
 `)
 }
 
@@ -52,16 +70,34 @@ func main() {
 	fs.Usage = usage
 	tcpAddr := fs.String("tcp", "", "serve: TCP echo address")
 	udpAddr := fs.String("udp", "", "serve: UDP echo address")
-	addr := fs.String("addr", "", "client: server address")
+	sinkAddr := fs.String("sink", "", "serve: TCP sink address")
+	whoAddr := fs.String("who", "", "serve: who server address; probe: wait for a who server's answer")
+	name := fs.String("name", "", "serve: the name the who server says")
+	addr := fs.String("addr", "", "client: server address (probe: comma-separated)")
 	n := fs.Int("n", 10000, "client: samples")
 	size := fs.Int("size", 1, "client: request bytes")
 	timeout := fs.Duration("timeout", 60*time.Second, "client: bound on the whole run")
+	samples := fs.Bool("samples", false, "client: report every latency")
+	duration := fs.Duration("duration", 3*time.Second, "stream: how long")
+	cpu := fs.Int("cpu", -1, "pin to this CPU")
 	fs.Parse(os.Args[2:])
-	if mode == "serve" {
-		if err := serve(*tcpAddr, *udpAddr); err != nil {
+	if *cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(*cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: --cpu:", err)
+			os.Exit(1)
+		}
+	}
+	switch mode {
+	case "serve":
+		if err := serve(*tcpAddr, *udpAddr, *sinkAddr, *whoAddr, *name); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen serve:", err)
 			os.Exit(1)
 		}
+		return
+	case "probe":
+		probe(strings.Split(*addr, ","), *whoAddr != "", *timeout)
 		return
 	}
 	if *addr == "" || *n < 1 || *size < 1 {
@@ -77,7 +113,16 @@ func main() {
 	case "udprr":
 		sample, closer, err = streamRR("udp", *addr, *size)
 	case "crr":
-		sample, closer = connectRR(*addr, *size), func() {}
+		sample, closer = connectRR("tcp", strings.Split(*addr, ","), *size), func() {}
+	case "udpcrr":
+		sample, closer = connectRR("udp", strings.Split(*addr, ","), *size), func() {}
+	case "stream":
+		rep := stream(*addr, *duration)
+		json.NewEncoder(os.Stdout).Encode(rep)
+		if rep.Errors > 0 {
+			os.Exit(1)
+		}
+		return
 	default:
 		usage()
 		os.Exit(2)
@@ -87,7 +132,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer closer()
-	rep := run(mode, sample, *n, *timeout)
+	rep := run(mode, sample, *n, *timeout, *samples)
 	json.NewEncoder(os.Stdout).Encode(rep)
 	if rep.Samples == 0 {
 		os.Exit(1)
@@ -95,7 +140,7 @@ func main() {
 }
 
 // run takes n samples (fewer if timeout passes first).
-func run(mode string, sample func() error, n int, timeout time.Duration) report.Report {
+func run(mode string, sample func() error, n int, timeout time.Duration, all bool) report.Report {
 	lat := make([]time.Duration, 0, n)
 	rep := report.Report{Mode: mode}
 	start := time.Now()
@@ -107,7 +152,7 @@ func run(mode string, sample func() error, n int, timeout time.Duration) report.
 			if rep.FirstEr == "" {
 				rep.FirstEr = err.Error()
 			}
-			if mode != "crr" {
+			if mode == "rr" || mode == "udprr" {
 				break // a broken stream stays broken
 			}
 			continue
@@ -120,6 +165,12 @@ func run(mode string, sample func() error, n int, timeout time.Duration) report.
 		return rep
 	}
 	rep.Rate = float64(len(lat)) / el.Seconds()
+	if all {
+		rep.Latencies = make([]float64, len(lat))
+		for i, l := range lat {
+			rep.Latencies[i] = float64(l) / 1e3
+		}
+	}
 	slices.Sort(lat)
 	us := func(p float64) float64 {
 		return float64(lat[min(len(lat)-1, int(float64(len(lat))*p))]) / 1e3
@@ -149,11 +200,12 @@ func streamRR(network, addr string, size int) (func() error, func(), error) {
 	}, func() { c.Close() }, nil
 }
 
-// connectRR opens a connection per sample: connect, one round trip, close.
-func connectRR(addr string, size int) func() error {
+// connectRR opens a connection (TCP) or connected socket (UDP) per sample:
+// connect, one round trip, close.
+func connectRR(network string, addrs []string, size int) func() error {
 	req, resp := make([]byte, size), make([]byte, size)
 	return func() error {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		c, err := net.DialTimeout(network, addrs[rand.IntN(len(addrs))], 5*time.Second)
 		if err != nil {
 			return err
 		}
@@ -162,18 +214,87 @@ func connectRR(addr string, size int) func() error {
 		if _, err := c.Write(req); err != nil {
 			return err
 		}
+		if network == "udp" {
+			_, err = c.Read(resp)
+			return err
+		}
 		_, err = io.ReadFull(c, resp)
 		return err
 	}
 }
 
-func serve(tcpAddr, udpAddr string) error {
-	if tcpAddr == "" && udpAddr == "" {
-		return errors.New("give --tcp and/or --udp")
+// stream writes to a sink for d and reports the throughput (Rate: bytes
+// per second).
+func stream(addr string, d time.Duration) report.Report {
+	rep := report.Report{Mode: "stream"}
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		rep.Errors, rep.FirstEr = 1, err.Error()
+		return rep
 	}
-	errc := make(chan error, 2)
-	if tcpAddr != "" {
-		ln, err := net.Listen("tcp", tcpAddr)
+	defer c.Close()
+	buf := make([]byte, 128<<10)
+	var total int64
+	start := time.Now()
+	c.SetWriteDeadline(start.Add(d))
+	for time.Since(start) < d {
+		n, err := c.Write(buf)
+		total += int64(n)
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				rep.Errors, rep.FirstEr = 1, err.Error()
+			}
+			break
+		}
+	}
+	rep.Elapsed = time.Since(start).Seconds()
+	rep.Samples, rep.Rate = 1, float64(total)/rep.Elapsed
+	return rep
+}
+
+// probe dials each address (TCP: connect, one byte, read) until it has
+// answered once, or, with who, until a who server answers it; it prints
+// "ready" first and then when each answered (Unix ns), bounded by timeout.
+func probe(addrs []string, who bool, timeout time.Duration) {
+	fmt.Println("ready")
+	done := map[string]int64{}
+	deadline := time.Now().Add(timeout)
+	for len(done) < len(addrs) && time.Now().Before(deadline) {
+		for _, a := range addrs {
+			if _, ok := done[a]; ok {
+				continue
+			}
+			if answer := probeOnce(a); answer != "" && (!who || strings.HasPrefix(answer, "who:")) {
+				done[a] = time.Now().UnixNano()
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	json.NewEncoder(os.Stdout).Encode(done)
+}
+
+func probeOnce(addr string) string {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		return ""
+	}
+	buf := make([]byte, 64)
+	n, _ := c.Read(buf)
+	return string(buf[:n])
+}
+
+func serve(tcpAddr, udpAddr, sinkAddr, whoAddr, name string) error {
+	if tcpAddr == "" && udpAddr == "" && sinkAddr == "" && whoAddr == "" {
+		return errors.New("give --tcp, --udp, --sink and/or --who")
+	}
+	errc := make(chan error, 4)
+	listen := func(addr string, handle func(net.Conn)) error {
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return err
 		}
@@ -184,9 +305,25 @@ func serve(tcpAddr, udpAddr string) error {
 					errc <- err
 					return
 				}
-				go func() { defer c.Close(); io.Copy(c, c) }()
+				go func() { defer c.Close(); handle(c) }()
 			}
 		}()
+		return nil
+	}
+	for _, l := range []struct {
+		addr   string
+		handle func(net.Conn)
+	}{
+		{tcpAddr, func(c net.Conn) { io.Copy(c, c) }},
+		{sinkAddr, func(c net.Conn) { io.Copy(io.Discard, bufio.NewReaderSize(c, 256<<10)) }},
+		{whoAddr, func(c net.Conn) { fmt.Fprintf(c, "who:%s\n", name) }},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if err := listen(l.addr, l.handle); err != nil {
+			return err
+		}
 	}
 	if udpAddr != "" {
 		pc, err := net.ListenPacket("udp", udpAddr)

@@ -9,7 +9,9 @@ package chart_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -21,6 +23,7 @@ import (
 
 	authzv1 "k8s.io/api/authorization/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -52,11 +55,28 @@ func TestHelmLint(t *testing.T) {
 	if err != nil {
 		t.Fatalf("helm lint --strict: %v\n%s", err, out)
 	}
-	// With the examples on too.
+	// With the examples on too, and with the kubernetes store.
 	out, err = exec.Command(helm(t), "lint", "--strict", k8s.Chart(), "--set", "examples.networkAttachmentDefinitions=true").CombinedOutput()
 	if err != nil {
 		t.Fatalf("helm lint --strict (examples): %v\n%s", err, out)
 	}
+	out, err = exec.Command(helm(t), append([]string{"lint", "--strict", k8s.Chart()}, ipamValues...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm lint --strict (ipam): %v\n%s", err, out)
+	}
+	// A pool for the SR-IOV example without the store's RBAC is refused.
+	out, err = exec.Command(helm(t), "template", k8s.Chart(), "--set", "examples.networkAttachmentDefinitions=true", "--set", "examples.sriov.pool=p").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "examples.sriov.pool needs ipam.kubernetes=true") {
+		t.Fatalf("helm template with examples.sriov.pool and without ipam.kubernetes: %v\n%s", err, out)
+	}
+}
+
+// ipamValues turn on warp-ipam's kubernetes store, warpd's leak collector
+// and an SR-IOV example network whose addresses come from an IPPool.
+var ipamValues = []string{
+	"--set", "ipam.kubernetes=true", "--set", "ipam.gc.enabled=true",
+	"--set", "ipam.gc.grace=2m", "--set", "ipam.gc.leaseNamespace=warpnet",
+	"--set", "examples.networkAttachmentDefinitions=true", "--set", "examples.sriov.pool=sriov-pool",
 }
 
 // install/manifests/ is generated (make manifests) and committed: it must
@@ -73,6 +93,21 @@ func TestManifestsAreUpToDate(t *testing.T) {
 		got, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "install", "manifests", f))
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("install/manifests/%s is stale (%v): run make manifests and commit", f, err)
+		}
+	}
+	// The chart's copies of the IPAM CRDs, policy and ClusterRoles.
+	for chartFile, orig := range map[string]string{
+		"crds/ipam.warpnet.io_ippools.yaml":                "crds/ipam.warpnet.io_ippools.yaml",
+		"crds/ipam.warpnet.io_ipallocations.yaml":          "crds/ipam.warpnet.io_ipallocations.yaml",
+		"files/ipam.warpnet.io_ippool-overlap-policy.yaml": "crds/ipam.warpnet.io_ippool-overlap-policy.yaml",
+		"files/rbac-ipam.yaml":                             "rbac/ipam.yaml",
+	} {
+		want, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "install", orig))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(filepath.Join(k8s.Chart(), chartFile)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("install/chart/warpnet/%s is not install/%s (%v): run make manifests and commit", chartFile, orig, err)
 		}
 	}
 }
@@ -119,6 +154,63 @@ func decode(t *testing.T, path string) []*unstructured.Unstructured {
 	return objs
 }
 
+// applier creates objects of any kind (CRDs' too, once established) in a
+// real API server, with strict field validation, for real or as a
+// server-side dry run.
+type applier struct {
+	ctx    context.Context
+	dyn    *dynamic.DynamicClient
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newApplier(ctx context.Context, s *apiserver.Server) *applier {
+	cfg := s.RESTConfig()
+	return &applier{ctx: ctx, dyn: dynamic.NewForConfigOrDie(cfg),
+		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(discovery.NewDiscoveryClientForConfigOrDie(cfg)))}
+}
+
+func (a *applier) apply(o *unstructured.Unstructured, dryRun bool) error {
+	gvk := o.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return err
+	}
+	var r dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		r = a.dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+	}
+	opts := metav1.CreateOptions{FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	_, err = r.Create(a.ctx, o, opts)
+	return err
+}
+
+// served waits until the API server serves kind (a CRD's, just created).
+func (a *applier) served(t *testing.T, gk schema.GroupKind, version string) {
+	t.Helper()
+	harness.WaitFor(t, gk.String()+" served", time.Minute, func() bool {
+		a.mapper.Reset()
+		_, err := a.mapper.RESTMapping(gk, version)
+		return err == nil
+	})
+}
+
+// allowed asks the API server whether warpnet's service account may do verb
+// on group/resource (in namespace, if not empty).
+func allowed(t *testing.T, ctx context.Context, s *apiserver.Server, namespace, group, resource, verb string) bool {
+	t.Helper()
+	sar, err := s.Client(t).AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User: "system:serviceaccount:warpnet:warpnet", Groups: []string{"system:serviceaccounts", "system:serviceaccounts:warpnet"},
+		ResourceAttributes: &authzv1.ResourceAttributes{Namespace: namespace, Group: group, Resource: resource, Verb: verb},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sar.Status.Allowed
+}
+
 // Every object of the plain manifests, and the NetworkAttachmentDefinition
 // examples (with Multus's CRD registered), passes a server-side dry run
 // against a real API server with strict field validation; then the
@@ -128,27 +220,8 @@ func TestServerSideDryRunAndRBAC(t *testing.T) {
 	s := apiserver.Start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cfg := s.RESTConfig()
-	dyn := dynamic.NewForConfigOrDie(cfg)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(discovery.NewDiscoveryClientForConfigOrDie(cfg)))
-
-	apply := func(o *unstructured.Unstructured, dryRun bool) error {
-		gvk := o.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			return err
-		}
-		var r dynamic.ResourceInterface = dyn.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			r = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
-		}
-		opts := metav1.CreateOptions{FieldValidation: "Strict"}
-		if dryRun {
-			opts.DryRun = []string{metav1.DryRunAll}
-		}
-		_, err = r.Create(ctx, o, opts)
-		return err
-	}
+	a := newApplier(ctx, s)
+	apply, mapper := a.apply, a.mapper
 	objs := decode(t, filepath.Join(harness.RepoRoot(), "install", "manifests", "warpnet.yaml"))
 	kinds := map[string]bool{}
 	for _, o := range objs {
@@ -163,7 +236,7 @@ func TestServerSideDryRunAndRBAC(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"} {
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "CustomResourceDefinition"} {
 		if !kinds[k] {
 			t.Errorf("the manifests have no %s", k)
 		}
@@ -245,6 +318,8 @@ func TestServerSideDryRunAndRBAC(t *testing.T) {
 		{"", "secrets", "list", false},
 		{"", "pods", "list", false},
 		{"", "nodes", "patch", false},
+		// The kubernetes store's rights only come with ipam.kubernetes.
+		{"ipam.warpnet.io", "ipallocations", "create", false},
 	} {
 		sar, err := c.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
 			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:warpnet"},
@@ -263,4 +338,152 @@ func rule(r rbacv1.PolicyRule) string {
 	verbs := append([]string{}, r.Verbs...)
 	sort.Strings(verbs)
 	return strings.Join(r.APIGroups, ",") + "/" + strings.Join(r.Resources, ",") + " " + strings.Join(verbs, ",")
+}
+
+// With ipam.kubernetes and ipam.gc.enabled the chart binds warpnet's service
+// account (warp-ipam's identity through the installer's kubeconfig, and
+// warpd's) to install/rbac/ipam.yaml's ClusterRoles, installs the overlap
+// policy, passes --ipam-gc to warpd, and the SR-IOV example network takes
+// its addresses from an IPPool the chart creates. Everything passes a
+// strict server-side dry run, is then created for real, and the API server
+// answers with what those objects mean: the service account's rights, the
+// pool, and the policy refusing an overlapping pool.
+func TestChartWithIPAMKubernetesStore(t *testing.T) {
+	h := helm(t)
+	s := apiserver.Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	a := newApplier(ctx, s)
+
+	rendered := filepath.Join(t.TempDir(), "warpnet.yaml")
+	out, err := exec.Command(h, append([]string{"template", "warpnet", k8s.Chart(), "--namespace", "warpnet", "--include-crds",
+		"--set", "namespace.create=true"}, ipamValues...)...).Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	if err := os.WriteFile(rendered, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	objs := decode(t, rendered)
+
+	// The chart's CRDs are install/crds/'s.
+	var shipped []*unstructured.Unstructured
+	for _, f := range []string{"ipam.warpnet.io_ippools.yaml", "ipam.warpnet.io_ipallocations.yaml"} {
+		shipped = append(shipped, decode(t, filepath.Join(harness.RepoRoot(), "install", "crds", f))...)
+	}
+	for _, want := range shipped {
+		found := false
+		for _, o := range objs {
+			if o.GetKind() == "CustomResourceDefinition" && o.GetName() == want.GetName() {
+				found = equality.Semantic.DeepEqual(o.Object, want.Object)
+			}
+		}
+		if !found {
+			t.Errorf("the chart does not render install/crds/'s CRD %s unchanged", want.GetName())
+		}
+	}
+
+	// Multus's CRD (for the example networks), the Namespace and the CRDs
+	// for real; then every other object dry-run, then for real.
+	nadCRD := decode(t, filepath.Join(harness.RepoRoot(), "tests", "e2e", "chart", "testdata", "net-attach-def-crd.yaml"))
+	for _, o := range append(nadCRD, objs...) {
+		if k := o.GetKind(); k == "Namespace" || k == "CustomResourceDefinition" {
+			if err := a.apply(o, false); err != nil {
+				t.Fatalf("create %s %s: %v", k, o.GetName(), err)
+			}
+		}
+	}
+	a.served(t, schema.GroupKind{Group: "ipam.warpnet.io", Kind: "IPPool"}, "v1alpha1")
+	a.served(t, schema.GroupKind{Group: "ipam.warpnet.io", Kind: "IPAllocation"}, "v1alpha1")
+	a.served(t, schema.GroupKind{Group: "k8s.cni.cncf.io", Kind: "NetworkAttachmentDefinition"}, "v1")
+	kinds := map[string]int{}
+	for _, o := range objs {
+		if k := o.GetKind(); k != "Namespace" && k != "CustomResourceDefinition" {
+			kinds[k]++
+			if err := a.apply(o, true); err != nil {
+				t.Errorf("server-side dry run of %s %s: %v", k, o.GetName(), err)
+			}
+		}
+	}
+	for k, n := range map[string]int{"ClusterRole": 3, "ClusterRoleBinding": 3, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "IPPool": 1, "NetworkAttachmentDefinition": 2} {
+		if kinds[k] != n {
+			t.Errorf("rendered %d %s, want %d", kinds[k], k, n)
+		}
+	}
+	for _, o := range objs {
+		if k := o.GetKind(); k != "Namespace" && k != "CustomResourceDefinition" {
+			if err := a.apply(o, false); err != nil {
+				t.Fatalf("create %s %s: %v", k, o.GetName(), err)
+			}
+		}
+		switch o.GetKind() {
+		case "DaemonSet":
+			// warpd runs the leak collector, with the values' settings.
+			ctrs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+			args := fmt.Sprint(ctrs[0].(map[string]any)["args"])
+			for _, want := range []string{"--ipam-gc ", "--ipam-gc-grace=2m", "--ipam-gc-lease-namespace=warpnet"} {
+				if !strings.Contains(args+" ", want) {
+					t.Errorf("warpd's args %s lack %q", args, want)
+				}
+			}
+		case "NetworkAttachmentDefinition":
+			// The SR-IOV network uses the pool through the kubernetes store,
+			// with the kubeconfig the installer writes.
+			if o.GetName() != "sriov-net" {
+				continue
+			}
+			conf, _, _ := unstructured.NestedString(o.Object, "spec", "config")
+			var c struct {
+				IPAM struct {
+					Store, Kubeconfig string
+					Pools             []string
+				}
+			}
+			if err := json.Unmarshal([]byte(conf), &c); err != nil || c.IPAM.Store != "kubernetes" || fmt.Sprint(c.IPAM.Pools) != "[sriov-pool]" ||
+				c.IPAM.Kubeconfig != "/etc/cni/net.d/warpnet.d/warp-ipam.kubeconfig" {
+				t.Errorf("sriov-net's config %s (%v): want the kubernetes store, pool sriov-pool, the installer's kubeconfig", conf, err)
+			}
+		}
+	}
+
+	// warpnet's service account may do what warp-ipam and the collector
+	// need, and no more.
+	for _, q := range []struct {
+		namespace, group, resource, verb string
+		allowed                          bool
+	}{
+		{"", "ipam.warpnet.io", "ipallocations", "create", true},
+		{"", "ipam.warpnet.io", "ipallocations", "delete", true},
+		{"", "ipam.warpnet.io", "ippools", "list", true},
+		{"default", "", "pods", "get", true},
+		{"", "", "namespaces", "get", true},
+		{"default", "apps", "statefulsets", "watch", true},
+		{"warpnet", "coordination.k8s.io", "leases", "update", true},
+		{"", "ipam.warpnet.io", "ippools", "create", false},
+		{"", "ipam.warpnet.io", "ippools", "delete", false},
+		{"default", "", "pods", "delete", false},
+		{"", "", "nodes", "update", false},
+		{"", "", "secrets", "get", false},
+	} {
+		if got := allowed(t, ctx, s, q.namespace, q.group, q.resource, q.verb); got != q.allowed {
+			t.Errorf("warpnet's service account: %s %s/%s in %q allowed=%v, want %v", q.verb, q.group, q.resource, q.namespace, got, q.allowed)
+		}
+	}
+
+	// The chart's IPPool is stored; the policy refuses one that overlaps it
+	// (it takes effect once the API server has loaded it and its params).
+	pools := a.dyn.Resource(schema.GroupVersionResource{Group: "ipam.warpnet.io", Version: "v1alpha1", Resource: "ippools"})
+	if _, err := pools.Get(ctx, "sriov-pool", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the chart's IPPool: %v", err)
+	}
+	var refusal error
+	harness.WaitFor(t, "the overlap policy to refuse an overlapping IPPool", time.Minute, func() bool {
+		o := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "ipam.warpnet.io/v1alpha1", "kind": "IPPool",
+			"metadata": map[string]any{"name": "overlapping"}, "spec": map[string]any{"subnet": "192.168.50.128/25"}}}
+		refusal = a.apply(o, true)
+		return refusal != nil
+	})
+	if !strings.Contains(refusal.Error(), "overlaps IPPool sriov-pool") {
+		t.Errorf("an overlapping IPPool was refused with %v, want the policy's message naming sriov-pool", refusal)
+	}
 }

@@ -4,9 +4,14 @@
 // (tests/k8s: control plane + 2 kubelet/containerd nodes in namespaces, no
 // kube-proxy, no CNI preinstalled), and proves it under its real callers:
 // the kubelet, containerd's CRI, the scheduler, the DaemonSet controller.
-//
-// Phase 1 of issue 11: pods run on one node (pods across nodes need the
-// cluster network of issue 10).
+// The cluster is dual-stack. Pods run on both nodes: an address of each
+// family from each node's spec.podCIDRs, pod to pod and ClusterIPs across
+// nodes (IPv4 and IPv6) through warpd's cluster network and socket LB.
+// CoreDNS (built from the module proxy) serves the cluster's DNS through
+// that socket LB, and Multus (likewise) delegates eth0 to warp-veth and
+// net1 to warp-sriov on each node's simulated SR-IOV NIC, with VFs
+// allocated by the kubelet from a device plugin and net1's address from an
+// IPPool through warp-ipam's kubernetes store (addons_test.go).
 package cluster_test
 
 import (
@@ -33,23 +38,26 @@ import (
 
 const ns = "default"
 
-// TestWarpnetOnRealCluster runs the phase-1 scenarios in order on one
-// cluster (starting one costs about a minute); each subtest needs the ones
-// before it.
+// TestWarpnetOnRealCluster runs the scenarios in order on one cluster
+// (starting one costs about a minute); each subtest needs the ones before
+// it.
 func TestWarpnetOnRealCluster(t *testing.T) {
 	harness.RequireTools(t, filepath.Join(harness.BinDir(), "warpd"), "bpftool")
-	c, helm := k8s.Start(t, 2)
-	w := &world{t: t, c: c, helm: helm, node: c.Nodes[0]}
+	// Every node with a simulated SR-IOV NIC of 4 VFs (for the Multus case).
+	c, helm := k8s.StartWith(t, k8s.Options{Nodes: 2, SRIOVVFs: 4})
+	w := &world{t: t, c: c, helm: helm, podCIDR: map[string][]netip.Prefix{}, long: map[string]string{}}
 	for _, st := range []struct {
 		name string
 		fn   func(*testing.T)
 	}{
 		{"NodesReadyOnceInstallerWroteConflist", w.nodesReadyAfterInstall},
 		{"ReadmeTryItCommands", w.readme},
-		{"PodGetsAddressReachesPodAndClusterIP", w.podNetworking},
+		{"PodsOnBothNodesReachPodsAndClusterIPsAcrossNodes", w.podNetworking},
 		{"LogsAndExecThroughEgressProxy", w.logsAndExec},
 		{"TwentyPodsInARowThenTenAtOnce", w.churn},
 		{"HelmUpgradeKeepsConnectionsAndNewPodsWork", w.upgrade},
+		{"CoreDNSResolvesServiceNamesOverUDPThroughTheSocketLB", w.coreDNS},
+		{"MultusDelegatesEth0ToWarpVethAndNet1ToWarpSRIOVOnTheAllocatedVF", w.multusSRIOV},
 	} {
 		start := time.Now()
 		ok := t.Run(st.name, st.fn)
@@ -64,12 +72,26 @@ type world struct {
 	t    *testing.T
 	c    *k8s.Cluster
 	helm string
-	node *k8s.Node // where pods run (phase 1)
 
 	image               string
-	podCIDR             netip.Prefix
-	serverIP, clusterIP string
-	long                []string // pods that live across subtests
+	podCIDR             map[string][]netip.Prefix // node name -> spec.podCIDRs (IPv4, IPv6)
+	serverIP, serverIP6 string                    // the web pod (on node 1)
+	clusterIP           string                    // its Service
+	long                map[string]string         // pods that live across subtests -> their node
+}
+
+// node returns the i-th node (0-based).
+func (w *world) node(i int) *k8s.Node { return w.c.Nodes[i] }
+
+// poll reports whether cond comes to hold within timeout (routes and map
+// entries appear asynchronously).
+func poll(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -127,6 +149,12 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("DaemonSet ready and nodes Ready %.1fs after helm install", time.Since(start).Seconds())
+	// helm installed the chart's CRDs (warp-ipam's kubernetes store) first.
+	if out, err := w.c.Kubectl(ctx, "", "get", "crd", "ippools.ipam.warpnet.io", "ipallocations.ipam.warpnet.io", "-o", "name"); err != nil {
+		t.Errorf("the chart's CRDs: %v", err)
+	} else {
+		t.Logf("CRDs: %s", strings.Join(strings.Fields(out), " "))
+	}
 
 	pods := w.warpnetPods(t, ctx)
 	for _, n := range w.c.Nodes {
@@ -162,13 +190,27 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 			t.Errorf("the installer wrote %s on the machine itself", p)
 		}
 	}
-	cidr, err := w.c.PodCIDR(ctx, w.node.Name)
-	if err != nil {
-		t.Fatal(err)
+	for _, n := range w.c.Nodes {
+		cidrs, err := w.c.PodCIDRs(ctx, n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cidrs {
+			w.podCIDR[n.Name] = append(w.podCIDR[n.Name], netip.MustParsePrefix(c))
+		}
 	}
-	w.podCIDR = netip.MustParsePrefix(cidr)
-	if err := w.c.CordonAllButFirst(ctx); err != nil {
-		t.Fatal(err)
+	// warpd published each node's own pod CIDRs (dual-stack) for the plugins.
+	for _, n := range w.c.Nodes {
+		var facts struct {
+			PodCIDRs []string `json:"podCIDRs"`
+		}
+		harness.WaitFor(t, "node facts of "+n.Name, time.Minute, func() bool {
+			b, err := os.ReadFile(n.Root + "/run/warpnet/node.json")
+			return err == nil && json.Unmarshal(b, &facts) == nil && len(facts.PodCIDRs) > 0
+		})
+		if fmt.Sprint(facts.PodCIDRs) != fmt.Sprint(w.podCIDR[n.Name]) {
+			t.Errorf("%s: node facts say pod CIDRs %v, spec.podCIDRs are %v", n.Name, facts.PodCIDRs, w.podCIDR[n.Name])
+		}
 	}
 }
 
@@ -244,13 +286,18 @@ func (w *world) dumpWarpnetPods(t *testing.T) {
 	}
 }
 
-// pod is an app pod on w.node, placed there by the scheduler (nodeSelector).
-func (w *world) pod(name string, labels map[string]string, args ...string) *corev1.Pod {
+// pod is an app pod. The scheduler places it: on node (a nodeSelector)
+// unless node is nil.
+func (w *world) pod(name string, node *k8s.Node, labels map[string]string, args ...string) *corev1.Pod {
 	zero := int64(0)
+	var sel map[string]string
+	if node != nil {
+		sel = map[string]string{"kubernetes.io/hostname": node.Name}
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: corev1.PodSpec{
-			NodeSelector:                  map[string]string{"kubernetes.io/hostname": w.node.Name},
+			NodeSelector:                  sel,
 			TerminationGracePeriodSeconds: &zero,
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			Containers: []corev1.Container{{
@@ -260,8 +307,12 @@ func (w *world) pod(name string, labels map[string]string, args ...string) *core
 	}
 }
 
-// runPods creates the pods and waits until each runs with an IP.
-func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) map[string]string {
+// placed is where a pod runs: its IPv4 and IPv6 addresses and its node.
+type placed struct{ IP, IP6, Node string }
+
+// runPods creates the pods and waits until each runs with an IP from its
+// node's pod CIDR.
+func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) map[string]placed {
 	t.Helper()
 	cl := w.c.Client().CoreV1().Pods(ns)
 	for _, p := range pods {
@@ -269,7 +320,7 @@ func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) 
 			t.Fatal(err)
 		}
 	}
-	ips := map[string]string{}
+	ips := map[string]placed{}
 	for _, p := range pods {
 		var last *corev1.Pod
 		harness.WaitFor(t, "pod "+p.Name+" running with an IP", 3*time.Minute, func() bool {
@@ -280,14 +331,24 @@ func (w *world) runPods(t *testing.T, ctx context.Context, pods ...*corev1.Pod) 
 			last = got
 			return got.Status.Phase == corev1.PodRunning && got.Status.PodIP != ""
 		})
-		if last.Spec.NodeName != w.node.Name {
-			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, w.node.Name)
+		if want := p.Spec.NodeSelector["kubernetes.io/hostname"]; want != "" && last.Spec.NodeName != want {
+			t.Fatalf("pod %s scheduled to %s, want %s", p.Name, last.Spec.NodeName, want)
 		}
-		ip, err := netip.ParseAddr(last.Status.PodIP)
-		if err != nil || !w.podCIDR.Contains(ip) {
-			t.Fatalf("pod %s got %q, want an address in %s (warp-ipam's range)", p.Name, last.Status.PodIP, w.podCIDR)
+		// One address per family, each from that node's pod CIDR of the family.
+		cidrs := w.podCIDR[last.Spec.NodeName]
+		var got []string
+		for i, pip := range last.Status.PodIPs {
+			got = append(got, pip.IP)
+			ip, err := netip.ParseAddr(pip.IP)
+			if err != nil || i >= len(cidrs) || !cidrs[i].Contains(ip) {
+				got = nil
+				break
+			}
 		}
-		ips[p.Name] = last.Status.PodIP
+		if len(got) != len(cidrs) {
+			t.Fatalf("pod %s on %s got %v, want one address in each of %v (that node's spec.podCIDRs)", p.Name, last.Spec.NodeName, last.Status.PodIPs, cidrs)
+		}
+		ips[p.Name] = placed{IP: got[0], IP6: got[1], Node: last.Spec.NodeName}
 	}
 	return ips
 }
@@ -331,35 +392,112 @@ func (w *world) service(t *testing.T, ctx context.Context, name string, selector
 	return svc.Spec.ClusterIP
 }
 
+// dualStackService makes a Service with a ClusterIP of each family and
+// returns them (IPv4 first).
+func (w *world) dualStackService(t *testing.T, ctx context.Context, name string, selector map[string]string, port, target int32) []string {
+	t.Helper()
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	svc, err := w.c.Client().CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Selector: selector, IPFamilyPolicy: &policy, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports: []corev1.ServicePort{{Port: port, TargetPort: intstr.FromInt32(target), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("Service %s has ClusterIPs %v, want one per family", name, svc.Spec.ClusterIPs)
+	}
+	return svc.Spec.ClusterIPs
+}
+
 func (w *world) podNetworking(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
+	n1, n2 := w.node(0), w.node(1)
 	web := map[string]string{"app": "web"}
-	ips := w.runPods(t, ctx, w.pod("web", web, "serve", ":8080"), w.pod("client", nil, "pause"))
-	w.long = append(w.long, "web", "client")
-	w.serverIP = ips["web"]
-	if ips["web"] == ips["client"] {
-		t.Fatalf("two pods share %s", ips["web"])
+	ips := w.runPods(t, ctx,
+		w.pod("web", n1, web, "serve", ":8080"), w.pod("udp", n1, nil, "echo", ":7001"),
+		w.pod("client", n1, nil, "pause"), w.pod("remote", n2, nil, "pause"))
+	for name, p := range ips {
+		w.long[name] = p.Node
 	}
-	// warp-veth made the pod's host end in the node's namespace, with a /32
-	// route to the pod.
-	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", ips["web"]+"/32")
+	w.serverIP, w.serverIP6 = ips["web"].IP, ips["web"].IP6
+	seen := map[string]string{}
+	for name, p := range ips {
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("%s and %s share %s", name, other, p.IP)
+		}
+		seen[p.IP] = name
+	}
+	// warp-veth made the pod's host end in its node's namespace, with a /32
+	// route to the pod; the other node routes the whole pod CIDR to it
+	// (warpd's cluster network, native on the shared underlay).
+	routes, err := n1.Run(ctx, "ip", "-4", "route", "show", w.serverIP+"/32")
 	if err != nil || !strings.Contains(routes, "dev warp") {
-		t.Fatalf("no warp-veth route to %s on %s: %q %v", ips["web"], w.node.Name, routes, err)
+		t.Fatalf("no warp-veth route to %s on %s: %q %v", w.serverIP, n1.Name, routes, err)
 	}
-	// Pod to pod, from inside the client pod.
-	out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips["web"]+":8080/", "20")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("pod to pod: got %q, want the web pod's answer", out)
+	for i, via := range []string{n1.IP, n1.IP6} {
+		cidr := w.podCIDR[n1.Name][i].String()
+		fam := []string{"-4", "-6"}[i]
+		if !poll(30*time.Second, func() bool {
+			routes, err = n2.Run(ctx, "ip", fam, "route", "show", cidr)
+			return err == nil && strings.Contains(routes, "via "+via)
+		}) {
+			all, _ := n2.Run(ctx, "sh", "-c", "ip "+fam+" route; ip "+fam+" addr")
+			w.dumpWarpnetPods(t)
+			t.Fatalf("%s has no route to %s's pods (%s) via %s: %q %v\n%s", n2.Name, n1.Name, cidr, via, routes, err, all)
+		}
 	}
-	// Pod to ClusterIP: no kube-proxy runs, so only warpd's socket LB can
-	// translate it; retried while warpd learns the EndpointSlice.
+	// Pod to pod, TCP and UDP, IPv4 and IPv6, on the same node and across
+	// nodes; the server sees the client's own address (no masquerading
+	// inside the cluster).
+	for _, client := range []string{"client", "remote"} {
+		for _, fam := range []struct{ web, udp, from string }{
+			{w.serverIP, ips["udp"].IP, ips[client].IP},
+			{"[" + ips["web"].IP6 + "]", "[" + ips["udp"].IP6 + "]", "[" + ips[client].IP6 + "]"},
+		} {
+			out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+fam.web+":8080/", "20")
+			if !strings.HasPrefix(out, "web ") || !strings.Contains(out, " from "+fam.from+":") {
+				t.Fatalf("%s (%s) to pod %s (%s) over TCP: got %q, want the web pod's answer to %s", client, ips[client].Node, fam.web, n1.Name, out, fam.from)
+			}
+			out = w.exec(t, ctx, client, k8s.AppBinary, "udp", fam.udp+":7001", "20")
+			if !strings.HasPrefix(out, "udp from "+client) {
+				t.Fatalf("%s (%s) to pod %s (%s) over UDP: got %q", client, ips[client].Node, fam.udp, n1.Name, out)
+			}
+		}
+	}
+	// The other way round too, from node 1 to a server on node 2.
+	ips2 := w.runPods(t, ctx, w.pod("web2", n2, map[string]string{"app": "web2"}, "serve", ":8080"))
+	w.long["web2"] = n2.Name
+	if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+ips2["web2"].IP+":8080/", "20"); !strings.HasPrefix(out, "web2 ") {
+		t.Fatalf("client (%s) to pod web2 (%s): %q", n1.Name, n2.Name, out)
+	}
+	// Pod to ClusterIP, from both nodes: no kube-proxy runs, so only warpd's
+	// socket LB can translate it; retried while warpd learns the
+	// EndpointSlice. From "remote" the only backend is on the other node.
 	w.clusterIP = w.service(t, ctx, "web", web, 80, 8080)
-	out = w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("pod to ClusterIP %s: got %q", w.clusterIP, out)
+	for _, client := range []string{"client", "remote"} {
+		out := w.exec(t, ctx, client, k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+		if !strings.HasPrefix(out, "web ") {
+			t.Fatalf("%s (%s) to ClusterIP %s (backend on %s): got %q", client, ips[client].Node, w.clusterIP, n1.Name, out)
+		}
 	}
-	if rules, err := w.node.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
-		t.Fatalf("kube-proxy rules on the node (%s): the ClusterIP must be warpd's", rules)
+	// And the other way: a backend on node 2 behind a ClusterIP, from node
+	// 1, over IPv4 and over IPv6 (a dual-stack Service).
+	vips := w.dualStackService(t, ctx, "web2", map[string]string{"app": "web2"}, 80, 8080)
+	for _, vip := range vips {
+		host := vip
+		if strings.Contains(vip, ":") {
+			host = "[" + vip + "]"
+		}
+		if out := w.exec(t, ctx, "client", k8s.AppBinary, "get", "http://"+host+"/", "30"); !strings.HasPrefix(out, "web2 ") {
+			t.Fatalf("client (%s) to ClusterIP %s (backend on %s): %q", n1.Name, vip, n2.Name, out)
+		}
+	}
+	for _, n := range w.c.Nodes {
+		if rules, err := n.Run(ctx, "sh", "-c", "iptables-save 2>/dev/null | grep -c KUBE-SVC || true"); err == nil && strings.TrimSpace(rules) != "0" && strings.TrimSpace(rules) != "" {
+			t.Fatalf("kube-proxy rules on %s (%s): the ClusterIP must be warpd's", n.Name, rules)
+		}
 	}
 }
 
@@ -376,31 +514,48 @@ func (w *world) logsAndExec(t *testing.T) {
 	}
 }
 
-// leftovers lists what the node holds for pods that no longer exist:
-// warp-veth host links and routes, warp-ipam reservations.
+// longOn counts the long-lived pods on a node.
+func (w *world) longOn(node string) int {
+	n := 0
+	for _, on := range w.long {
+		if on == node {
+			n++
+		}
+	}
+	return n
+}
+
+// leftovers lists what the nodes hold for pods that no longer exist:
+// warp-veth host links and routes, XDP map entries, warp-ipam reservations.
 func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]bool) []string {
 	t.Helper()
 	var left []string
-	routes, err := w.node.Run(ctx, "ip", "-4", "route", "show", "proto", "static")
-	if err != nil {
-		routes, _ = w.node.Run(ctx, "ip", "-4", "route")
-	}
-	for _, line := range strings.Split(routes, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && gone[f[0]] {
-			left = append(left, "route "+line)
+	for _, n := range w.c.Nodes {
+		routes, err := n.Run(ctx, "sh", "-c", "ip -4 route; ip -6 route")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	// warp-veth's XDP maps (pinned in the node's own bpffs).
-	for _, m := range []string{"warp_ips", "warp_endpoints"} {
-		if n := w.mapEntries(t, ctx, m); n != len(w.long) {
-			left = append(left, fmt.Sprintf("%s has %d entries for %d pods", m, n, len(w.long)))
+		for _, line := range strings.Split(routes, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && gone[f[0]] {
+				left = append(left, n.Name+": route "+line)
+			}
 		}
-	}
-	resDir := w.node.Root + "/var/lib/cni/networks/warpnet"
-	ents, _ := os.ReadDir(resDir)
-	for _, e := range ents {
-		if gone[e.Name()] {
-			left = append(left, "reservation "+e.Name())
+		// warp-veth's XDP maps (pinned in the node's own bpffs): one
+		// endpoint per pod, one owner entry per pod address (two families).
+		if got, want := w.mapEntries(t, ctx, n, "warp_endpoints"), w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: warp_endpoints has %d entries for %d pods", n.Name, got, want))
+		}
+		if got, want := w.mapEntries(t, ctx, n, "warp_ips"), 2*w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: warp_ips has %d entries for the %d addresses of %d pods", n.Name, got, want, w.longOn(n.Name)))
+		}
+		if got, want := w.warpLinks(t, ctx, n), w.longOn(n.Name); got != want {
+			left = append(left, fmt.Sprintf("%s: %d warp links for %d pods", n.Name, got, want))
+		}
+		ents, _ := os.ReadDir(n.Root + "/var/lib/cni/networks/warpnet")
+		for _, e := range ents {
+			if gone[e.Name()] {
+				left = append(left, n.Name+": reservation "+e.Name())
+			}
 		}
 	}
 	return left
@@ -408,9 +563,9 @@ func (w *world) leftovers(t *testing.T, ctx context.Context, gone map[string]boo
 
 // mapEntries counts the entries of one of warp-veth's pinned XDP maps in
 // the node's bpffs.
-func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
+func (w *world) mapEntries(t *testing.T, ctx context.Context, n *k8s.Node, m string) int {
 	t.Helper()
-	out, err := w.node.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
+	out, err := n.Run(ctx, "bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/warpnet/maps/"+m)
 	if err != nil {
 		t.Fatalf("dump %s: %v", m, err)
 	}
@@ -421,97 +576,114 @@ func (w *world) mapEntries(t *testing.T, ctx context.Context, m string) int {
 	return len(entries)
 }
 
-func (w *world) warpLinks(t *testing.T, ctx context.Context) int {
+// warpLinks counts warp-veth's host ends on a node.
+func (w *world) warpLinks(t *testing.T, ctx context.Context, n *k8s.Node) int {
 	t.Helper()
-	out, err := w.node.Run(ctx, "ip", "-o", "link", "show")
+	out, err := n.Run(ctx, "ip", "-o", "link", "show")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	c := 0
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "warp") {
-			n++
+			c++
 		}
 	}
-	return n
+	return c
 }
 
 func (w *world) churn(t *testing.T) {
 	ctx := ctxFor(t, 15*time.Minute)
-	links := w.warpLinks(t, ctx)
-	if links != len(w.long) {
-		t.Fatalf("%d warp links before churn, want %d (one per running pod)", links, len(w.long))
+	if left := w.leftovers(t, ctx, nil); len(left) > 0 {
+		t.Fatalf("before churn: %v", left)
 	}
 	seen := map[string]string{}
 	gone := map[string]bool{}
+	perNode := map[string]int{}
 	start := time.Now()
+	// In a row, alternating between the nodes.
 	for i := 0; i < 20; i++ {
 		name := fmt.Sprintf("seq-%d", i)
-		ip := w.runPods(t, ctx, w.pod(name, nil, "pause"))[name]
-		if other, dup := seen[ip]; dup {
-			t.Fatalf("%s got %s, which %s had", name, ip, other)
+		p := w.runPods(t, ctx, w.pod(name, w.node(i%2), nil, "pause"))[name]
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("%s got %s, which %s had", name, p.IP, other)
 		}
-		seen[ip] = name
+		seen[p.IP] = name
+		perNode[p.Node]++
 		w.deletePods(t, ctx, name)
-		gone[ip] = true
+		gone[p.IP], gone[p.IP6] = true, true
 	}
-	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs", time.Since(start).Seconds())
+	t.Logf("20 pods created and deleted in a row in %.1fs, 20 distinct IPs (per node: %v)", time.Since(start).Seconds(), perNode)
 
+	// At once, spread by the scheduler (a topology spread constraint over
+	// the nodes, as a Deployment would ask for).
 	start = time.Now()
 	var batch []*corev1.Pod
 	var names []string
+	spread := map[string]string{"churn": "par"}
 	for i := 0; i < 10; i++ {
 		names = append(names, fmt.Sprintf("par-%d", i))
-		batch = append(batch, w.pod(names[i], nil, "pause"))
+		p := w.pod(names[i], nil, spread, "pause")
+		p.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
+			MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
+			LabelSelector: &metav1.LabelSelector{MatchLabels: spread},
+		}}
+		batch = append(batch, p)
 	}
 	ips := w.runPods(t, ctx, batch...)
 	at := map[string]string{}
-	for name, ip := range ips {
-		if other, dup := at[ip]; dup {
-			t.Fatalf("%s and %s both got %s", name, other, ip)
+	onNode := map[string]int{}
+	for name, p := range ips {
+		if other, dup := at[p.IP]; dup {
+			t.Fatalf("%s and %s both got %s", name, other, p.IP)
 		}
-		at[ip] = name
-		gone[ip] = true
+		at[p.IP] = name
+		gone[p.IP], gone[p.IP6] = true, true
+		onNode[p.Node]++
 	}
-	if got := w.warpLinks(t, ctx); got != len(w.long)+10 {
-		t.Errorf("%d warp links with 10 more pods, want %d", got, len(w.long)+10)
-	}
-	if got := w.mapEntries(t, ctx, "warp_endpoints"); got != len(w.long)+10 {
-		t.Errorf("%d XDP endpoints with 10 more pods, want %d", got, len(w.long)+10)
+	for _, n := range w.c.Nodes {
+		if onNode[n.Name] == 0 {
+			t.Fatalf("the 10 pods were not spread: %v", onNode)
+		}
+		if got, want := w.warpLinks(t, ctx, n), w.longOn(n.Name)+onNode[n.Name]; got != want {
+			t.Errorf("%s: %d warp links with %d more pods, want %d", n.Name, got, onNode[n.Name], want)
+		}
+		if got, want := w.mapEntries(t, ctx, n, "warp_endpoints"), w.longOn(n.Name)+onNode[n.Name]; got != want {
+			t.Errorf("%s: %d XDP endpoints with %d more pods, want %d", n.Name, got, onNode[n.Name], want)
+		}
 	}
 	w.deletePods(t, ctx, names...)
-	t.Logf("10 pods at once: running and deleted in %.1fs, 10 distinct IPs", time.Since(start).Seconds())
+	t.Logf("10 pods at once (per node: %v): running and deleted in %.1fs, 10 distinct IPs", onNode, time.Since(start).Seconds())
 
-	// Nothing left behind: links, routes, reservations. The kubelet's delete
-	// returns before containerd's CNI DEL may have finished: wait for it.
+	// Nothing left behind: links, routes, map entries, reservations. The
+	// kubelet's delete returns before containerd's CNI DEL may have
+	// finished: wait for it.
 	for ip := range gone {
-		if ip == w.serverIP {
+		if ip == w.serverIP || ip == w.serverIP6 {
 			t.Fatalf("a churn pod got the live web pod's address %s", ip)
 		}
 	}
-	var left []string
-	harness.WaitFor(t, "CNI DEL of every deleted pod", 2*time.Minute, func() bool {
-		left = w.leftovers(t, ctx, gone)
-		return len(left) == 0 && w.warpLinks(t, ctx) == len(w.long)
-	})
-	if len(left) > 0 {
-		t.Fatalf("left behind: %v", left)
-	}
+	waitNone(t, "CNI DEL of every deleted pod", 2*time.Minute, func() []string { return w.leftovers(t, ctx, gone) })
 }
 
 func (w *world) upgrade(t *testing.T) {
 	ctx := ctxFor(t, 12*time.Minute)
-	// An existing connection through a ClusterIP, held open across the upgrade.
+	// Existing connections held open across the upgrade, both between pods
+	// on different nodes: one through a ClusterIP, one to the pod address.
+	n1, n2 := w.node(0), w.node(1)
 	echo := map[string]string{"app": "echo"}
-	w.runPods(t, ctx, w.pod("echo", echo, "echo", ":7000"))
-	w.long = append(w.long, "echo")
+	echoIP := w.runPods(t, ctx, w.pod("echo", n1, echo, "echo", ":7000"))["echo"].IP
+	w.long["echo"] = n1.Name
 	vip := w.service(t, ctx, "echo", echo, 7, 7000)
-	// The hold client retries its connect until warpd has the service.
-	w.runPods(t, ctx, w.pod("holder", nil, "hold", vip+":7", "0"))
-	w.long = append(w.long, "holder")
-	harness.WaitFor(t, "holder connected", 2*time.Minute, func() bool {
-		return roundTrips(w.logs(t, ctx, "holder")) >= 50
-	})
+	// The hold clients retry their connect until warpd has the service.
+	w.runPods(t, ctx, w.pod("holder", n2, nil, "hold", vip+":7", "0"), w.pod("holder-pod", n2, nil, "hold", echoIP+":7000", "0"))
+	w.long["holder"], w.long["holder-pod"] = n2.Name, n2.Name
+	holders := []string{"holder", "holder-pod"}
+	for _, h := range holders {
+		harness.WaitFor(t, h+" connected", 2*time.Minute, func() bool {
+			return roundTrips(w.logs(t, ctx, h)) >= 50
+		})
+	}
 	if logs := w.logs(t, ctx, "holder"); !strings.Contains(logs, "(peer as seen: "+vip+":7)") {
 		t.Fatalf("the holder's socket does not show the ClusterIP as its peer (warpd's getpeername hook):\n%s", logs)
 	}
@@ -555,47 +727,42 @@ func (w *world) upgrade(t *testing.T) {
 		}
 	}
 	// A pod made by the old plugins is torn down by the new ones, completely.
-	oldIP := w.serverIP
+	oldIP, oldIP6 := w.serverIP, w.serverIP6
 	w.deletePods(t, ctx, "web")
-	w.forget("web")
+	delete(w.long, "web")
 	harness.WaitFor(t, "the old pod's CNI DEL by the upgraded plugins", 2*time.Minute, func() bool {
-		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true})) == 0
+		return len(w.leftovers(t, ctx, map[string]bool{oldIP: true, oldIP6: true})) == 0
 	})
-	w.runPods(t, ctx, w.pod("web", map[string]string{"app": "web"}, "serve", ":8080"))
-	w.long = append(w.long, "web")
-	// New pods work with the upgraded plugins and warpd: an address, the
-	// ClusterIP of the service that existed before.
-	ips := w.runPods(t, ctx, w.pod("after-upgrade", nil, "pause"))
-	out := w.exec(t, ctx, "after-upgrade", k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
-	if !strings.HasPrefix(out, "web ") {
-		t.Fatalf("new pod %s to ClusterIP after upgrade: %q", ips["after-upgrade"], out)
-	}
-	// The held connection survived: the holder exits at its first failed
-	// round trip; it must still be running and have made round trips after
-	// the rollout completed.
-	seen := roundTrips(w.logs(t, ctx, "holder"))
-	harness.WaitFor(t, "50 more round trips after the rollout", 2*time.Minute, func() bool {
-		return roundTrips(w.logs(t, ctx, "holder")) >= seen+50
-	})
-	p, err := w.c.Client().CoreV1().Pods(ns).Get(ctx, "holder", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := w.logs(t, ctx, "holder")
-	if p.Status.Phase != corev1.PodRunning || strings.Contains(logs, "broke") {
-		t.Fatalf("the connection held across the upgrade broke (%s):\n%s", p.Status.Phase, logs)
-	}
-	t.Logf("holder: %s", lastLine(logs))
-}
-
-func (w *world) forget(pod string) {
-	var keep []string
-	for _, p := range w.long {
-		if p != pod {
-			keep = append(keep, p)
+	w.runPods(t, ctx, w.pod("web", n1, map[string]string{"app": "web"}, "serve", ":8080"))
+	w.long["web"] = n1.Name
+	// New pods on both nodes work with the upgraded plugins and warpd: an
+	// address, the ClusterIP of the service that existed before.
+	ips := w.runPods(t, ctx, w.pod("after-upgrade-1", n1, nil, "pause"), w.pod("after-upgrade-2", n2, nil, "pause"))
+	for name, p := range ips {
+		w.long[name] = p.Node
+		out := w.exec(t, ctx, name, k8s.AppBinary, "get", "http://"+w.clusterIP+"/", "30")
+		if !strings.HasPrefix(out, "web ") {
+			t.Fatalf("new pod %s (%s, %s) to ClusterIP after upgrade: %q", name, p.IP, p.Node, out)
 		}
 	}
-	w.long = keep
+	// The held connections survived: a holder exits at its first failed
+	// round trip; each must still be running and have made round trips
+	// after the rollout completed.
+	for _, h := range holders {
+		seen := roundTrips(w.logs(t, ctx, h))
+		harness.WaitFor(t, h+": 50 more round trips after the rollout", 2*time.Minute, func() bool {
+			return roundTrips(w.logs(t, ctx, h)) >= seen+50
+		})
+		p, err := w.c.Client().CoreV1().Pods(ns).Get(ctx, h, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs := w.logs(t, ctx, h)
+		if p.Status.Phase != corev1.PodRunning || strings.Contains(logs, "broke") {
+			t.Fatalf("the connection %s held across the upgrade broke (%s):\n%s", h, p.Status.Phase, logs)
+		}
+		t.Logf("%s (%s): %s", h, p.Spec.NodeName, lastLine(logs))
+	}
 }
 
 // buildVersion builds the image's binaries stamped as version into a

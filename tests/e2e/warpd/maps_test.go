@@ -22,7 +22,7 @@ import (
 func TestRefusedStartLeavesNoPins(t *testing.T) {
 	c := newCluster(t, "file")
 	c.writeServices()
-	for _, flag := range []string{"--map-services=-1", "--map-revnat=99999999999"} {
+	for _, flag := range []string{"--map-services=-1", "--map-affinity=99999999999"} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := c.node.Run(ctx, append(slices.Clone(c.warpd), flag)...)
 		cancel()
@@ -78,9 +78,9 @@ func TestMapSizeChangeRebuildsWithZeroFailures(t *testing.T) {
 
 	first.Process.Kill()
 	first.Wait()
-	sizes := servicelb.Sizes{Services: 1000, Backends: 2000, RevNAT: 3000, Affinity: 4000}
+	sizes := servicelb.Sizes{Services: 1000, Backends: 2000, Affinity: 4000}
 	c.node.Start(t, append(slices.Clone(c.warpd), "--map-services=1000", "--map-backends=2000",
-		"--map-revnat=3000", "--map-affinity=4000")...)
+		"--map-affinity=4000")...)
 	harness.WaitFor(t, "warpd to rebuild the maps with the new sizes", 30*time.Second, func() bool {
 		lb, err := servicelb.OpenReadOnly(c.bpffs)
 		if err != nil {

@@ -182,7 +182,10 @@ func TestSIGTERMDuringSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	warpd := c.startWarpd()
+	// Fixed sizes that hold it: the sync writes the pinned maps directly
+	// (maps sized from the cluster would grow first, into new maps that
+	// only appear once complete).
+	warpd := c.startWarpd("--map-services=65536", "--map-backends=65536")
 	c.waitLB("the sync to begin", func(svcs []servicelb.Service) bool { return len(svcs) > 0 })
 	t.Logf("first frontends after %v", time.Since(start))
 	warpd.Process.Signal(syscall.SIGTERM)

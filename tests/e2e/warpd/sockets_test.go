@@ -236,7 +236,7 @@ func TestPartialSyncStillDestroysSockets(t *testing.T) {
 		if st.Healthy || !strings.Contains(st.LastSync.Error, "lb_backends is full") {
 			t.Fatalf("status %+v", st)
 		}
-		if code, body := c.mustGet("/healthz"); code != 503 || !strings.Contains(body, "the last sync failed in part") {
+		if code, body := c.mustGet("/healthz"); code != 503 || !strings.Contains(body, "--map-backends is 4") {
 			t.Fatalf("/healthz %d %s", code, body)
 		}
 		out, err := c.warpctl("warpd", "status", "--addr", listen)

@@ -3,13 +3,18 @@
 // internal/ociimage). Static, no shell needed:
 //
 //	testapp pause                 wait for SIGTERM (pod sandbox)
-//	testapp serve ADDR            HTTP: "<hostname> <pod IPs>" on every path
-//	testapp echo ADDR             TCP echo server
+//	testapp serve ADDR            HTTP: "<hostname> <pod IPs> from <client address>" on every path
+//	testapp echo ADDR             TCP and UDP echo server
 //	testapp get URL [TRIES]       print the body of GET URL; retries connection errors (1s apart)
 //	testapp hold ADDR DURATION    one TCP connection to an echo server, a round trip
 //	                              every 100ms for DURATION (0: until stopped), a line
 //	                              every 50; exits 1 at the first failure
+//	testapp udp ADDR [TRIES]      one datagram to a UDP echo server; prints the reply and
+//	                              the address it came from (1s per try)
+//	testapp resolve NAME [TRIES]  the addresses of NAME through /etc/resolv.conf (the
+//	                              kubelet's: the cluster's DNS); retries failures 1s apart
 //	testapp addrs                 print this namespace's global addresses
+//	testapp links                 print "<name> <mac> <addresses>" for every interface
 package main
 
 import (
@@ -43,8 +48,14 @@ func main() {
 		err = get(arg(2), os.Args[3:])
 	case "hold":
 		err = hold(arg(2), arg(3))
+	case "udp":
+		err = udp(arg(2), os.Args[3:])
+	case "resolve":
+		err = resolve(arg(2), os.Args[3:])
 	case "addrs":
 		fmt.Println(strings.Join(addrs(), " "))
+	case "links":
+		err = links()
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -79,11 +90,27 @@ func addrs() []string {
 	return out
 }
 
+func links() error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	for _, i := range ifs {
+		var as []string
+		addrs, _ := i.Addrs()
+		for _, a := range addrs {
+			as = append(as, a.String())
+		}
+		fmt.Printf("%s %s %s\n", i.Name, i.HardwareAddr, strings.Join(as, ","))
+	}
+	return nil
+}
+
 func serve(addr string) error {
 	host, _ := os.Hostname()
 	go func() { wait(); os.Exit(0) }()
 	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s\n", host, strings.Join(addrs(), ","))
+		fmt.Fprintf(w, "%s %s from %s\n", host, strings.Join(addrs(), ","), r.RemoteAddr)
 	}))
 }
 
@@ -92,7 +119,21 @@ func echo(addr string) error {
 	if err != nil {
 		return err
 	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
 	go func() { wait(); os.Exit(0) }()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -100,6 +141,59 @@ func echo(addr string) error {
 		}
 		go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 	}
+}
+
+func tries(rest []string) int {
+	if len(rest) > 0 {
+		if n, err := strconv.Atoi(rest[0]); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1
+}
+
+func udp(addr string, rest []string) error {
+	host, _ := os.Hostname()
+	var err error
+	for i := 0; i < tries(rest); i++ {
+		var c net.Conn
+		if c, err = net.Dial("udp", addr); err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("udp from %s %d", host, i)
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 1500)
+		var n int
+		if _, err = c.Write([]byte(msg)); err == nil {
+			n, err = c.Read(buf)
+		}
+		c.Close()
+		if err == nil && string(buf[:n]) == msg {
+			// A connected socket only accepts datagrams from its peer: the
+			// reply came from addr (as the application sees it).
+			fmt.Printf("%s (reply from %s)\n", buf[:n], c.RemoteAddr())
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("reply %q, want %q", buf[:n], msg)
+		}
+	}
+	return err
+}
+
+func resolve(name string, rest []string) error {
+	var err error
+	for i := 0; i < tries(rest); i++ {
+		if i > 0 {
+			time.Sleep(time.Second)
+		}
+		var as []string
+		if as, err = net.LookupHost(name); err == nil {
+			fmt.Println(strings.Join(as, " "))
+			return nil
+		}
+	}
+	return err
 }
 
 func get(url string, rest []string) error {

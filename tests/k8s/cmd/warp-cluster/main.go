@@ -121,10 +121,6 @@ func up(name, image, imageName string, nodes, owner int, log func(string, ...any
 	if err := c.WaitNodesReady(ctx, 3*time.Minute); err != nil {
 		return fail(err)
 	}
-	// Phase 1: keep ordinary pods on the first node (see CordonAllButFirst).
-	if err := c.CordonAllButFirst(ctx); err != nil {
-		return fail(err)
-	}
 	downCmd := "make cluster-down"
 	if name != defaultName {
 		downCmd = "go run ./tests/k8s/cmd/warp-cluster down --name " + name
@@ -149,9 +145,8 @@ Cluster %q is up (%.0fs): %d nodes, warpnet %s installed with helm (release warp
 Nodes are network namespaces (the machine's own network is never touched):
   nsenter --net=/run/netns/%s ip route
 helm: %s --kubeconfig %s list -A
-Until the cluster network lands, only %s takes ordinary pods (the others are cordoned).
 Remove everything: %s
 `, name, time.Since(start).Seconds(), len(c.Nodes), imageName, k8s.Namespace, c.Kubeconfig, k8s.Namespace,
-		k8s.AppImage, k8s.AppImage, k8s.AppBinary, c.Nodes[0].Name, helm, c.Kubeconfig, c.Nodes[0].Name, downCmd)
+		k8s.AppImage, k8s.AppImage, k8s.AppBinary, c.Nodes[0].Name, helm, c.Kubeconfig, downCmd)
 	return nil
 }
