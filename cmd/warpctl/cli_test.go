@@ -24,7 +24,7 @@ func run(args ...string) (code int, stdout, stderr string) {
 func TestHelpEverywhere(t *testing.T) {
 	for _, path := range [][]string{
 		{}, {"sim"}, {"sim", "sriov"}, {"sim", "sriov", "create"}, {"sim", "sriov", "show"}, {"sim", "sriov", "destroy"},
-		{"lb"}, {"lb", "services"}, {"lb", "affinity"}, {"lb", "revnat"}, {"lb", "hooks"}, {"podpath"}, {"podpath", "endpoints"}, {"podpath", "nexthops"},
+		{"lb"}, {"lb", "services"}, {"lb", "affinity"}, {"lb", "revnat"}, {"lb", "hooks"}, {"lb", "external"}, {"lb", "maglev"}, {"lb", "conns"}, {"podpath"}, {"podpath", "endpoints"}, {"podpath", "nexthops"},
 		{"warpd"}, {"warpd", "status"},
 	} {
 		leaf := len(path) == 3 || (len(path) == 2 && path[0] != "sim")

@@ -19,11 +19,14 @@ import (
 func lbCommand() *command {
 	return &command{
 		name:  "lb",
-		short: "inspect the socket load balancer: services, affinity, reverse translation, hooks",
-		long: `Reads the pinned maps of the socket load balancer (what warpd programmed) straight
-from bpffs, so it also works while warpd is down or restarting. The maps are opened
-read-only: nothing is loaded, pinned, attached or written, whichever build pinned them.`,
-		subs: []*command{lbServicesCommand(), lbAffinityCommand(), lbRevNATCommand(), lbHooksCommand()},
+		short: "inspect the load balancers: socket (services, affinity, revnat, hooks) and north-south (external, maglev, conns)",
+		long: `Reads the pinned maps of the socket load balancer and of the north-south load
+balancer (warpd --lb-attach: NodePorts, ExternalIPs, LoadBalancer IPs for clients outside
+the cluster) straight from bpffs, so it also works while warpd is down or restarting. The
+maps are opened read-only: nothing is loaded, pinned, attached or written, whichever build
+pinned them.`,
+		subs: []*command{lbServicesCommand(), lbAffinityCommand(), lbRevNATCommand(), lbHooksCommand(),
+			lbExternalCommand(), lbMaglevCommand(), lbConnsCommand()},
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/warpnet/warpnet/daemon/boundedrun"
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
+	"github.com/warpnet/warpnet/daemon/nodeport"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
@@ -57,6 +58,9 @@ type Config struct {
 	IPAMKubeconfig    string
 	ServiceAccountDir string
 	TokenCheck        time.Duration // how often; 0 = DefaultTokenCheck
+	// NorthSouth is the load balancer for NodePorts, ExternalIPs and
+	// LoadBalancer IPs reached from outside (northsouth.go); nil: off.
+	NorthSouth *nodeport.Config
 }
 
 // Agent runs one warpd.
@@ -83,8 +87,9 @@ type Agent struct {
 	short         []shortage                 // maps that cannot hold the desired state
 	network       *status.Network            // nil with Config.Network nil
 
-	net    *nodenet.Controller // used by runNetwork's goroutine only
-	ipamGC *ipamgc.Collector   // nil unless Config.IPAMGC
+	net    *nodenet.Controller  // used by runNetwork's goroutine only
+	ipamGC *ipamgc.Collector    // nil unless Config.IPAMGC
+	ns     *nodeport.Reconciler // nil unless Config.NorthSouth
 }
 
 // New opens the load balancer (adopting pinned state left by an earlier
@@ -146,8 +151,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
 	}
+	if err := a.openNorthSouth(); err != nil {
+		lb.Close()
+		return nil, err
+	}
 	if cfg.Network != nil {
 		if a.net, err = nodenet.New(*cfg.Network); err != nil {
+			a.closeNorthSouth()
 			lb.Close()
 			return nil, err
 		}
@@ -181,6 +191,7 @@ func nodeAddresses() ([]netip.Addr, error) {
 // the next warpd finishes the job.
 func (a *Agent) Run(ctx context.Context) error {
 	defer func() { a.lb.Close() }() // the LB of the moment: growing the maps replaces it
+	defer a.closeNorthSouth()
 	if a.cfg.ListenAddr != "" {
 		srv, err := a.serve()
 		if err != nil {

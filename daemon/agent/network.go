@@ -35,6 +35,7 @@ func (a *Agent) runNetwork(ctx context.Context) {
 		}
 		start := time.Now()
 		st, err := a.net.Sync(nodes)
+		a.setTunnelPeers(st.Peers)
 		dur := time.Since(start)
 		peers := peersOf(st)
 		a.metrics.networkSynced(peers, err)

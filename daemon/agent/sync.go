@@ -48,6 +48,9 @@ func (a *Agent) sync(ctx context.Context, full bool) {
 	// What did change is done, also when other entries failed: sockets
 	// to the backends it removed are stale now.
 	a.destroyStale(st.Removed)
+	if a.ns != nil {
+		a.syncNorthSouth(a.tracker.Entries(), full)
+	}
 	dur := time.Since(start)
 	a.record(st, err, start, dur)
 	switch {

@@ -128,12 +128,19 @@ func translateService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice
 				continue
 			}
 			seen[f] = true
-			out = append(out, Entry{Name: name, Service: Service{
+			e := Entry{Name: name, Service: Service{
 				Frontend:        f,
 				ID:              sid,
 				Backends:        backends(epSlices, port, fe.addr.Is4(), local, node),
 				AffinityTimeout: affinity,
-			}})
+			}}
+			if fe.external {
+				e.External = &External{Local: externalLocal, Mode: svc.Annotations[LBModeAnnotation], NodePort: fe.nodePort}
+				if externalLocal && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
+					e.External.HealthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
+				}
+			}
+			out = append(out, e)
 		}
 	}
 	return out
@@ -177,13 +184,14 @@ type frontend struct {
 	addr     netip.Addr
 	port     uint16
 	external bool // reached from outside the cluster: externalTrafficPolicy applies
+	nodePort bool // a node address with the NodePort
 }
 
 func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []frontend {
 	var out []frontend
-	add := func(s string, p int32, external bool) {
+	add := func(s string, p int32, external, nodePort bool) {
 		if a, err := netip.ParseAddr(s); err == nil && p > 0 && p <= 65535 {
-			fe := frontend{a.Unmap(), uint16(p), external}
+			fe := frontend{a.Unmap(), uint16(p), external, nodePort}
 			if !slices.Contains(out, fe) {
 				out = append(out, fe)
 			}
@@ -194,23 +202,23 @@ func frontends(svc *corev1.Service, port corev1.ServicePort, node Node) []fronte
 		clusterIPs = []string{svc.Spec.ClusterIP}
 	}
 	for _, ip := range clusterIPs {
-		add(ip, port.Port, false)
+		add(ip, port.Port, false, false)
 	}
 	// ExternalIPs are only served where they are local: elsewhere the
 	// traffic must leave the node to reach the address's owner.
 	for _, ip := range svc.Spec.ExternalIPs {
 		if a, err := netip.ParseAddr(ip); err == nil && slices.Contains(node.Addresses, a.Unmap()) {
-			add(ip, port.Port, true)
+			add(ip, port.Port, true, false)
 		}
 	}
 	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			add(ing.IP, port.Port, true)
+			add(ing.IP, port.Port, true, false)
 		}
 	}
 	if port.NodePort > 0 && (svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer) {
 		for _, a := range append(slices.Clone(node.Addresses), loopbacks...) {
-			add(a.String(), port.NodePort, true)
+			add(a.String(), port.NodePort, true, true)
 		}
 	}
 	return out

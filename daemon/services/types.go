@@ -36,7 +36,32 @@ type Service struct {
 type Entry struct {
 	Name string // namespace/name:port/protocol
 	Service
+	// External is set for frontends reached from outside the cluster
+	// (NodePorts, local ExternalIPs, LoadBalancer ingress IPs): the
+	// north-south load balancer (daemon/nodeport) serves those too.
+	External *External
 }
+
+// External is what the north-south load balancer needs beyond Service.
+type External struct {
+	// Local is externalTrafficPolicy: Local: Backends are this node's
+	// only, and the client's address must be kept.
+	Local bool
+	// Mode is the service's LBModeAnnotation ("" = the node's default).
+	Mode string
+	// HealthCheckNodePort is the port of the service's health check
+	// (externalTrafficPolicy: Local on a LoadBalancer service), 0 if none.
+	HealthCheckNodePort uint16
+	// NodePort is true when the frontend is a node address with the
+	// service's NodePort (not an ExternalIP or load balancer IP).
+	NodePort bool
+}
+
+// LBModeAnnotation on a Service chooses how the north-south load balancer
+// forwards its external traffic to backends on other nodes: "snat" (the
+// replies come back through the node) or "dsr" (the backend's node
+// answers the client directly). Absent: warpd's --lb-mode.
+const LBModeAnnotation = "warpnet.io/lb-mode"
 
 // Rejected is an object, or part of one, that warpd does not apply as
 // written, and why.

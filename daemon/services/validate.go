@@ -30,6 +30,11 @@ func CheckService(svc *corev1.Service) error {
 	default:
 		errs.add("spec.type", "%q is not ClusterIP, NodePort, LoadBalancer or ExternalName", svc.Spec.Type)
 	}
+	switch m := svc.Annotations[LBModeAnnotation]; m {
+	case "", "snat", "dsr":
+	default:
+		errs.add("metadata.annotations["+LBModeAnnotation+"]", "%q is not snat or dsr", m)
+	}
 	if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
 		errs.ip("spec.clusterIP", ip)
 	}

@@ -28,6 +28,9 @@ func TestCheckService(t *testing.T) {
 			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "nonsense"}}
 		}, ""},
 		{"external IP", func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"1.2.3"} }, `spec.externalIPs[0]`},
+		{"north-south mode annotation", func(s *corev1.Service) { s.Annotations = map[string]string{LBModeAnnotation: "dsr"} }, ""},
+		{"unknown north-south mode", func(s *corev1.Service) { s.Annotations = map[string]string{LBModeAnnotation: "direct"} },
+			`metadata.annotations[warpnet.io/lb-mode]: "direct" is not snat or dsr`},
 		{"headless is fine", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "None", []string{"None"} }, ""},
 		{"duplicate port and protocol", func(s *corev1.Service) {
 			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "again", Port: 80})

@@ -15,12 +15,15 @@ import (
 	"syscall"
 	"time"
 
+	bpfnodeport "github.com/warpnet/warpnet/bpf/nodeport"
 	"github.com/warpnet/warpnet/bpf/pinset"
 	"github.com/warpnet/warpnet/bpf/servicelb"
 	"github.com/warpnet/warpnet/daemon/agent"
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
+	"github.com/warpnet/warpnet/daemon/nodeport"
 	"github.com/warpnet/warpnet/daemon/routing"
+	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/internal/buildinfo"
 	"github.com/warpnet/warpnet/internal/kubeconfig"
 	"github.com/warpnet/warpnet/internal/nodefacts"
@@ -42,7 +45,10 @@ routes every other node's pod CIDRs (natively where the peer is on a directly co
 subnet, through a VXLAN tunnel otherwise; --routing), masquerades pod egress to
 addresses outside the cluster (--masquerade), and publishes the node's pod CIDRs and pod
 MTU for the CNI plugins (--node-facts). With --ipam-gc it also releases warp-ipam
-addresses leaked in the API server (one warpd per cluster at a time). Maps, programs and links stay
+addresses leaked in the API server (one warpd per cluster at a time). With --lb-attach it
+also serves NodePorts, local ExternalIPs and LoadBalancer IPs to clients outside the
+cluster, per packet in XDP/tc without netfilter (Maglev, own connection tracking, SNAT or
+DSR), and answers healthCheckNodePorts like kube-proxy. Maps, programs and links stay
 pinned when warpd stops, so Services keep working while it is down or restarting; a new
 warpd adopts them and changes only what is stale.
 
@@ -94,6 +100,12 @@ Flags:
 	fs.DurationVar(&cfg.TokenCheck, "ipam-token-check", agent.DefaultTokenCheck, "how often --ipam-kubeconfig is compared with the service account token")
 	fs.StringVar(&cfg.ServiceAccountDir, "service-account-dir", kubeconfig.DefaultServiceAccountDir, "the pod's service account (token), for --ipam-kubeconfig")
 	fs.StringVar(&ipamGC.LeaseNamespace, "ipam-gc-lease-namespace", ipamgc.DefaultLeaseNamespace, "namespace of the Lease electing the collecting warpd ("+ipamgc.DefaultLeaseName+")")
+	ns := nodeport.Config{}
+	lbAttach := fs.String("lb-attach", "none", "north-south load balancer for NodePorts, local ExternalIPs and LoadBalancer IPs reached from outside the cluster (replaces kube-proxy's): xdp (native XDP on the external interfaces, tc on the others), tc (tcx only; better for bulk TCP on veth), auto (XDP where the driver has it, except veth), or none")
+	lbInterfaces := fs.String("lb-interfaces", "", "comma-separated external interfaces where clients' traffic arrives (default: those holding a node address)")
+	lbMode := fs.String("lb-mode", string(nodeport.SNAT), "how external flows reach backends on other nodes: snat (replies return through this node) or dsr (the backend's node answers the client; the service address travels in an IPv4 option / IPv6 destination option); per service: annotation "+services.LBModeAnnotation)
+	fs.IntVar(&ns.TableSize, "lb-maglev-size", bpfnodeport.DefaultTableSize, "Maglev table size per service, a prime (the same on every node)")
+	fs.IntVar(&ns.Sizes.Conns, "map-lb-conns", 0, "capacity of the north-south connection table (0: the pinned map's, or 131072; a flow takes two entries)")
 	fs.Parse(os.Args[1:])
 
 	if cfg.Resync <= 0 || cfg.Poll <= 0 || cfg.MinSync < 0 {
@@ -144,6 +156,27 @@ Flags:
 			*f.dst = ps
 		}
 		cfg.Network = &net
+	}
+	if *lbAttach != string(nodeport.AttachNone) {
+		var err error
+		if ns.Attach, err = nodeport.ParseAttach(*lbAttach); err != nil {
+			fmt.Fprintf(os.Stderr, "warpd: --lb-attach: %v\n", err)
+			os.Exit(2)
+		}
+		if ns.Mode, err = nodeport.ParseMode(*lbMode); err != nil {
+			fmt.Fprintf(os.Stderr, "warpd: --lb-mode: %v\n", err)
+			os.Exit(2)
+		}
+		if err := bpfnodeport.CheckTableSize(ns.TableSize); err != nil {
+			fmt.Fprintf(os.Stderr, "warpd: --lb-maglev-size: %v\n", err)
+			os.Exit(2)
+		}
+		for _, name := range strings.Split(*lbInterfaces, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				ns.Interfaces = append(ns.Interfaces, name)
+			}
+		}
+		cfg.NorthSouth = &ns
 	}
 	if *runIPAMGC {
 		if cfg.ServicesFile != "" {

@@ -38,6 +38,11 @@ func (e *Env) Segment(name, v4, v6 string) *Segment {
 	return s
 }
 
+// Switch is the segment's own namespace, holding its bridge (br0) and the
+// switch ends of the nodes' links (p1, p2, ... in the order of Attach), for
+// tests that tune the simulated NICs' peers.
+func (s *Segment) Switch() *NetNS { return s.ns }
+
 // Gateway is the address of the segment's router (host .1) in the family.
 func (s *Segment) Gateway(v4 bool) netip.Addr {
 	p := s.V4
