@@ -80,7 +80,7 @@ cluster-down: ## stop and remove the cluster of make cluster
 	@$(GO) run ./tests/k8s/cmd/warp-cluster down
 
 bench: deps build ## benchmarks side by side with the peers; writes their results into docs/benchmarks.md
-	WARP_BENCH_DOC=1 $(GO) test -run "^$$" -bench . -benchtime 1x -timeout 60m ./tests/bench/
+	WARP_BENCH_DOC=1 $(GO) test -run "^$$" -bench . -benchtime 1x -timeout 90m ./tests/bench/
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l .); \
