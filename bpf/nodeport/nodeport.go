@@ -292,27 +292,14 @@ func (l *LB) stage(spec *ebpf.CollectionSpec, why error) error {
 	}
 	var old npMaps
 	if l.obj.OpenMaps(&old, true) == nil {
-		copyEntries(old.NpConns, l.objs.NpConns, new(npNpCtKey), new(npNpCt))
-		copyEntries(old.NpIfaces, l.objs.NpIfaces, new(uint32), new(npNpIface))
-		copyEntries(old.NpTunnels, l.objs.NpTunnels, new(npNpTunnelKey), new(npNpTunnel))
-		copyEntries(old.NpConfig, l.objs.NpConfig, new(uint32), new(npNpCfg))
+		pinset.CopyEntries(old.NpConns, l.objs.NpConns, new(npNpCtKey), new(npNpCt))
+		pinset.CopyEntries(old.NpIfaces, l.objs.NpIfaces, new(uint32), new(npNpIface))
+		pinset.CopyEntries(old.NpTunnels, l.objs.NpTunnels, new(npNpTunnelKey), new(npNpTunnel))
+		pinset.CopyEntries(old.NpConfig, l.objs.NpConfig, new(uint32), new(npNpCfg))
 		pinset.Close(&old)
 	}
 	l.staged = why.Error()
 	return nil
-}
-
-// copyEntries copies what fits of src into dst (best effort: LRU maps
-// evict, and entries written meanwhile by the old programs are missed).
-func copyEntries[K, V any](src, dst *ebpf.Map, k *K, v *V) {
-	if src.KeySize() != dst.KeySize() || src.ValueSize() != dst.ValueSize() {
-		return
-	}
-	for it := src.Iterate(); it.Next(k, v); {
-		if dst.Put(k, v) != nil {
-			return
-		}
-	}
 }
 
 // Staged says why Open rebuilt the maps ("" if it did not): the pinned

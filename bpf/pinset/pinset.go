@@ -456,3 +456,18 @@ func mapName(m *ebpf.Map) string {
 	}
 	return "map"
 }
+
+// CopyEntries copies what fits of src into dst, for a rebuild that keeps
+// state (best effort: LRU maps evict, and entries written meanwhile by the
+// old programs are missed). Maps whose key or value sizes differ (a layout
+// change) are left alone.
+func CopyEntries[K, V any](src, dst *ebpf.Map, k *K, v *V) {
+	if src.KeySize() != dst.KeySize() || src.ValueSize() != dst.ValueSize() {
+		return
+	}
+	for it := src.Iterate(); it.Next(k, v); {
+		if dst.Put(k, v) != nil {
+			return
+		}
+	}
+}

@@ -346,22 +346,12 @@ func (l *LB) stage(spec *ebpf.CollectionSpec, why error) error {
 		// Now for most sockets, and again at Commit for those that
 		// connected meanwhile.
 		_ = copySockets(old.LbSock, l.objs.LbSock)
-		copyEntries(old.LbAffinity, l.objs.LbAffinity, new(lbAffKey), new(lbAff))
-		copyEntries(old.LbConfig, l.objs.LbConfig, new(uint32), new(lbConfig))
+		pinset.CopyEntries(old.LbAffinity, l.objs.LbAffinity, new(lbAffKey), new(lbAff))
+		pinset.CopyEntries(old.LbConfig, l.objs.LbConfig, new(uint32), new(lbConfig))
 		pinset.Close(&old)
 	}
 	l.staged = why.Error()
 	return nil
-}
-
-// copyEntries copies what fits of src into dst (best effort: LRU maps
-// evict, and entries written meanwhile by the old programs are missed).
-func copyEntries[K, V any](src, dst *ebpf.Map, k *K, v *V) {
-	for it := src.Iterate(); it.Next(k, v); {
-		if dst.Put(k, v) != nil {
-			return
-		}
-	}
 }
 
 // Staged says why Open rebuilt the maps ("" if it did not): the pinned
