@@ -332,15 +332,26 @@ func installSignalCleanup() {
 	}()
 }
 
+// Until polls cond every interval until it holds (true) or timeout passes
+// (false): the one polling loop, for callers that report a timeout their
+// own way (with the state they last saw) or poll something costly (an API
+// server) less often.
+func Until(timeout, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+	return true
+}
+
 // WaitFor polls cond every 20ms until it holds, failing the test with what
 // after timeout. Tests use it instead of sleeping a guessed time.
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !Until(timeout, 20*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }

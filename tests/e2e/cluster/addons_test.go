@@ -102,14 +102,7 @@ func (w *world) waitRollout(t *testing.T, ctx context.Context, kind, namespace, 
 				s.NumberReady == s.DesiredNumberScheduled && s.UpdatedNumberScheduled == s.DesiredNumberScheduled
 		}
 	}
-	deadline := time.Now().Add(timeout)
-	for !ready() {
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if !ready() {
+	if !harness.Until(timeout, 250*time.Millisecond, ready) {
 		w.dumpPods(t, namespace)
 		t.Fatalf("%s %s/%s not rolled out within %v: %s", kind, namespace, name, timeout, state)
 	}
@@ -527,15 +520,8 @@ func jsonEqual(a, b []byte) bool {
 // returned.
 func waitNone(t *testing.T, what string, timeout time.Duration, list func() []string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		left := list()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; left behind: %v", what, timeout, left)
-		}
-		time.Sleep(250 * time.Millisecond)
+	var left []string
+	if !harness.Until(timeout, 250*time.Millisecond, func() bool { left = list(); return len(left) == 0 }) {
+		t.Fatalf("%s: not within %v; left behind: %v", what, timeout, left)
 	}
 }
