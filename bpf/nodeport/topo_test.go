@@ -11,11 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 
 	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/internal/l4"
@@ -85,7 +81,7 @@ func newCluster(t *testing.T, hook Hook) *tcluster {
 		r.n.ns.Exec(t, "ip", "-6", "route", "add", fmt.Sprintf("fd00:10:244:%d::/64", r.peer.n), "via", r.peer.ip6.String())
 	}
 	if hook == XDP {
-		c.nicLike()
+		c.seg.NICLike()
 	}
 	for _, n := range []*tnode{c.a, c.b} {
 		n.hook = hook
@@ -135,68 +131,6 @@ func (c *tcluster) addPod(n *tnode) *tpod {
 		c.setInterfaces(n)
 	}
 	return p
-}
-
-// nicLike makes the simulated underlay behave like NICs on a wire for XDP:
-// every sender puts complete checksums on the wire (TX checksum offload
-// off: a veth would otherwise carry partial ones, which XDP cannot tell
-// apart), and the switch ends of the nodes' links run NAPI (a no-op XDP
-// program), so that frames a node sends with XDP_TX are received: a veth
-// drops xdp_frames its peer cannot take.
-func (c *tcluster) nicLike() {
-	c.t.Helper()
-	for _, ns := range []*harness.NetNS{c.client, c.a.ns, c.b.ns} {
-		if err := ns.Do(func() error { return setFeatures("eth0", "tx-checksum-", false) }); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer prog.Close()
-	if err := c.seg.Switch().Do(func() error {
-		for _, port := range []string{"p1", "p2", "p3"} {
-			l, err := netlink.LinkByName(port)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), nl.XDP_FLAGS_DRV_MODE); err != nil {
-				return fmt.Errorf("no-op XDP on %s: %w", port, err)
-			}
-		}
-		return nil
-	}); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// setFeatures turns the ethtool features of ifname whose names start with
-// prefix on or off, in the calling thread's namespace.
-func setFeatures(ifname, prefix string, on bool) error {
-	e, err := ethtool.NewEthtool()
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	fs, err := e.Features(ifname)
-	if err != nil {
-		return fmt.Errorf("ethtool -k %s: %w", ifname, err)
-	}
-	change := map[string]bool{}
-	for name, active := range fs {
-		if strings.HasPrefix(name, prefix) && active != on {
-			change[name] = on
-		}
-	}
-	if len(change) == 0 {
-		return nil
-	}
-	if err := e.Change(ifname, change); err != nil {
-		return fmt.Errorf("ethtool -K %s %v: %w", ifname, change, err)
-	}
-	return nil
 }
 
 // loadLB opens n's load balancer, configures it and attaches it.

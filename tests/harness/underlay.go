@@ -17,6 +17,9 @@ type Segment struct {
 	ns     *NetNS
 	env    *Env
 	ports  int
+	links  []segmentLink // attached with Attach
+	// nicLike: NICLike was called; links attached later are made so too
+	nicLike bool
 }
 
 // Segment creates an L2 segment with the given subnets (e.g. "10.200.0.0/24",
@@ -87,6 +90,11 @@ func (s *Segment) Attach(n *NetNS, ifName string, host int, noDefault ...bool) (
 	s.env.Veth(n, ifName, s.ns, port)
 	if err := runIP("-n", s.ns.Name, "link", "set", port, "master", "br0"); err != nil {
 		s.env.fatalf("%v", err)
+	}
+	l := segmentLink{ns: n, ifName: ifName, port: port}
+	s.links = append(s.links, l)
+	if s.nicLike {
+		s.makeNICLike(l)
 	}
 	v4, v6 = s.Host(host, true), s.Host(host, false)
 	s.env.Addr(n, ifName, netip.PrefixFrom(v4, s.V4.Bits()).String())
