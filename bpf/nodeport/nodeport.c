@@ -949,8 +949,9 @@ static __always_inline int dsr_strip(void *ctx, const bool xdp, struct pkt *p)
 /*
  * encap wraps the frame for the peer whose VTEP MAC the tunnel route
  * resolved (inner), to be sent as outer (the FIB result for the peer's
- * underlay address): the same VXLAN the cluster network's device speaks
- * (VNI, port, MACs), so the peer's device decapsulates it.
+ * underlay address, with ipv4_dst set back to that address): the same
+ * VXLAN the cluster network's device speaks (VNI, port, MACs), so the
+ * peer's device decapsulates it.
  */
 static __always_inline int encap(void *ctx, const bool xdp, struct pkt *p, const struct np_cfg *cfg,
 				 struct scratch *s, __u32 hash)
@@ -1185,6 +1186,7 @@ static __always_inline int frontend(void *ctx, const bool xdp, struct pkt *p, co
 	struct np_backend *be = 0;
 	struct np_svc *svc;
 	__u32 bid = 0, erole, added = 0, hash = flow_hash(p);
+	__be32 outer_nh = 0; /* tunnel: the next hop toward the peer */
 	bool fresh, tunnel = false, dsr = false, snat = false, local;
 	int rc, orc = 0;
 	__u8 fe_addr[16] __attribute__((aligned(4)));
@@ -1240,6 +1242,10 @@ static __always_inline int frontend(void *ctx, const bool xdp, struct pkt *p, co
 		orc = route(ctx, xdp, &s->outer, p->ifindex, WARP_FAMILY_V4, peer->addr, true);
 		if (orc != BPF_FIB_LKUP_RET_SUCCESS && orc != BPF_FIB_LKUP_RET_NO_NEIGH)
 			goto error;
+		/* the lookup left the next hop in ipv4_dst: a router when the
+		 * peer is not on-link. The outer header goes to the peer */
+		outer_nh = s->outer.ipv4_dst;
+		__builtin_memcpy(&s->outer.ipv4_dst, peer->addr, 4);
 		if (xdp && !routable(xdp, p, orc, &s->outer))
 			goto defer;
 		tunnel = true;
@@ -1337,7 +1343,7 @@ static __always_inline int frontend(void *ctx, const bool xdp, struct pkt *p, co
 		if (orc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 			/* tc: the kernel resolves the peer's underlay neighbour */
 			o->nh.nh_family = AF_INET;
-			o->nh.ipv4_nh = s->outer.ipv4_dst;
+			o->nh.ipv4_nh = outer_nh;
 			return ACT_NEIGH;
 		}
 		return s->outer.ifindex == p->ifindex ? ACT_TX : ACT_REDIRECT;
