@@ -158,6 +158,23 @@ func TestTunnel(t *testing.T) {
 					})
 				})
 			}
+			// The peer behind a router (the client, forwarding): the FIB
+			// lookup gives the router as the next hop, the outer header
+			// must still be addressed to the peer.
+			t.Run("peer behind a router", func(t *testing.T) {
+				c.debugOnFailure(t)
+				c.client.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0")
+				c.a.ns.Exec(t, "ip", "route", "add", c.b.ip4.String()+"/32", "via", clientAddr(false))
+				svc := Service{ID: newID(), Proto: l4.TCP, Backends: backendsOf(false, c.b.pods[0])}
+				c.service(t, svc, c.a)
+				forwarded, _ := c.client.Forwarded(t)
+				if server, _ := c.mustWho(t, "tcp", netip.AddrPortFrom(c.a.ip4, nodePort)); server != "pb0" {
+					t.Errorf("answered by %q, want pb0", server)
+				}
+				if now, _ := c.client.Forwarded(t); now == forwarded {
+					t.Error("the router forwarded nothing: the flow did not take the route through it")
+				}
+			})
 		})
 	}
 }
