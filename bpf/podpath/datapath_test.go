@@ -1,6 +1,7 @@
 package podpath
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -837,6 +839,52 @@ func oldHostProgram(t *testing.T, ifaces *ebpf.Map) *ebpf.Program {
 	return p
 }
 
+// pingFlood starts a ping flood from ns to dst (count packets, 5 ms apart,
+// each reply stamped with -D) and returns once the first reply is in (or
+// ping ended), so that what the caller does next happens during the flood
+// however slowly ping started; wait returns ping's output once it is done.
+func pingFlood(t *testing.T, ctx context.Context, ns *harness.NetNS, dst string, count int) (wait func() (string, error)) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+ns.Path, "ping", "-n", "-D", "-c", strconv.Itoa(count), "-i", "0.005", "-W", "1", dst)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	replied := make(chan struct{})
+	read := make(chan string, 1)
+	go func() {
+		var out strings.Builder
+		var once sync.Once
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "bytes from") {
+				once.Do(func() { close(replied) })
+			}
+		}
+		read <- out.String()
+	}()
+	done := make(chan struct{})
+	var out string
+	var werr error
+	go func() {
+		out = <-read
+		werr = cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-replied:
+	case <-done:
+	}
+	return func() (string, error) {
+		<-done
+		return out, werr
+	}
+}
+
 // replyTimes returns the times of the first and the last reply of ping -D.
 func replyTimes(out string) (first, last time.Time) {
 	for _, line := range strings.Split(out, "\n") {
@@ -907,26 +955,18 @@ func TestUpgrade(t *testing.T) {
 	// flood (bounded: 300 packets, 5 ms apart) across the swap loses nothing.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	type result struct {
-		out string
-		err error
-	}
-	flood := make(chan result, 1)
-	go func() {
-		out, err := a.NS.Run(ctx, "ping", "-n", "-D", "-c", "300", "-i", "0.005", "-W", "1", b.IP4.String())
-		flood <- result{out, err}
-	}()
+	wait := pingFlood(t, ctx, a.NS, b.IP4.String(), 300)
 	var nd *Datapath
 	tp.InNode(func() (err error) { nd, err = Open(tp.PinDir); return err })
 	upgraded := time.Now()
 	defer nd.Close()
-	r := <-flood
-	if r.err != nil || !strings.Contains(r.out, " 0% packet loss") {
-		t.Errorf("ping across the upgrade lost packets: %v\n%s", r.err, r.out)
+	out, err := wait()
+	if err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Errorf("ping across the upgrade lost packets: %v\n%s", err, out)
 	}
 	// -D stamps each reply: the flood must have begun before the upgrade
 	// ended and gone on after it.
-	if first, last := replyTimes(r.out); !first.Before(upgraded) || !last.After(upgraded) {
+	if first, last := replyTimes(out); !first.Before(upgraded) || !last.After(upgraded) {
 		t.Errorf("replies from %v to %v did not span the upgrade (done at %v)", first, last, upgraded)
 	}
 

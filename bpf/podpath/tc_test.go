@@ -543,25 +543,17 @@ func TestTCUpgrade(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	type result struct {
-		out string
-		err error
-	}
-	flood := make(chan result, 1)
-	go func() {
-		out, err := a.NS.Run(ctx, "ping", "-n", "-D", "-c", "300", "-i", "0.005", "-W", "1", b.IP4.String())
-		flood <- result{out, err}
-	}()
+	wait := pingFlood(t, ctx, a.NS, b.IP4.String(), 300)
 	var nd *Datapath
 	tp.InNode(func() (err error) { nd, err = Open(tp.PinDir); return err })
 	upgraded := time.Now()
 	defer nd.Close()
 	roundTrip("during")
-	res := <-flood
-	if res.err != nil || !strings.Contains(res.out, " 0% packet loss") {
-		t.Errorf("ping across the upgrade lost packets: %v\n%s", res.err, res.out)
+	out, err := wait()
+	if err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Errorf("ping across the upgrade lost packets: %v\n%s", err, out)
 	}
-	if first, last := replyTimes(res.out); !first.Before(upgraded) || !last.After(upgraded) {
+	if first, last := replyTimes(out); !first.Before(upgraded) || !last.After(upgraded) {
 		t.Errorf("replies from %v to %v did not span the upgrade (done at %v)", first, last, upgraded)
 	}
 	roundTrip("after")
