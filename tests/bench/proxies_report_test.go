@@ -338,17 +338,12 @@ func (pb *proxyBench) controlPlane(scale int) {
 		r := controlResult{proxy: n.kind}
 		pb.resetProxyState(n)
 		// Cold start: until the probe services all answer.
-		probeDone := make(chan map[string]int64, 1)
-		var probeErr error
 		addrs := probeAddrs(scale)
-		go func() {
-			got, err := pb.probe(n, addrs, false, 5*time.Minute)
-			probeErr = err
-			probeDone <- got
-		}()
-		time.Sleep(200 * time.Millisecond) // the probe runs before the proxy starts
+		probe, out := startInCgroup(pb.b, pb.cg(n), n.client, loadgen(pb.b), "probe", "--addr", strings.Join(addrs, ","), "--timeout", "5m")
+		harness.WaitFor(pb.b, "the cold-start probe to start", 30*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
 		pb.startProxy(n)
-		got := <-probeDone
+		waitErr := probe.Wait()
+		got, probeErr := parseProbe(out.String(), addrs, waitErr)
 		if probeErr != nil {
 			pb.b.Fatalf("%s cold start: %v", n.kind, probeErr)
 		}
