@@ -224,39 +224,46 @@ func (pb *proxyBench) startProxy(n *benchNode) {
 		argv = []string{filepath.Join(harness.BinDir(), "warpd"), "--kubeconfig", n.kc, "--cgroup-root", pb.hooked.Path,
 			"--bpffs-root", pb.bpffs, "--node-name", n.nodeName(), "--routing", "none", "--listen", "127.0.0.1:9090"}
 	default:
-		// Flags that would change the machine's own settings (conntrack
-		// table size and timeouts are global sysctls) are turned off.
-		argv = []string{"env", "PATH=" + pb.iptablesPath(n.kind), pb.kubeProxy, "--kubeconfig", n.kc, "--proxy-mode", n.kind, "--hostname-override", n.nodeName(),
-			"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
-			"--conntrack-tcp-timeout-close-wait=0", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=0",
-			"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=0"}
+		argv = kubeProxyArgv(pb.b, pb.kubeProxy, pb.env.TempDir, n.kc, n.kind, n.nodeName())
 	}
 	n.started = time.Now()
 	n.proxy = n.ns.Start(pb.b, argv...)
 }
 
+// kubeProxyArgv is the command line of the real kube-proxy in mode
+// (iptables or nftables) as node, inside the node's namespace. Flags that
+// would change the machine's own settings (conntrack table size and
+// timeouts are global sysctls) are turned off.
+func kubeProxyArgv(b *testing.B, binary, tempDir, kubeconfig, mode, node string) []string {
+	return []string{"env", "PATH=" + iptablesPath(b, tempDir, mode), binary, "--kubeconfig", kubeconfig, "--proxy-mode", mode, "--hostname-override", node,
+		"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=0",
+		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=0"}
+}
+
 // iptablesPath is the PATH kube-proxy runs with: for iptables mode, one
-// that finds the legacy (x_tables) iptables first. The machine's default,
-// iptables-nft 1.8.9, needs minutes (more than 7 in a trial) to load the
-// rules of 10,000 Services of 10 endpoints, where legacy needs seconds;
-// kube-proxy's images pick either backend by what the node already uses.
-func (pb *proxyBench) iptablesPath(kind string) string {
+// that finds the legacy (x_tables) iptables first (links in tempDir). The
+// machine's default, iptables-nft 1.8.9, needs minutes (more than 7 in a
+// trial) to load the rules of 10,000 Services of 10 endpoints, where
+// legacy needs seconds; kube-proxy's images pick either backend by what
+// the node already uses.
+func iptablesPath(b *testing.B, tempDir, mode string) string {
 	path := os.Getenv("PATH")
-	if kind != "iptables" {
+	if mode != "iptables" {
 		return path
 	}
-	dir := filepath.Join(pb.env.TempDir, "iptables-legacy")
+	dir := filepath.Join(tempDir, "iptables-legacy")
 	if _, err := os.Stat(dir); err != nil {
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			pb.b.Fatal(err)
+			b.Fatal(err)
 		}
 		for _, tool := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
 			legacy, err := exec.LookPath(strings.Replace(tool, "tables", "tables-legacy", 1)) // iptables-legacy-save, ...
 			if err != nil {
-				pb.b.Fatalf("kube-proxy iptables mode runs on the legacy iptables: %v", err)
+				b.Fatalf("kube-proxy iptables mode runs on the legacy iptables: %v", err)
 			}
 			if err := os.Symlink(legacy, filepath.Join(dir, tool)); err != nil {
-				pb.b.Fatal(err)
+				b.Fatal(err)
 			}
 		}
 	}
