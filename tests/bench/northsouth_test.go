@@ -31,13 +31,15 @@ import (
 // on node B. Every node runs warpd for the node routing (--routing
 // native: node A routes node B's pod CIDR via node B); in the warpd
 // cluster warpd also runs the north-south LB (--lb-attach tc), in the
-// others kube-proxy runs beside warpd, which then only routes. The rows:
+// others kube-proxy runs beside warpd, which then only routes; a fourth
+// cluster has no service proxy at all: its client sends to the backends'
+// pod IPs, routed through node A, the floor of the path. The rows:
 // short TCP connections, 64-byte UDP packets forwarded (one way, counted
 // at the backend), bulk TCP (iperf3), and the softirq CPU time per
 // connection and per packet. See docs/benchmarks.md, section North-south.
 // Run with -benchtime 1x; -short takes fewer samples, and
 // WARP_BENCH_NS_ONLY=warpd (a comma-separated subset of warpd, iptables,
-// nftables) runs only those, for development.
+// nftables, none) runs only those, for development.
 func BenchmarkNorthSouth(b *testing.B) {
 	harness.RequireTools(b, filepath.Join(harness.BinDir(), "warpd"), filepath.Join(harness.BinDir(), "warp-veth"),
 		filepath.Join(harness.BinDir(), "warp-ipam"), "iperf3", "nft", "iptables-legacy-restore", "socat")
@@ -49,11 +51,11 @@ func BenchmarkNorthSouth(b *testing.B) {
 	if only := os.Getenv("WARP_BENCH_NS_ONLY"); only != "" {
 		proxies = slices.DeleteFunc(slices.Clone(proxies), func(p nsProxy) bool { return !slices.Contains(strings.Split(only, ","), p.kind) })
 		if len(proxies) == 0 || os.Getenv(docEnv) == "1" {
-			b.Fatalf("WARP_BENCH_NS_ONLY=%s: a comma-separated subset of warpd,iptables,nftables, for development (never with %s=1)", only, docEnv)
+			b.Fatalf("WARP_BENCH_NS_ONLY=%s: a comma-separated subset of warpd,iptables,nftables,none, for development (never with %s=1)", only, docEnv)
 		}
 	}
 	kubeProxy := ""
-	if slices.ContainsFunc(proxies, func(p nsProxy) bool { return p.kind != "warpd" }) {
+	if slices.ContainsFunc(proxies, func(p nsProxy) bool { return p.kind == "iptables" || p.kind == "nftables" }) {
 		kubeProxy = kubeProxyBinary(b)
 	}
 	env := harness.New(b)
@@ -92,6 +94,7 @@ var nsProxies = []nsProxy{
 	{"warpd --lb-attach tc", "warpd"},
 	{"kube-proxy iptables", "iptables"},
 	{"kube-proxy nftables", "nftables"},
+	{"no proxy: pod IPs routed via node A", "none"},
 }
 
 const (
@@ -109,11 +112,12 @@ var nsIperfNodePort = map[int]int{iperfTCPPort: 30201, iperfUDPPort: 30202}
 
 // nsCluster is one proxy's cluster.
 type nsCluster struct {
-	proxy    nsProxy
-	api      *apiserver.Server
-	ext      *harness.NetNS // the external client, on the underlay
-	nodes    [2]*nsNode     // A receives the client's traffic, B has the backends
-	backends []*harness.NetNS
+	proxy      nsProxy
+	api        *apiserver.Server
+	ext        *harness.NetNS // the external client, on the underlay
+	nodes      [2]*nsNode     // A receives the client's traffic, B has the backends
+	backends   []*harness.NetNS
+	backendIPs []string
 }
 
 type nsNode struct {
@@ -157,7 +161,7 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 			"--routing", "native", "--cluster-cidr", "10.244.0.0/16", "--service-cidr", apiserver.ServiceCIDR}
 		if proxy.kind == "warpd" {
 			warpd = append(warpd, "--lb-attach", "tc")
-		} else {
+		} else if proxy.kind != "none" {
 			n.ns.Start(b, kubeProxyArgv(b, kubeProxy, env.TempDir, kc, proxy.kind, n.name)...)
 		}
 		n.ns.Start(b, warpd...)
@@ -179,7 +183,7 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 		res := harness.ParseResult(b, veth.MustSucceed(b, harness.Call{Command: "ADD", ContainerID: pod.Name, Netns: pod.Path, IfName: "eth0", Config: conf}))
 		cmd := pod.Start(b, loadgen(b), "serve", "--tcp", fmt.Sprintf(":%d", nsEchoPort), "--cpu", strconv.Itoa(clientCPU))
 		harness.WaitFor(b, "loadgen serve in "+pod.Name, 20*time.Second, func() bool { return strings.Contains(harness.Output(cmd), "ready") })
-		c.backends = append(c.backends, pod)
+		c.backends, c.backendIPs = append(c.backends, pod), append(c.backendIPs, res.IPs[0].Address.IP.String())
 		fmt.Fprintf(&endpoints, "\n- {addresses: [%q], nodeName: %s, conditions: {ready: true}}", res.IPs[0].Address.IP, b2.name)
 	}
 	eps := strings.Split(strings.TrimPrefix(endpoints.String(), "\n"), "\n")
@@ -214,16 +218,40 @@ ports: [{name: tcp, port: %[4]d, protocol: TCP}, {name: ctl, port: %[6]d, protoc
 endpoints:
 %[8]s
 `, nsEchoPort, nsWebPort, strings.Join(eps, "\n"), iperfTCPPort, nsIperfNodePort[iperfTCPPort], iperfUDPPort, nsIperfNodePort[iperfUDPPort], eps[0]))
+	if proxy.kind == "none" {
+		c.ext.Exec(b, "ip", "route", "add", "10.244.0.0/16", "via", c.nodes[0].ip.String())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	addr := c.webAddr()
-	if out, err := c.ext.Run(ctx, loadgen(b), "probe", "--addr", addr, "--timeout", "2m"); err != nil || !strings.Contains(out, addr) {
-		b.Fatalf("%s: the NodePort %s does not answer: %v\n%s", proxy.name, addr, err, out)
+	out, err := c.ext.Run(ctx, loadgen(b), "probe", "--addr", addr, "--timeout", "2m")
+	if _, err := parseProbe(out, strings.Split(addr, ","), err); err != nil {
+		b.Fatalf("%s: %s does not answer: %v", proxy.name, addr, err)
 	}
 	return c
 }
 
-func (c *nsCluster) webAddr() string { return fmt.Sprintf("%s:%d", c.nodes[0].ip, nsWebPort) }
+// webAddr is where the client's short connections go: node A's NodePort,
+// or without a proxy every backend's pod address (loadgen picks one per
+// connection, as the service spreads them).
+func (c *nsCluster) webAddr() string {
+	if c.proxy.kind != "none" {
+		return fmt.Sprintf("%s:%d", c.nodes[0].ip, nsWebPort)
+	}
+	var addrs []string
+	for _, ip := range c.backendIPs {
+		addrs = append(addrs, fmt.Sprintf("%s:%d", ip, nsEchoPort))
+	}
+	return strings.Join(addrs, ",")
+}
+
+// iperfDial maps the iperf3 server's port to where the client sends.
+func (c *nsCluster) iperfDial(port int) (string, int) {
+	if c.proxy.kind == "none" {
+		return c.backendIPs[0], port
+	}
+	return c.nodes[0].ip.String(), nsIperfNodePort[port]
+}
 
 // nsResult accumulates one proxy's measurements over the rounds.
 type nsResult struct {
@@ -233,7 +261,9 @@ type nsResult struct {
 	udpPPS, tcpGbps []float64 // per round
 	udpPkts         float64
 	udpSoftirq      time.Duration
-	progs           map[string]progCost // warpd's north-south programs on both nodes, during the UDP runs
+	tcpBytes        float64
+	udpProgs        map[string]progCost // warpd's north-south programs on both nodes, during the UDP runs
+	tcpProgs        map[string]progCost // and during the bulk TCP runs
 }
 
 // measure runs one round of every measurement against c.
@@ -243,22 +273,29 @@ func (c *nsCluster) measure(b *testing.B, r *nsResult, crrSamples int) {
 	r.crrSoftirq += softirqTime(b) - soft0
 	r.lat, r.crrSecs = append(r.lat, rep.Latencies...), r.crrSecs+rep.Elapsed
 
-	dial := func(port int) (string, int) { return c.nodes[0].ip.String(), nsIperfNodePort[port] }
 	progs0 := c.progStats()
 	soft0 = softirqTime(b)
-	pps, _ := iperfTo(b, c.ext, c.backends[0], dial, "udp", 1)
+	pps, _ := iperfTo(b, c.ext, c.backends[0], c.iperfDial, "udp", 1)
 	r.udpSoftirq += softirqTime(b) - soft0
 	r.udpPPS, r.udpPkts = append(r.udpPPS, pps), r.udpPkts+pps*iperfSeconds
-	if r.progs == nil {
-		r.progs = map[string]progCost{}
-	}
-	for name, a := range c.progStats() {
-		d := r.progs[name]
-		r.progs[name] = progCost{d.runs + a.runs - progs0[name].runs, d.time + a.time - progs0[name].time}
-	}
+	progs1 := c.progStats()
+	r.udpProgs = addProgCosts(r.udpProgs, progs0, progs1)
 
-	bps, _ := iperfTo(b, c.ext, c.backends[0], dial, "", 1)
-	r.tcpGbps = append(r.tcpGbps, bps/1e9)
+	bps, _ := iperfTo(b, c.ext, c.backends[0], c.iperfDial, "", 1)
+	r.tcpGbps, r.tcpBytes = append(r.tcpGbps, bps/1e9), r.tcpBytes+bps/8*iperfSeconds
+	r.tcpProgs = addProgCosts(r.tcpProgs, progs1, c.progStats())
+}
+
+// addProgCosts adds what each program ran between two readings to sum.
+func addProgCosts(sum, before, after map[string]progCost) map[string]progCost {
+	if sum == nil {
+		sum = map[string]progCost{}
+	}
+	for name, a := range after {
+		d := sum[name]
+		sum[name] = progCost{d.runs + a.runs - before[name].runs, d.time + a.time - before[name].time}
+	}
+	return sum
 }
 
 // progStats is the run-time statistics of warpd's north-south programs on
@@ -315,11 +352,13 @@ func publishNorthSouth(b *testing.B, clusters []*nsCluster, res []nsResult, roun
 	span := func(v []float64, format string) string {
 		return fmt.Sprintf(format+" ("+format+"–"+format+")", median(v), slices.Min(v), slices.Max(v))
 	}
+	byKind := map[string]nsResult{}
 	var md strings.Builder
 	fmt.Fprintf(&md, "| proxy | conn/s | p50 | p90 | %s | softirq µs per conn | UDP64 kpps (min–max) | softirq ns per packet | bulk TCP Gbit/s (min–max) |\n"+
 		"|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", label)
 	for i, c := range clusters {
 		r := res[i]
+		byKind[c.proxy.kind] = r
 		kpps := make([]float64, len(r.udpPPS))
 		for j, v := range r.udpPPS {
 			kpps[j] = v / 1e3
@@ -328,30 +367,48 @@ func publishNorthSouth(b *testing.B, clusters []*nsCluster, res []nsResult, roun
 			us(percentile(r.lat, 0.5)), us(percentile(r.lat, 0.9)), us(percentile(r.lat, q)), softConn(r),
 			span(kpps, "%.0f"), softPkt(r), span(r.tcpGbps, "%.2f"))
 	}
-	w := res[0]
-	md.WriteString("\nwarpd against each kube-proxy (above 1: warpd is better):\n\n| against | conn/s | " + label + " | UDP64 packets/s | softirq per packet | softirq per conn | bulk TCP |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	for i, c := range clusters[1:] {
-		r := res[i+1]
-		fmt.Fprintf(&md, "| %s | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx |\n", c.proxy.name, rate(w)/rate(r),
-			percentile(r.lat, q)/percentile(w.lat, q), median(w.udpPPS)/median(r.udpPPS), softPkt(r)/softPkt(w),
-			softConn(r)/softConn(w), median(w.tcpGbps)/median(r.tcpGbps))
-	}
-	if len(w.progs) > 0 {
-		md.WriteString("\nwarpd's north-south programs during its UDP runs (BPF run-time statistics):\n\n| program | runs per delivered packet | ns per run | ns per packet |\n|---|---:|---:|---:|\n")
-		for _, name := range slices.Sorted(maps.Keys(w.progs)) {
-			p := w.progs[name]
-			if p.runs == 0 {
+	w, haveW := byKind["warpd"]
+	if haveW {
+		md.WriteString("\nwarpd against each kube-proxy (above 1: warpd is better):\n\n| against | conn/s | " + label +
+			" | UDP64 packets/s | softirq per packet | softirq per conn | bulk TCP |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, c := range clusters {
+			r := byKind[c.proxy.kind]
+			if c.proxy.kind != "iptables" && c.proxy.kind != "nftables" {
 				continue
 			}
-			fmt.Fprintf(&md, "| %s | %.2f | %.0f | %.0f |\n", name, float64(p.runs)/w.udpPkts, float64(p.time.Nanoseconds())/float64(p.runs),
-				float64(p.time.Nanoseconds())/w.udpPkts)
+			fmt.Fprintf(&md, "| %s | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx |\n", c.proxy.name, rate(w)/rate(r),
+				percentile(r.lat, q)/percentile(w.lat, q), median(w.udpPPS)/median(r.udpPPS), softPkt(r)/softPkt(w),
+				softConn(r)/softConn(w), median(w.tcpGbps)/median(r.tcpGbps))
+		}
+	}
+	if none, ok := byKind["none"]; ok {
+		md.WriteString("\nWhat each proxy adds to the no-proxy floor (softirq time over the pod-IP row's; negative: less than plain forwarding):\n\n" +
+			"| proxy | softirq µs per conn | softirq ns per packet |\n|---|---:|---:|\n")
+		for _, c := range clusters {
+			if c.proxy.kind == "none" {
+				continue
+			}
+			r := byKind[c.proxy.kind]
+			fmt.Fprintf(&md, "| %s | %+.0f | %+.0f |\n", c.proxy.name, softConn(r)-softConn(none), softPkt(r)-softPkt(none))
+		}
+	}
+	if haveW && len(w.udpProgs) > 0 {
+		md.WriteString("\nwarpd's north-south programs (BPF run-time statistics; the program's own time, not the redirect or the stack around it):\n\n" +
+			"| program | UDP64: runs per delivered packet | ns per run | ns per packet | bulk TCP: runs per MB | ns per run | µs per MB |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		mb := w.tcpBytes / 1e6
+		for _, name := range slices.Sorted(maps.Keys(w.udpProgs)) {
+			u, t := w.udpProgs[name], w.tcpProgs[name]
+			perRun := func(c progCost) float64 { return float64(c.time.Nanoseconds()) / max(float64(c.runs), 1) }
+			fmt.Fprintf(&md, "| %s | %.2f | %.0f | %.0f | %.1f | %.0f | %.1f |\n", name, float64(u.runs)/w.udpPkts, perRun(u),
+				float64(u.time.Nanoseconds())/w.udpPkts, float64(t.runs)/mb, perRun(t), float64(t.time.Nanoseconds())/1e3/mb)
 		}
 	}
 	fmt.Fprintf(&md, "\n%d rounds, the order of the proxies rotating and reversing every round; per round and proxy: %d short connections "+
-		"(connect, 1-byte echo, close; %d samples per row in all) from the external client to node A's NodePort (%d backends on node B), "+
-		"iperf3 64-byte UDP for %d s (packets delivered to the backend's UDP stack per second; median of the rounds), iperf3 bulk TCP, 1 stream, for %d s (median). "+
+		"(connect, 1-byte echo, close; %d samples per row in all) from the external client to node A's NodePort (%d backends on node B; "+
+		"without a proxy to a random backend's pod IP), iperf3 64-byte UDP to the first backend for %d s (packets delivered to its UDP stack per second; "+
+		"median of the rounds), iperf3 bulk TCP, 1 stream, for %d s (median). "+
 		"Softirq: CPU time all CPUs spent in softirq context during the runs (/proc/stat, tick-sampled) per connection or per delivered packet: "+
 		"every hop after the client's send (switch, node A, node B, the pod's veth) runs there, so the proxy's per-packet work is in it, and so is "+
-		"any other process's softirq on this machine.\n", rounds, perRound, len(w.lat), nsBackends, iperfSeconds, iperfSeconds)
+		"any other process's softirq on this machine.\n", rounds, perRound, len(res[0].lat), nsBackends, iperfSeconds, iperfSeconds)
 	publish(b, "northsouth", md.String())
 }
