@@ -43,9 +43,9 @@ import (
 func BenchmarkNorthSouth(b *testing.B) {
 	harness.RequireTools(b, filepath.Join(harness.BinDir(), "warpd"), filepath.Join(harness.BinDir(), "warp-veth"),
 		filepath.Join(harness.BinDir(), "warp-ipam"), "iperf3", "nft", "iptables-legacy-restore", "socat")
-	rounds, perRound := nsRounds, nsCRRPerRound
+	rounds, perRound, many := nsRounds, nsCRRPerRound, nsManyServices
 	if testing.Short() {
-		rounds, perRound = 2, 500
+		rounds, perRound, many = 2, 500, 100
 	}
 	proxies := nsProxies
 	if only := os.Getenv("WARP_BENCH_NS_ONLY"); only != "" {
@@ -69,19 +69,34 @@ func BenchmarkNorthSouth(b *testing.B) {
 	defer stopStats()
 
 	res := make([]nsResult, len(clusters))
+	nsRotate(b, clusters, rounds, "", func(i int) { clusters[i].measure(b, &res[i], perRound) })
+	// kube-proxy's rules grow with the cluster's Services; warpd's
+	// lookups do not: the short connections again, with many more.
+	for _, c := range clusters {
+		createServices(b, fastClient(b, c.api), c.backendIPs, 0, many)
+	}
+	for _, c := range clusters {
+		c.waitServices(b, many)
+	}
+	crr := make([]nsResult, len(clusters))
+	nsRotate(b, clusters, rounds, fmt.Sprintf(" with %d more Services", many), func(i int) { clusters[i].shortConns(b, &crr[i], perRound) })
+	b.Logf("north-south: measured in %v", time.Since(start).Round(time.Second))
+	publishNorthSouth(b, clusters, res, crr, rounds, perRound, many)
+}
+
+// nsRotate runs measure(i) for every cluster i in every round, the order
+// rotating and reversing every other round.
+func nsRotate(b *testing.B, clusters []*nsCluster, rounds int, what string, measure func(i int)) {
 	for round := range rounds {
 		for k := range clusters {
-			i := (k + round) % len(clusters) // rotate, and reverse every other round
+			i := (k + round) % len(clusters)
 			if round%2 == 1 {
 				i = len(clusters) - 1 - i
 			}
-			c, r := clusters[i], &res[i]
-			b.Logf("north-south round %d/%d: %s", round+1, rounds, c.proxy.name)
-			c.measure(b, r, perRound)
+			b.Logf("north-south%s, round %d/%d: %s", what, round+1, rounds, clusters[i].proxy.name)
+			measure(i)
 		}
 	}
-	b.Logf("north-south: measured in %v", time.Since(start).Round(time.Second))
-	publishNorthSouth(b, clusters, res, rounds, perRound)
 }
 
 // nsProxy is one column of the comparison.
@@ -98,11 +113,12 @@ var nsProxies = []nsProxy{
 }
 
 const (
-	nsRounds      = 5
-	nsCRRPerRound = 2000 // x rounds: 10,000 samples per proxy
-	nsBackends    = 4    // pods on node B behind the NodePort
-	nsWebPort     = 30080
-	nsEchoPort    = 8080 // loadgen's echo server in every backend
+	nsRounds       = 5
+	nsCRRPerRound  = 2000 // x rounds: 10,000 samples per proxy
+	nsManyServices = 1000 // ClusterIP Services added for the second short-connection table
+	nsBackends     = 4    // pods on node B behind the NodePort
+	nsWebPort      = 30080
+	nsEchoPort     = 8080 // loadgen's echo server in every backend
 )
 
 // nsIperfNodePort is the NodePort of the iperf3 server's port (the
@@ -126,6 +142,7 @@ type nsNode struct {
 	ip    netip.Addr
 	bpffs string
 	facts string
+	pods  *harness.Cgroup // warpd's --cgroup-root: its socket LB serves processes in it
 }
 
 // newNSCluster builds proxy's cluster: API server, underlay, client, the
@@ -141,7 +158,8 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 	// Short connections from one client leave many sockets in TIME_WAIT.
 	c.ext.Exec(b, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=10000 65000")
 	for i := range c.nodes {
-		n := &nsNode{name: fmt.Sprintf("node-%c", 'a'+i), ns: env.NetNS(fmt.Sprintf("%s-%c", p, 'a'+i)), bpffs: env.BPFFS()}
+		n := &nsNode{name: fmt.Sprintf("node-%c", 'a'+i), ns: env.NetNS(fmt.Sprintf("%s-%c", p, 'a'+i)), bpffs: env.BPFFS(),
+			pods: env.Cgroup(fmt.Sprintf("%s-%c", p, 'a'+i))}
 		n.ip, _ = seg.Attach(n.ns, "eth0", 11+i)
 		n.ns.Exec(b, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		n.facts = filepath.Join(env.TempDir, p+"-"+n.name+".json")
@@ -157,7 +175,7 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 		}
 		kc := c.api.BridgeInto(b, n.ns)
 		warpd := []string{filepath.Join(harness.BinDir(), "warpd"), "--kubeconfig", kc, "--node-name", n.name, "--node-ip", n.ip.String(),
-			"--cgroup-root", env.Cgroup(p + "-" + n.name).Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "127.0.0.1:9090",
+			"--cgroup-root", n.pods.Path, "--bpffs-root", n.bpffs, "--node-facts", n.facts, "--listen", "127.0.0.1:9090",
 			"--routing", "native", "--cluster-cidr", "10.244.0.0/16", "--service-cidr", apiserver.ServiceCIDR}
 		if proxy.kind == "warpd" {
 			warpd = append(warpd, "--lb-attach", "tc")
@@ -193,6 +211,7 @@ kind: Service
 metadata: {name: web, namespace: default}
 spec:
   type: NodePort
+  clusterIP: 10.96.0.80
   ports: [{name: tcp, port: 80, protocol: TCP, targetPort: %[1]d, nodePort: %[2]d}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -208,6 +227,7 @@ kind: Service
 metadata: {name: iperf, namespace: default}
 spec:
   type: NodePort
+  clusterIP: 10.96.0.81
   ports: [{name: tcp, port: %[4]d, protocol: TCP, nodePort: %[5]d}, {name: ctl, port: %[6]d, protocol: TCP, nodePort: %[7]d}, {name: udp, port: %[6]d, protocol: UDP, nodePort: %[7]d}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -266,15 +286,37 @@ type nsResult struct {
 	tcpProgs        map[string]progCost // and during the bulk TCP runs
 }
 
-// measure runs one round of every measurement against c.
-func (c *nsCluster) measure(b *testing.B, r *nsResult, crrSamples int) {
+// waitServices waits until node A's proxy serves the last of n Services
+// createServices made (the ClusterIPs from svcIP(0) on, whose backends
+// are this cluster's), dialled from node A itself: kube-proxy programs
+// them all in one sync; warpd's socket LB serves node A's pods' cgroup.
+func (c *nsCluster) waitServices(b *testing.B, n int) {
+	if c.proxy.kind == "none" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	start, addr := time.Now(), svcIP(n-1)+":80"
+	out, err := c.nodes[0].pods.Run(ctx, c.nodes[0].ns, "", loadgen(b), "probe", "--addr", addr, "--timeout", "5m")
+	if _, err := parseProbe(out, []string{addr}, err); err != nil {
+		b.Fatalf("%s with %d Services: %v", c.proxy.name, n, err)
+	}
+	b.Logf("%s: %d Services answer (%v)", c.proxy.name, n, time.Since(start).Round(time.Millisecond))
+}
+
+// shortConns runs one round of short connections against c.
+func (c *nsCluster) shortConns(b *testing.B, r *nsResult, samples int) {
 	soft0 := softirqTime(b)
-	rep := c.client(b, "crr", c.webAddr(), crrSamples)
+	rep := c.client(b, "crr", c.webAddr(), samples)
 	r.crrSoftirq += softirqTime(b) - soft0
 	r.lat, r.crrSecs = append(r.lat, rep.Latencies...), r.crrSecs+rep.Elapsed
+}
 
+// measure runs one round of every measurement against c.
+func (c *nsCluster) measure(b *testing.B, r *nsResult, crrSamples int) {
+	c.shortConns(b, r, crrSamples)
 	progs0 := c.progStats()
-	soft0 = softirqTime(b)
+	soft0 := softirqTime(b)
 	pps, _ := iperfTo(b, c.ext, c.backends[0], c.iperfDial, "udp", 1)
 	r.udpSoftirq += softirqTime(b) - soft0
 	r.udpPPS, r.udpPkts = append(r.udpPPS, pps), r.udpPkts+pps*iperfSeconds
@@ -344,7 +386,7 @@ func softirqTime(b *testing.B) time.Duration {
 }
 
 // publishNorthSouth prints and publishes the northsouth block.
-func publishNorthSouth(b *testing.B, clusters []*nsCluster, res []nsResult, rounds, perRound int) {
+func publishNorthSouth(b *testing.B, clusters []*nsCluster, res, crr []nsResult, rounds, perRound, many int) {
 	label, q := quantile(len(res[0].lat))
 	rate := func(r nsResult) float64 { return float64(len(r.lat)) / r.crrSecs }
 	softConn := func(r nsResult) float64 { return float64(r.crrSoftirq.Microseconds()) / float64(len(r.lat)) }
@@ -392,12 +434,32 @@ func publishNorthSouth(b *testing.B, clusters []*nsCluster, res []nsResult, roun
 			fmt.Fprintf(&md, "| %s | %+.0f | %+.0f |\n", c.proxy.name, softConn(r)-softConn(none), softPkt(r)-softPkt(none))
 		}
 	}
+	fmt.Fprintf(&md, "\nShort connections again, with %d more ClusterIP Services (%d endpoints each) in every cluster:\n\n"+
+		"| proxy | conn/s | p50 | p90 | %s | softirq µs per conn | conn/s: warpd / this |\n|---|---:|---:|---:|---:|---:|---:|\n", many, nsBackends, label)
+	var wm nsResult
+	for i, c := range clusters {
+		if c.proxy.kind == "warpd" {
+			wm = crr[i]
+		}
+	}
+	for i, c := range clusters {
+		r := crr[i]
+		ratio := "—"
+		if len(wm.lat) > 0 {
+			ratio = fmt.Sprintf("%.2fx", rate(wm)/rate(r))
+		}
+		fmt.Fprintf(&md, "| %s | %.0f | %s | %s | %s | %.0f | %s |\n", c.proxy.name, rate(r),
+			us(percentile(r.lat, 0.5)), us(percentile(r.lat, 0.9)), us(percentile(r.lat, q)), softConn(r), ratio)
+	}
 	if haveW && len(w.udpProgs) > 0 {
 		md.WriteString("\nwarpd's north-south programs (BPF run-time statistics; the program's own time, not the redirect or the stack around it):\n\n" +
 			"| program | UDP64: runs per delivered packet | ns per run | ns per packet | bulk TCP: runs per MB | ns per run | µs per MB |\n|---|---:|---:|---:|---:|---:|---:|\n")
 		mb := w.tcpBytes / 1e6
 		for _, name := range slices.Sorted(maps.Keys(w.udpProgs)) {
 			u, t := w.udpProgs[name], w.tcpProgs[name]
+			if u.runs == 0 && t.runs == 0 {
+				continue // np_xdp: attached nowhere in tc mode
+			}
 			perRun := func(c progCost) float64 { return float64(c.time.Nanoseconds()) / max(float64(c.runs), 1) }
 			fmt.Fprintf(&md, "| %s | %.2f | %.0f | %.0f | %.1f | %.0f | %.1f |\n", name, float64(u.runs)/w.udpPkts, perRun(u),
 				float64(u.time.Nanoseconds())/w.udpPkts, float64(t.runs)/mb, perRun(t), float64(t.time.Nanoseconds())/1e3/mb)

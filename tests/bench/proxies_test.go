@@ -69,7 +69,7 @@ func BenchmarkServiceProxies(b *testing.B) {
 	var crr []crrResult
 	created := 0
 	for _, scale := range scales {
-		pb.createServices(created, scale)
+		createServices(pb.b, pb.kube, pb.nodes[0].ips, created, scale)
 		created = scale
 		pb.waitProgrammed(scale)
 		crr = append(crr, pb.shortConnections(scale)...)
@@ -288,11 +288,10 @@ func (pb *proxyBench) stopProxy(n *benchNode) {
 }
 
 // createServices creates services from..to-1 (and their EndpointSlices,
-// ten ready endpoints each), in parallel. Service 0 also has a UDP port
-// (53) and a port to the who server (81).
-func (pb *proxyBench) createServices(from, to int) {
+// with ips as ready endpoints), in parallel. Service 0 also has a UDP port
+// (53) and a port to the sink (82).
+func createServices(b *testing.B, kube kubernetes.Interface, ips []string, from, to int) {
 	ctx := context.Background()
-	ips := pb.nodes[0].ips
 	start := time.Now()
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -303,7 +302,7 @@ func (pb *proxyBench) createServices(from, to int) {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				if err := pb.createService(ctx, i, ips); err != nil {
+				if err := createService(ctx, kube, i, ips); err != nil {
 					mu.Lock()
 					firstErr = cmpErr(firstErr, err)
 					mu.Unlock()
@@ -317,9 +316,9 @@ func (pb *proxyBench) createServices(from, to int) {
 	close(work)
 	wg.Wait()
 	if firstErr != nil {
-		pb.b.Fatalf("create services: %v", firstErr)
+		b.Fatalf("create services: %v", firstErr)
 	}
-	pb.b.Logf("created services %d to %d in %v", from, to-1, time.Since(start).Round(time.Millisecond))
+	b.Logf("created services %d to %d in %v", from, to-1, time.Since(start).Round(time.Millisecond))
 }
 
 func cmpErr(a, b error) error {
@@ -329,7 +328,7 @@ func cmpErr(a, b error) error {
 	return b
 }
 
-func (pb *proxyBench) createService(ctx context.Context, i int, ips []string) error {
+func createService(ctx context.Context, kube kubernetes.Interface, i int, ips []string) error {
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	ports := []corev1.ServicePort{{Name: "http", Port: 80, Protocol: tcp}}
 	epPorts := []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(benchPort)), Protocol: &tcp}}
@@ -340,10 +339,10 @@ func (pb *proxyBench) createService(ctx context.Context, i int, ips []string) er
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: svcName(i), Namespace: "default"},
 		Spec: corev1.ServiceSpec{ClusterIP: svcIP(i), ClusterIPs: []string{svcIP(i)}, Ports: ports}}
-	if _, err := pb.kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	_, err := pb.kube.DiscoveryV1().EndpointSlices("default").Create(ctx, endpointSlice(i, epPorts, ips), metav1.CreateOptions{})
+	_, err := kube.DiscoveryV1().EndpointSlices("default").Create(ctx, endpointSlice(i, epPorts, ips), metav1.CreateOptions{})
 	return err
 }
 
