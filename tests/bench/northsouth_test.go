@@ -102,7 +102,7 @@ func nsRotate(b *testing.B, clusters []*nsCluster, rounds int, what string, meas
 // nsProxy is one column of the comparison.
 type nsProxy struct {
 	name string // as the tables say it
-	kind string // warpd, iptables, nftables
+	kind string // warpd, iptables, nftables, none
 }
 
 var nsProxies = []nsProxy{
@@ -118,7 +118,7 @@ const (
 	nsManyServices = 1000 // ClusterIP Services added for the second short-connection table
 	nsBackends     = 4    // pods on node B behind the NodePort
 	nsWebPort      = 30080
-	nsEchoPort     = 8080 // loadgen's echo server in every backend
+	nsEchoPort     = benchPort // loadgen's echo server in every backend (createServices' endpoints use it too)
 )
 
 // nsIperfNodePort is the NodePort of the iperf3 server's port (the
@@ -189,12 +189,12 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 		})
 		c.nodes[i] = n
 	}
-	b2 := c.nodes[1]
-	veth := env.Plugin(b, "warp-veth").In(b2.ns)
+	nodeB := c.nodes[1]
+	veth := env.Plugin(b, "warp-veth").In(nodeB.ns)
 	conf := harness.ConfigJSON(b, harness.NetConf("bench", "warp-veth", map[string]any{"cniVersion": "1.1.0",
-		"nodeFacts": b2.facts, "bpffsRoot": b2.bpffs,
+		"nodeFacts": nodeB.facts, "bpffsRoot": nodeB.bpffs,
 		"ipam": map[string]any{"type": "warp-ipam", "ranges": [][]map[string]any{{{"subnet": "podCIDR"}}},
-			"nodeFacts": b2.facts, "dataDir": filepath.Join(env.TempDir, p+"-ipam"), "detectConflicts": false}}))
+			"nodeFacts": nodeB.facts, "dataDir": filepath.Join(env.TempDir, p+"-ipam"), "detectConflicts": false}}))
 	var endpoints strings.Builder
 	for i := range nsBackends {
 		pod := env.NetNS(fmt.Sprintf("%s-s%d", p, i))
@@ -202,7 +202,7 @@ func newNSCluster(b *testing.B, env *harness.Env, proxy nsProxy, kubeProxy strin
 		cmd := pod.Start(b, loadgen(b), "serve", "--tcp", fmt.Sprintf(":%d", nsEchoPort), "--cpu", strconv.Itoa(clientCPU))
 		harness.WaitFor(b, "loadgen serve in "+pod.Name, 20*time.Second, func() bool { return strings.Contains(harness.Output(cmd), "ready") })
 		c.backends, c.backendIPs = append(c.backends, pod), append(c.backendIPs, res.IPs[0].Address.IP.String())
-		fmt.Fprintf(&endpoints, "\n- {addresses: [%q], nodeName: %s, conditions: {ready: true}}", res.IPs[0].Address.IP, b2.name)
+		fmt.Fprintf(&endpoints, "\n- {addresses: [%q], nodeName: %s, conditions: {ready: true}}", res.IPs[0].Address.IP, nodeB.name)
 	}
 	eps := strings.Split(strings.TrimPrefix(endpoints.String(), "\n"), "\n")
 	c.api.Apply(b, fmt.Sprintf(`---
