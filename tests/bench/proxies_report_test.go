@@ -50,25 +50,29 @@ func enableStats(b *testing.B) (read func() map[string]progCost, stop func()) {
 		return func() map[string]progCost { return nil }, func() {}
 	}
 	return func() map[string]progCost {
-		out := map[string]progCost{}
-		root := globalBPFFS
-		if root == "" {
-			return out
+		if globalBPFFS == "" {
+			return map[string]progCost{}
 		}
-		dir := filepath.Join(servicelb.Dir(root), "progs")
-		ents, _ := os.ReadDir(dir)
-		for _, e := range ents {
-			p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, e.Name()), nil)
-			if err != nil {
-				continue
-			}
-			if st, err := p.Stats(); err == nil {
-				out[e.Name()] = progCost{st.RunCount, st.Runtime}
-			}
-			p.Close()
-		}
-		return out
+		return progStats(filepath.Join(servicelb.Dir(globalBPFFS), "progs"))
 	}, func() { closer.Close() }
+}
+
+// progStats reads the run-time statistics of the programs pinned in dir,
+// by pin name.
+func progStats(dir string) map[string]progCost {
+	out := map[string]progCost{}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, e.Name()), nil)
+		if err != nil {
+			continue
+		}
+		if st, err := p.Stats(); err == nil {
+			out[e.Name()] = progCost{st.RunCount, st.Runtime}
+		}
+		p.Close()
+	}
+	return out
 }
 
 // globalBPFFS is the warpd node's bpffs root, for enableStats.
@@ -306,7 +310,7 @@ func (pb *proxyBench) resetProxyState(n *benchNode) {
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if out, err := n.ns.Run(ctx, "env", "PATH="+pb.iptablesPath(n.kind), pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
+		if out, err := n.ns.Run(ctx, "env", "PATH="+iptablesPath(pb.b, pb.env.TempDir, n.kind), pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
 			pb.b.Logf("kube-proxy --cleanup (%s): %v\n%.2000s", n.kind, err, out)
 		}
 	}
