@@ -11,8 +11,11 @@ import (
 	"github.com/warpnet/warpnet/tests/harness"
 )
 
-// iperfSeconds is how long each iperf3 run sends.
-const iperfSeconds = 3
+const (
+	iperfSeconds = 3    // how long each iperf3 run sends
+	iperfTCPPort = 5201 // the server's port for TCP runs
+	iperfUDPPort = 5202 // and for UDP runs (its control connection is TCP)
+)
 
 // iperf runs iperf3 from client to server for iperfSeconds: TCP bulk
 // throughput with streams parallel streams (bits/s), or with mode "udp"
@@ -23,16 +26,26 @@ const iperfSeconds = 3
 // server are processes of their own, in their namespaces. It also returns
 // the CPU time both used, the kernel's work in their context included.
 func iperf(b *testing.B, client, server *harness.NetNS, serverIP, mode string, streams int) (float64, time.Duration) {
+	return iperfTo(b, client, server, func(port int) (string, int) { return serverIP, port }, mode, streams)
+}
+
+// iperfTo is iperf to wherever dial says the server's port is reached
+// (a NodePort of the server's port, say): the server listens on
+// iperfTCPPort or iperfUDPPort; dial maps that to the host and port the
+// client sends to.
+func iperfTo(b *testing.B, client, server *harness.NetNS, dial func(serverPort int) (string, int), mode string, streams int) (float64, time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(iperfSeconds+20)*time.Second)
 	defer cancel()
-	port := "5201"
-	args := []string{"iperf3", "-c", serverIP, "-t", fmt.Sprint(iperfSeconds), "-P", fmt.Sprint(streams), "-J"}
+	port := iperfTCPPort
 	if mode == "udp" {
-		port = "5202" // never the TCP run's server, which may still be exiting
+		port = iperfUDPPort // never the TCP run's server, which may still be exiting
+	}
+	host, dialPort := dial(port)
+	args := []string{"iperf3", "-c", host, "-t", fmt.Sprint(iperfSeconds), "-P", fmt.Sprint(streams), "-J", "-p", fmt.Sprint(dialPort)}
+	if mode == "udp" {
 		args = append(args, "-u", "-l", "64", "-b", "0")
 	}
-	args = append(args, "-p", port)
-	srv := server.Start(b, "iperf3", "-s", "-1", "-p", port)
+	srv := server.Start(b, "iperf3", "-s", "-1", "-p", fmt.Sprint(port))
 	defer srv.Process.Kill()
 	var rep struct {
 		Error string `json:"error"`

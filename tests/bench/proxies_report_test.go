@@ -50,25 +50,29 @@ func enableStats(b *testing.B) (read func() map[string]progCost, stop func()) {
 		return func() map[string]progCost { return nil }, func() {}
 	}
 	return func() map[string]progCost {
-		out := map[string]progCost{}
-		root := globalBPFFS
-		if root == "" {
-			return out
+		if globalBPFFS == "" {
+			return map[string]progCost{}
 		}
-		dir := filepath.Join(servicelb.Dir(root), "progs")
-		ents, _ := os.ReadDir(dir)
-		for _, e := range ents {
-			p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, e.Name()), nil)
-			if err != nil {
-				continue
-			}
-			if st, err := p.Stats(); err == nil {
-				out[e.Name()] = progCost{st.RunCount, st.Runtime}
-			}
-			p.Close()
-		}
-		return out
+		return progStats(filepath.Join(servicelb.Dir(globalBPFFS), "progs"))
 	}, func() { closer.Close() }
+}
+
+// progStats reads the run-time statistics of the programs pinned in dir,
+// by pin name.
+func progStats(dir string) map[string]progCost {
+	out := map[string]progCost{}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, e.Name()), nil)
+		if err != nil {
+			continue
+		}
+		if st, err := p.Stats(); err == nil {
+			out[e.Name()] = progCost{st.RunCount, st.Runtime}
+		}
+		p.Close()
+	}
+	return out
 }
 
 // globalBPFFS is the warpd node's bpffs root, for enableStats.
@@ -306,7 +310,7 @@ func (pb *proxyBench) resetProxyState(n *benchNode) {
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if out, err := n.ns.Run(ctx, "env", "PATH="+pb.iptablesPath(n.kind), pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
+		if out, err := n.ns.Run(ctx, "env", "PATH="+iptablesPath(pb.b, pb.env.TempDir, n.kind), pb.kubeProxy, "--cleanup", "--proxy-mode", n.kind); err != nil {
 			pb.b.Logf("kube-proxy --cleanup (%s): %v\n%.2000s", n.kind, err, out)
 		}
 	}
@@ -338,17 +342,12 @@ func (pb *proxyBench) controlPlane(scale int) {
 		r := controlResult{proxy: n.kind}
 		pb.resetProxyState(n)
 		// Cold start: until the probe services all answer.
-		probeDone := make(chan map[string]int64, 1)
-		var probeErr error
 		addrs := probeAddrs(scale)
-		go func() {
-			got, err := pb.probe(n, addrs, false, 5*time.Minute)
-			probeErr = err
-			probeDone <- got
-		}()
-		time.Sleep(200 * time.Millisecond) // the probe runs before the proxy starts
+		probe, out := startInCgroup(pb.b, pb.cg(n), n.client, loadgen(pb.b), "probe", "--addr", strings.Join(addrs, ","), "--timeout", "5m")
+		harness.WaitFor(pb.b, "the cold-start probe to start", 30*time.Second, func() bool { return strings.Contains(out.String(), "ready") })
 		pb.startProxy(n)
-		got := <-probeDone
+		waitErr := probe.Wait()
+		got, probeErr := parseProbe(out.String(), addrs, waitErr)
 		if probeErr != nil {
 			pb.b.Fatalf("%s cold start: %v", n.kind, probeErr)
 		}

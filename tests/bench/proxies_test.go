@@ -69,7 +69,7 @@ func BenchmarkServiceProxies(b *testing.B) {
 	var crr []crrResult
 	created := 0
 	for _, scale := range scales {
-		pb.createServices(created, scale)
+		createServices(pb.b, pb.kube, pb.nodes[0].ips, created, scale)
 		created = scale
 		pb.waitProgrammed(scale)
 		crr = append(crr, pb.shortConnections(scale)...)
@@ -224,39 +224,46 @@ func (pb *proxyBench) startProxy(n *benchNode) {
 		argv = []string{filepath.Join(harness.BinDir(), "warpd"), "--kubeconfig", n.kc, "--cgroup-root", pb.hooked.Path,
 			"--bpffs-root", pb.bpffs, "--node-name", n.nodeName(), "--routing", "none", "--listen", "127.0.0.1:9090"}
 	default:
-		// Flags that would change the machine's own settings (conntrack
-		// table size and timeouts are global sysctls) are turned off.
-		argv = []string{"env", "PATH=" + pb.iptablesPath(n.kind), pb.kubeProxy, "--kubeconfig", n.kc, "--proxy-mode", n.kind, "--hostname-override", n.nodeName(),
-			"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
-			"--conntrack-tcp-timeout-close-wait=0", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=0",
-			"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=0"}
+		argv = kubeProxyArgv(pb.b, pb.kubeProxy, pb.env.TempDir, n.kc, n.kind, n.nodeName())
 	}
 	n.started = time.Now()
 	n.proxy = n.ns.Start(pb.b, argv...)
 }
 
+// kubeProxyArgv is the command line of the real kube-proxy in mode
+// (iptables or nftables) as node, inside the node's namespace. Flags that
+// would change the machine's own settings (conntrack table size and
+// timeouts are global sysctls) are turned off.
+func kubeProxyArgv(b *testing.B, binary, tempDir, kubeconfig, mode, node string) []string {
+	return []string{"env", "PATH=" + iptablesPath(b, tempDir, mode), binary, "--kubeconfig", kubeconfig, "--proxy-mode", mode, "--hostname-override", node,
+		"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=0",
+		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=0"}
+}
+
 // iptablesPath is the PATH kube-proxy runs with: for iptables mode, one
-// that finds the legacy (x_tables) iptables first. The machine's default,
-// iptables-nft 1.8.9, needs minutes (more than 7 in a trial) to load the
-// rules of 10,000 Services of 10 endpoints, where legacy needs seconds;
-// kube-proxy's images pick either backend by what the node already uses.
-func (pb *proxyBench) iptablesPath(kind string) string {
+// that finds the legacy (x_tables) iptables first (links in tempDir). The
+// machine's default, iptables-nft 1.8.9, needs minutes (more than 7 in a
+// trial) to load the rules of 10,000 Services of 10 endpoints, where
+// legacy needs seconds; kube-proxy's images pick either backend by what
+// the node already uses.
+func iptablesPath(b *testing.B, tempDir, mode string) string {
 	path := os.Getenv("PATH")
-	if kind != "iptables" {
+	if mode != "iptables" {
 		return path
 	}
-	dir := filepath.Join(pb.env.TempDir, "iptables-legacy")
+	dir := filepath.Join(tempDir, "iptables-legacy")
 	if _, err := os.Stat(dir); err != nil {
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			pb.b.Fatal(err)
+			b.Fatal(err)
 		}
 		for _, tool := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
 			legacy, err := exec.LookPath(strings.Replace(tool, "tables", "tables-legacy", 1)) // iptables-legacy-save, ...
 			if err != nil {
-				pb.b.Fatalf("kube-proxy iptables mode runs on the legacy iptables: %v", err)
+				b.Fatalf("kube-proxy iptables mode runs on the legacy iptables: %v", err)
 			}
 			if err := os.Symlink(legacy, filepath.Join(dir, tool)); err != nil {
-				pb.b.Fatal(err)
+				b.Fatal(err)
 			}
 		}
 	}
@@ -281,11 +288,10 @@ func (pb *proxyBench) stopProxy(n *benchNode) {
 }
 
 // createServices creates services from..to-1 (and their EndpointSlices,
-// ten ready endpoints each), in parallel. Service 0 also has a UDP port
-// (53) and a port to the who server (81).
-func (pb *proxyBench) createServices(from, to int) {
+// with ips as ready endpoints), in parallel. Service 0 also has a UDP port
+// (53) and a port to the sink (82).
+func createServices(b *testing.B, kube kubernetes.Interface, ips []string, from, to int) {
 	ctx := context.Background()
-	ips := pb.nodes[0].ips
 	start := time.Now()
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -296,7 +302,7 @@ func (pb *proxyBench) createServices(from, to int) {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				if err := pb.createService(ctx, i, ips); err != nil {
+				if err := createService(ctx, kube, i, ips); err != nil {
 					mu.Lock()
 					firstErr = cmpErr(firstErr, err)
 					mu.Unlock()
@@ -310,9 +316,9 @@ func (pb *proxyBench) createServices(from, to int) {
 	close(work)
 	wg.Wait()
 	if firstErr != nil {
-		pb.b.Fatalf("create services: %v", firstErr)
+		b.Fatalf("create services: %v", firstErr)
 	}
-	pb.b.Logf("created services %d to %d in %v", from, to-1, time.Since(start).Round(time.Millisecond))
+	b.Logf("created services %d to %d in %v", from, to-1, time.Since(start).Round(time.Millisecond))
 }
 
 func cmpErr(a, b error) error {
@@ -322,7 +328,7 @@ func cmpErr(a, b error) error {
 	return b
 }
 
-func (pb *proxyBench) createService(ctx context.Context, i int, ips []string) error {
+func createService(ctx context.Context, kube kubernetes.Interface, i int, ips []string) error {
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	ports := []corev1.ServicePort{{Name: "http", Port: 80, Protocol: tcp}}
 	epPorts := []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(benchPort)), Protocol: &tcp}}
@@ -333,10 +339,10 @@ func (pb *proxyBench) createService(ctx context.Context, i int, ips []string) er
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: svcName(i), Namespace: "default"},
 		Spec: corev1.ServiceSpec{ClusterIP: svcIP(i), ClusterIPs: []string{svcIP(i)}, Ports: ports}}
-	if _, err := pb.kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	_, err := pb.kube.DiscoveryV1().EndpointSlices("default").Create(ctx, endpointSlice(i, epPorts, ips), metav1.CreateOptions{})
+	_, err := kube.DiscoveryV1().EndpointSlices("default").Create(ctx, endpointSlice(i, epPorts, ips), metav1.CreateOptions{})
 	return err
 }
 
