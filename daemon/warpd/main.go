@@ -78,6 +78,7 @@ Flags:
 	fs.DurationVar(&cfg.MinSync, "min-sync-interval", 100*time.Millisecond, "least time between two syncs of the maps: changes that come sooner wait and are applied together")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz, /metrics and /status (empty: none)")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles on --listen at /debug/pprof/ (heap, CPU, goroutines; e.g. go tool pprof http://127.0.0.1:9090/debug/pprof/heap)")
 	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "capacity in frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
 	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries summed over frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
 	obsoleteRevNAT := fs.Int("map-revnat", 0, "obsolete, ignored: socket translations live in socket-local storage, freed with each socket")
