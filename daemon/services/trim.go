@@ -42,6 +42,11 @@ func TrimEndpointSlice(es *discoveryv1.EndpointSlice) {
 	trimMeta(&es.ObjectMeta)
 	es.Labels = keepKeys(es.Labels, discoveryv1.LabelServiceName)
 	es.Annotations = nil
+	if cap(es.Endpoints) > len(es.Endpoints) {
+		// Decoding appends endpoints one by one: up to half of the
+		// array is spare capacity, which the cache would keep.
+		es.Endpoints = append(make([]discoveryv1.Endpoint, 0, len(es.Endpoints)), es.Endpoints...)
+	}
 	for i := range es.Endpoints {
 		ep := &es.Endpoints[i]
 		ep.Hostname, ep.TargetRef, ep.DeprecatedTopology, ep.Zone = nil, nil, nil, nil
@@ -61,9 +66,22 @@ func trimMeta(m *metav1.ObjectMeta) {
 		Labels: m.Labels, Annotations: m.Annotations}
 }
 
-// keepKeys returns the entries of m with the given keys (nil if none): a
-// new map, so the old one and its other entries are freed.
+// keepKeys returns the entries of m with the given keys (nil if none): m
+// itself if it has no others, else a new map, so that the old one and its
+// other entries are freed.
 func keepKeys(m map[string]string, keys ...string) map[string]string {
+	kept := 0
+	for _, k := range keys {
+		if _, ok := m[k]; ok {
+			kept++
+		}
+	}
+	if kept == len(m) {
+		if kept == 0 {
+			return nil
+		}
+		return m
+	}
 	var out map[string]string
 	for _, k := range keys {
 		if v, ok := m[k]; ok {

@@ -206,8 +206,9 @@ func TestTrimKeepsWhatTranslationReads(t *testing.T) {
 	}
 }
 
-// Trimming drops what warpd does not read, and doing it twice changes
-// nothing (a transform must be idempotent).
+// Trimming drops what warpd does not read (and endpoints' spare
+// capacity), and doing it twice changes nothing (a transform must be
+// idempotent).
 func TestTrimDropsTheRest(t *testing.T) {
 	svcs, slices := trimmed()
 	for _, s := range svcs {
@@ -225,7 +226,7 @@ func TestTrimDropsTheRest(t *testing.T) {
 		}
 	}
 	for _, es := range slices {
-		if es.ManagedFields != nil || es.Annotations != nil || es.Labels["app"] != "" {
+		if es.ManagedFields != nil || es.Annotations != nil || es.Labels["app"] != "" || cap(es.Endpoints) != len(es.Endpoints) {
 			t.Errorf("%s keeps metadata warpd does not read: %+v", es.Name, es.ObjectMeta)
 		}
 		for _, e := range es.Endpoints {
