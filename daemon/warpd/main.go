@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -57,6 +58,9 @@ broken edit: its last valid version stays in force, and it is logged, counted in
 warpd_rejected_objects and listed by 'warpctl warpd status'. In file mode an empty or
 unparsable file keeps the last good state too; to remove every service, write an empty
 List ("apiVersion: v1", "kind: List", "items: []").
+
+warpd collects garbage when its heap has grown by half (GOGC=50: its heap is mostly
+long-lived caches); GOGC and GOMEMLIMIT in the environment override Go's settings as usual.
 
 --listen serves /healthz (200 once synced, while the source can be followed and the last
 sync succeeded), /metrics (Prometheus) and /status (JSON, read by 'warpctl warpd status').
@@ -187,6 +191,13 @@ Flags:
 		ipamGC.Identity = cfg.Node.Name
 		cfg.IPAMGC = &ipamGC
 	}
+	if os.Getenv("GOGC") == "" {
+		// warpd's heap is mostly long-lived caches (the informers' objects,
+		// the desired state), and a sync makes little garbage beside them:
+		// Go's default (collect when the heap has doubled) would keep the
+		// caches' size again as headroom. GOGC in the environment wins.
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
@@ -199,6 +210,9 @@ Flags:
 		os.Exit(1)
 	}
 }
+
+// defaultGCPercent is warpd's GOGC unless the environment sets one.
+const defaultGCPercent = 50
 
 // parseCIDRs parses a comma-separated list of CIDRs.
 func parseCIDRs(list string) ([]netip.Prefix, error) {
