@@ -60,7 +60,7 @@ unparsable file keeps the last good state too; to remove every service, write an
 List ("apiVersion: v1", "kind: List", "items: []").
 
 warpd collects garbage when its heap has grown by half (GOGC=50: its heap is mostly
-long-lived caches); GOGC and GOMEMLIMIT in the environment override Go's settings as usual.
+long-lived caches) unless GOGC in the environment says otherwise; GOMEMLIMIT works as usual.
 
 --listen serves /healthz (200 once synced, while the source can be followed and the last
 sync succeeded), /metrics (Prometheus) and /status (JSON, read by 'warpctl warpd status').
