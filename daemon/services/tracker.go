@@ -1,6 +1,7 @@
 package services
 
 import (
+	"cmp"
 	"fmt"
 	"reflect"
 	"slices"
@@ -47,7 +48,8 @@ type tracked struct {
 	slices   []*discoveryv1.EndpointSlice // in force, sorted by name
 	rejected map[string]Rejected          // by Rejected.Key; nil: none (the usual case)
 	entries  []Entry                      // what it asks for, in translation order
-	ids      []portID                     // its service ports' ids
+	order    []int32                      // indexes of entries, sorted by frontend
+	ids      []portID                     // its service ports' ids, sorted by name
 }
 
 // portID is the id given to a service port's name.
@@ -56,14 +58,18 @@ type portID struct {
 	id   uint32
 }
 
-// entry returns the entry of fe in tr.entries.
+// entry returns the entry of fe in tr.entries: a binary search, since a
+// service may have tens of thousands of ports.
 func (tr *tracked) entry(fe Frontend) (Entry, bool) {
-	for _, e := range tr.entries {
-		if e.Frontend == fe {
-			return e, true
-		}
+	i, found := slices.BinarySearchFunc(tr.order, fe, func(j int32, fe Frontend) int { return tr.entries[j].Frontend.compare(fe) })
+	if !found {
+		return Entry{}, false
 	}
-	return Entry{}, false
+	return tr.entries[tr.order[i]], true
+}
+
+func (f Frontend) compare(g Frontend) int {
+	return cmp.Or(f.AddrPort.Compare(g.AddrPort), cmp.Compare(f.Proto, g.Proto))
 }
 
 // slice returns the slice named name in force, nil if none.
@@ -167,10 +173,12 @@ func (t *Tracker) update(v View, key string, touched map[Frontend]bool) {
 			return id
 		})
 	}
+	byName := func(a, b portID) int { return strings.Compare(a.name, b.name) }
+	slices.SortFunc(cur.ids, byName)
 	// Ports the service no longer has give their ids back.
 	if old != nil {
 		for _, p := range old.ids {
-			still := slices.ContainsFunc(cur.ids, func(c portID) bool { return c.name == p.name })
+			_, still := slices.BinarySearchFunc(cur.ids, p, byName)
 			if !still && t.ids[p.id] == p.name {
 				delete(t.ids, p.id)
 			}
@@ -180,6 +188,11 @@ func (t *Tracker) update(v View, key string, touched map[Frontend]bool) {
 			touched[e.Frontend] = true
 		}
 	}
+	cur.order = make([]int32, len(cur.entries))
+	for i := range cur.order {
+		cur.order[i] = int32(i)
+	}
+	slices.SortFunc(cur.order, func(i, j int32) int { return cur.entries[i].Frontend.compare(cur.entries[j].Frontend) })
 	for _, e := range cur.entries {
 		t.claim(e.Frontend, key)
 		touched[e.Frontend] = true
