@@ -43,6 +43,7 @@ type Config struct {
 	MinSync      time.Duration // least time between two syncs: changes meanwhile are coalesced
 	Resync       time.Duration // full resync, repairing any drift in the maps
 	ListenAddr   string        // /healthz, /metrics and /status; "" = none
+	Pprof        bool          // also serve Go's profiles on ListenAddr (/debug/pprof/)
 	// Sizes are the maps' capacities; a zero field is sized from the
 	// cluster (the pinned map's capacity or the default, grown when the
 	// desired state needs more).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -15,8 +16,9 @@ import (
 	"github.com/warpnet/warpnet/internal/buildinfo"
 )
 
-// serve starts warpd's one HTTP server: /healthz, /metrics (Prometheus)
-// and /status (JSON, for warpctl warpd status). It then checks, in the
+// serve starts warpd's one HTTP server: /healthz, /metrics (Prometheus),
+// /status (JSON, for warpctl warpd status) and, with Config.Pprof,
+// /debug/pprof/. It then checks, in the
 // background, that the listener can be reached, and says so in the log
 // when it cannot (say, the loopback interface is down): a listener can be
 // bound to an address no one can connect to.
@@ -38,6 +40,16 @@ func (a *Agent) serve() (*http.Server, error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(a.status())
 	})
+	if a.cfg.Pprof {
+		// Go's profiles (heap, CPU, goroutines), for finding where
+		// memory and time go; off by default, as it lets a caller
+		// make warpd spend CPU.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	go a.checkListener(ln.Addr().(*net.TCPAddr))

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // FromNodes converts Node objects: addresses are the InternalIPs (the
@@ -39,4 +40,16 @@ func FromNodes(objs []*corev1.Node) []Node {
 		out = append(out, n)
 	}
 	return out
+}
+
+// TrimNode drops, in place, every field FromNodes does not read (a Node's
+// images, conditions, capacity, labels, ...), for warpd's informer cache:
+// idempotent, as a client-go transform must be. Reading a new field in
+// FromNodes means keeping it here (TestTrimNodeKeepsWhatFromNodesReads).
+func TrimNode(n *corev1.Node) {
+	*n = corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, ResourceVersion: n.ResourceVersion},
+		Spec:       corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+		Status:     corev1.NodeStatus{Addresses: n.Status.Addresses},
+	}
 }

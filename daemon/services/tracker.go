@@ -1,10 +1,12 @@
 package services
 
 import (
+	"cmp"
 	"fmt"
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -38,14 +40,49 @@ type Tracker struct {
 	backends int                   // backend entries summed over desired
 }
 
-// tracked is what a Tracker knows of one service.
+// tracked is what a Tracker knows of one service. It holds 10,000s of
+// them: small slices searched in order, not maps (a map costs hundreds of
+// bytes even for one entry), and nil when empty.
 type tracked struct {
-	svc        *corev1.Service                       // in force: valid, or the last valid version
-	slices     map[string]*discoveryv1.EndpointSlice // in force, by slice name
-	rejected   map[string]Rejected                   // by Rejected.Key
-	entries    []Entry                               // what it asks for, in translation order
-	byFrontend map[Frontend]int                      // index in entries
-	ids        map[string]uint32                     // its service ports' ids, by name
+	svc      *corev1.Service              // in force: valid, or the last valid version
+	slices   []*discoveryv1.EndpointSlice // in force, sorted by name
+	rejected map[string]Rejected          // by Rejected.Key; nil: none (the usual case)
+	entries  []Entry                      // what it asks for, in translation order
+	order    []int32                      // indexes of entries, sorted by frontend
+	ids      []portID                     // its service ports' ids, sorted by name
+}
+
+// portID is the id given to a service port's name.
+type portID struct {
+	name string
+	id   uint32
+}
+
+// entry returns the entry of fe in tr.entries: a binary search, since a
+// service may have tens of thousands of ports.
+func (tr *tracked) entry(fe Frontend) (Entry, bool) {
+	i, found := slices.BinarySearchFunc(tr.order, fe, func(j int32, fe Frontend) int { return tr.entries[j].Frontend.compare(fe) })
+	if !found {
+		return Entry{}, false
+	}
+	return tr.entries[tr.order[i]], true
+}
+
+func (f Frontend) compare(g Frontend) int {
+	return cmp.Or(f.AddrPort.Compare(g.AddrPort), cmp.Compare(f.Proto, g.Proto))
+}
+
+// slice returns the slice named name in force, nil if none.
+func (tr *tracked) slice(name string) *discoveryv1.EndpointSlice {
+	if tr == nil {
+		return nil
+	}
+	for _, s := range tr.slices {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
 }
 
 // NewTracker returns an empty tracker for node.
@@ -84,8 +121,7 @@ func (t *Tracker) Update(v View, keys []string) []Frontend {
 		var want Entry
 		ok := false
 		if owners := t.claims[fe]; len(owners) > 0 {
-			owner := t.svcs[owners[0]]
-			want, ok = owner.entries[owner.byFrontend[fe]], true
+			want, ok = t.svcs[owners[0]].entry(fe)
 		}
 		cur, had := t.desired[fe]
 		switch {
@@ -110,36 +146,41 @@ func (t *Tracker) Update(v View, keys []string) []Frontend {
 // frontends whose claims it touched.
 func (t *Tracker) update(v View, key string, touched map[Frontend]bool) {
 	old := t.svcs[key]
-	cur := &tracked{slices: map[string]*discoveryv1.EndpointSlice{}, rejected: map[string]Rejected{}, ids: map[string]uint32{}}
+	cur := &tracked{}
+	reject := func(r Rejected) {
+		if cur.rejected == nil {
+			cur.rejected = map[string]Rejected{}
+		}
+		cur.rejected[r.Key()] = r
+	}
 	var prevSvc *corev1.Service
-	prevSlices := map[string]*discoveryv1.EndpointSlice{}
 	if old != nil {
-		prevSvc, prevSlices = old.svc, old.slices
+		prevSvc = old.svc
 	}
 	if svc, ok := v.Service(key); ok {
-		cur.svc = screenOne(prevSvc, svc, "Service", CheckService, cur.rejected)
+		cur.svc = screenOne(prevSvc, svc, "Service", CheckService, reject)
 	}
 	for _, s := range v.EndpointSlices(key) {
-		if use := screenOne(prevSlices[s.Name], s, "EndpointSlice", CheckEndpointSlice, cur.rejected); use != nil {
-			cur.slices[s.Name] = use
+		if use := screenOne(old.slice(s.Name), s, "EndpointSlice", CheckEndpointSlice, reject); use != nil {
+			cur.slices = append(cur.slices, use)
 		}
 	}
+	slices.SortFunc(cur.slices, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 	if cur.svc != nil && !skip(cur.svc) {
-		var inForce []*discoveryv1.EndpointSlice
-		for _, name := range sortedKeys(cur.slices) {
-			inForce = append(inForce, cur.slices[name])
-		}
-		cur.entries = translateService(cur.svc, inForce, t.node, func(name string) uint32 {
+		cur.entries = translateService(cur.svc, cur.slices, t.node, func(name string) uint32 {
 			id := serviceID(name, t.ids)
-			cur.ids[name] = id
+			cur.ids = append(cur.ids, portID{name, id})
 			return id
 		})
 	}
+	byName := func(a, b portID) int { return strings.Compare(a.name, b.name) }
+	slices.SortFunc(cur.ids, byName)
 	// Ports the service no longer has give their ids back.
 	if old != nil {
-		for name, id := range old.ids {
-			if _, still := cur.ids[name]; !still && t.ids[id] == name {
-				delete(t.ids, id)
+		for _, p := range old.ids {
+			_, still := slices.BinarySearchFunc(cur.ids, p, byName)
+			if !still && t.ids[p.id] == p.name {
+				delete(t.ids, p.id)
 			}
 		}
 		for _, e := range old.entries {
@@ -147,9 +188,12 @@ func (t *Tracker) update(v View, key string, touched map[Frontend]bool) {
 			touched[e.Frontend] = true
 		}
 	}
-	cur.byFrontend = make(map[Frontend]int, len(cur.entries))
-	for i, e := range cur.entries {
-		cur.byFrontend[e.Frontend] = i
+	cur.order = make([]int32, len(cur.entries))
+	for i := range cur.order {
+		cur.order[i] = int32(i)
+	}
+	slices.SortFunc(cur.order, func(i, j int32) int { return cur.entries[i].Frontend.compare(cur.entries[j].Frontend) })
+	for _, e := range cur.entries {
 		t.claim(e.Frontend, key)
 		touched[e.Frontend] = true
 	}
@@ -240,15 +284,14 @@ func (t *Tracker) Conflicts() []Rejected {
 // screenOne applies LastGood's rule to one object: a valid object is in
 // force; an invalid one is rejected and its last valid version (prev, if
 // any) stays in force. It returns what is in force (nil: nothing) and
-// records a rejection in rejected.
-func screenOne[T object](prev, obj T, kind string, check func(T) error, rejected map[string]Rejected) T {
+// passes a rejection to reject.
+func screenOne[T object](prev, obj T, kind string, check func(T) error, reject func(Rejected)) T {
 	err := check(obj)
 	if err == nil {
 		return obj
 	}
 	kept := !isNil(prev)
-	r := Rejected{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName(), Reason: err.Error(), Kept: kept}
-	rejected[r.Key()] = r
+	reject(Rejected{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName(), Reason: err.Error(), Kept: kept})
 	return prev
 }
 

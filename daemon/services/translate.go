@@ -296,7 +296,11 @@ func backends(epSlices []*discoveryv1.EndpointSlice, port corev1.ServicePort, v4
 			chosen = inZone
 		}
 	}
-	var out []netip.AddrPort
+	if len(chosen) == 0 {
+		return nil
+	}
+	// Exactly sized: a Tracker keeps 10,000s of these.
+	out := make([]netip.AddrPort, 0, len(chosen))
 	for _, c := range chosen {
 		if !slices.Contains(out, c.b) {
 			out = append(out, c.b)

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/warpnet/warpnet/daemon/routing"
 	"github.com/warpnet/warpnet/daemon/services"
 )
 
@@ -86,9 +87,9 @@ func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
 	if u, err := url.Parse(rc.Host); err == nil && u.Host != "" {
 		host = u.Scheme + "://" + u.Host
 	}
-	proxied := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields),
+	proxied := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = serviceProxySelector }))
-	all := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
+	all := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim))
 	k := &Kube{host: host, factories: []informers.SharedInformerFactory{proxied, all},
 		svcs: proxied.Core().V1().Services().Informer(), slices: proxied.Discovery().V1().EndpointSlices().Informer(),
 		nodes: all.Core().V1().Nodes().Informer(), changes: make(chan struct{}, 1), nodeChanges: make(chan struct{}, 1),
@@ -138,12 +139,23 @@ func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
 	return k, nil
 }
 
-// stripManagedFields drops what the informers' caches would hold for
-// nothing (as kube-proxy does): server-side apply's bookkeeping is often
-// the larger part of a Service or EndpointSlice, times 10,000 of each.
-func stripManagedFields(o any) (any, error) {
-	if a, err := meta.Accessor(o); err == nil {
-		a.SetManagedFields(nil)
+// trim drops what the informers' caches would hold for nothing, before
+// they cache it: every field of Services, EndpointSlices and Nodes that
+// warpd does not read (managed fields, kubectl's last-applied annotation,
+// selectors, endpoints' target references, a Node's images and
+// conditions, ...), times 10,000 Services and their EndpointSlices.
+func trim(o any) (any, error) {
+	switch o := o.(type) {
+	case *corev1.Service:
+		services.TrimService(o)
+	case *discoveryv1.EndpointSlice:
+		services.TrimEndpointSlice(o)
+	case *corev1.Node:
+		routing.TrimNode(o)
+	default:
+		if a, err := meta.Accessor(o); err == nil {
+			a.SetManagedFields(nil)
+		}
 	}
 	return o, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -58,6 +59,9 @@ warpd_rejected_objects and listed by 'warpctl warpd status'. In file mode an emp
 unparsable file keeps the last good state too; to remove every service, write an empty
 List ("apiVersion: v1", "kind: List", "items: []").
 
+warpd collects garbage when its heap has grown by half (GOGC=50: its heap is mostly
+long-lived caches) unless GOGC in the environment says otherwise; GOMEMLIMIT works as usual.
+
 --listen serves /healthz (200 once synced, while the source can be followed and the last
 sync succeeded), /metrics (Prometheus) and /status (JSON, read by 'warpctl warpd status').
 
@@ -78,6 +82,7 @@ Flags:
 	fs.DurationVar(&cfg.MinSync, "min-sync-interval", 100*time.Millisecond, "least time between two syncs of the maps: changes that come sooner wait and are applied together")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "full resync interval, repairing drift in the maps")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:9090", "address for /healthz, /metrics and /status (empty: none)")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles on --listen at /debug/pprof/ (heap, CPU, goroutines; e.g. go tool pprof http://127.0.0.1:9090/debug/pprof/heap)")
 	fs.IntVar(&cfg.Sizes.Services, "map-services", 0, "capacity in frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
 	fs.IntVar(&cfg.Sizes.Backends, "map-backends", 0, "capacity in backend entries summed over frontends, fixed (0: sized from the cluster: the pinned map's or 65536, grown when the cluster needs more)")
 	obsoleteRevNAT := fs.Int("map-revnat", 0, "obsolete, ignored: socket translations live in socket-local storage, freed with each socket")
@@ -186,6 +191,13 @@ Flags:
 		ipamGC.Identity = cfg.Node.Name
 		cfg.IPAMGC = &ipamGC
 	}
+	if os.Getenv("GOGC") == "" {
+		// warpd's heap is mostly long-lived caches (the informers' objects,
+		// the desired state), and a sync makes little garbage beside them:
+		// Go's default (collect when the heap has doubled) would keep the
+		// caches' size again as headroom. GOGC in the environment wins.
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warpd: %v\n", err)
@@ -198,6 +210,9 @@ Flags:
 		os.Exit(1)
 	}
 }
+
+// defaultGCPercent is warpd's GOGC unless the environment sets one.
+const defaultGCPercent = 50
 
 // parseCIDRs parses a comma-separated list of CIDRs.
 func parseCIDRs(list string) ([]netip.Prefix, error) {

@@ -332,7 +332,12 @@ type controlResult struct {
 // endpoint, and CPU time and peak RSS over a churn of EndpointSlice
 // updates.
 func (pb *proxyBench) controlPlane(scale int) {
-	proxies := []*benchNode{pb.node("warpd"), pb.node("iptables"), pb.node("nftables")}
+	var proxies []*benchNode
+	for _, n := range pb.nodes {
+		if n.kind != "none" {
+			proxies = append(proxies, n)
+		}
+	}
 	for _, n := range proxies {
 		pb.stopProxy(n)
 	}
@@ -392,13 +397,15 @@ func (pb *proxyBench) controlPlane(scale int) {
 		fmt.Fprintf(&md, "| %s | %.2f s | %.0f ms | %.0f ms | %.2f | %.2f | %.0f MiB |\n", proxyName(r.proxy), r.coldStart.Seconds(),
 			percentile(r.delays, 0.5), percentile(r.delays, q), r.churnCPU.Seconds(), r.idleCPU.Seconds(), float64(r.peakRSS)/(1<<20))
 	}
-	w := res[0]
-	fmt.Fprintf(&md, "\nRatios to warpd: ")
-	for _, r := range res[1:] {
-		fmt.Fprintf(&md, "%s cold start %.1fx, change p50 %.1fx, churn CPU %.1fx, RSS %.1fx; ", proxyName(r.proxy), r.coldStart.Seconds()/w.coldStart.Seconds(),
-			percentile(r.delays, 0.5)/percentile(w.delays, 0.5), r.churnCPU.Seconds()/max(w.churnCPU.Seconds(), 0.01), float64(r.peakRSS)/float64(w.peakRSS))
+	if w := res[0]; w.proxy == "warpd" && len(res) > 1 {
+		fmt.Fprintf(&md, "\nRatios to warpd: ")
+		for _, r := range res[1:] {
+			fmt.Fprintf(&md, "%s cold start %.1fx, change p50 %.1fx, churn CPU %.1fx, RSS %.1fx; ", proxyName(r.proxy), r.coldStart.Seconds()/w.coldStart.Seconds(),
+				percentile(r.delays, 0.5)/percentile(w.delays, 0.5), r.churnCPU.Seconds()/max(w.churnCPU.Seconds(), 0.01), float64(r.peakRSS)/float64(w.peakRSS))
+		}
+		fmt.Fprintf(&md, "(above 1: warpd is faster or smaller).\n")
 	}
-	fmt.Fprintf(&md, "(above 1: warpd is faster or smaller).\n\n"+
+	fmt.Fprintf(&md, "\n"+
 		"Cold start: from the process's start to the moment a client in a pod gets an answer from each of %d services spread over the range (polled every 2 ms). "+
 		"Change: from the EndpointSlice update call to the first new connection that reaches the new endpoint (%d changes, one at a time, each to another service). "+
 		"Churn: %d EndpointSlice updates at %d per second, CPU time of the proxy process and the children it waited for (kube-proxy's iptables-restore, nft) until it is idle again; "+

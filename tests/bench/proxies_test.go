@@ -38,9 +38,25 @@ import (
 //
 // WARP_BENCH_SCALES overrides the service counts (default "1,1000,10000");
 // the largest is the one the long-connection, UDP and control-plane
-// measurements run at.
+// measurements run at. WARP_BENCH_PARTS picks the parts (short, long,
+// control, connect; default all) and WARP_BENCH_PROXIES the service proxies
+// (warpd, iptables, nftables; default all), e.g. warpd's control plane
+// alone (cold start, change delay, churn CPU, peak RSS), in minutes:
+//
+//	WARP_BENCH_PARTS=control WARP_BENCH_PROXIES=warpd WARP_BENCH_SCALES=10000
+//
+// The short and long parts compare every proxy. A run of fewer proxies
+// only prints its tables: the document's compare them all.
 func BenchmarkServiceProxies(b *testing.B) {
 	harness.RequireTools(b, filepath.Join(harness.BinDir(), "warpd"), filepath.Join(harness.BinDir(), "warp-veth"), "nft", "iptables-legacy-restore", "socat")
+	parts := benchChoice(b, "WARP_BENCH_PARTS", "short", "long", "control", "connect")
+	proxies := benchChoice(b, "WARP_BENCH_PROXIES", "warpd", "iptables", "nftables")
+	if len(proxies) < 3 {
+		if parts["short"] || parts["long"] {
+			b.Fatal("the short and long parts compare every proxy: with WARP_BENCH_PROXIES, set WARP_BENCH_PARTS=control and/or connect")
+		}
+		b.Setenv(docEnv, "") // print only
+	}
 	scales := []int{1, 1000, 10000}
 	if v := os.Getenv("WARP_BENCH_SCALES"); v != "" {
 		scales = nil
@@ -52,14 +68,19 @@ func BenchmarkServiceProxies(b *testing.B) {
 			scales = append(scales, n)
 		}
 	}
-	kubeProxy := kubeProxyBinary(b)
+	var kubeProxy string
+	if proxies["iptables"] || proxies["nftables"] {
+		kubeProxy = kubeProxyBinary(b)
+	}
 	env := harness.New(b)
 	api := apiserver.Start(b)
 	pb := &proxyBench{b: b, env: env, api: api, kube: fastClient(b, api), kubeProxy: kubeProxy,
 		hooked: env.Cgroup("pods-warpd"), plain: env.Cgroup("pods-plain"), bpffs: env.BPFFS()}
 	globalBPFFS = pb.bpffs
 	for _, kind := range []string{"none", "warpd", "iptables", "nftables"} {
-		pb.nodes = append(pb.nodes, pb.newNode(kind))
+		if proxies[kind] || kind == "none" && (parts["short"] || parts["long"]) {
+			pb.nodes = append(pb.nodes, pb.newNode(kind))
+		}
 	}
 	pb.createNodes()
 	for _, n := range pb.nodes {
@@ -72,12 +93,43 @@ func BenchmarkServiceProxies(b *testing.B) {
 		createServices(pb.b, pb.kube, pb.nodes[0].ips, created, scale)
 		created = scale
 		pb.waitProgrammed(scale)
-		crr = append(crr, pb.shortConnections(scale)...)
+		if parts["short"] {
+			crr = append(crr, pb.shortConnections(scale)...)
+		}
 	}
-	pb.publishShort(crr, scales)
-	pb.longAndUDP(created)
-	pb.controlPlane(created)
-	pb.connectCost()
+	if parts["short"] {
+		pb.publishShort(crr, scales)
+	}
+	if parts["long"] {
+		pb.longAndUDP(created)
+	}
+	if parts["control"] {
+		pb.controlPlane(created)
+	}
+	if parts["connect"] {
+		pb.connectCost()
+	}
+}
+
+// benchChoice reads a comma-separated subset of choices from the
+// environment variable name (unset: all of them).
+func benchChoice(b *testing.B, name string, choices ...string) map[string]bool {
+	out := map[string]bool{}
+	v := os.Getenv(name)
+	if v == "" {
+		for _, c := range choices {
+			out[c] = true
+		}
+		return out
+	}
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(choices, f) {
+			b.Fatalf("%s=%s: %q is not one of %s", name, v, f, strings.Join(choices, ", "))
+		}
+		out[f] = true
+	}
+	return out
 }
 
 // proxyBench is the bench's state.
