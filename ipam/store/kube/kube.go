@@ -5,7 +5,10 @@
 // What stays on the node, in <dataDir>/<network>.kubernetes/:
 //
 //	lock             flock(2) serialising this node's allocators of the network
-//	                 (they share the cursors; other nodes never wait for it)
+//	                 while they pick a candidate and move the cursor past it;
+//	                 the create runs after it is released (a store.Claimer),
+//	                 so the node's processes never wait for each other's API
+//	                 requests (other nodes never wait for it at all)
 //	cursor.<pools>   where this node's dynamic allocation continues; a new node
 //	                 starts at an offset derived from its name, so nodes draw
 //	                 from different parts of a pool and rarely race
@@ -86,7 +89,7 @@ type Store struct {
 // hintTTL is how long a node trusts its list of held addresses.
 const hintTTL = 10 * time.Second
 
-var _ store.Store = (*Store)(nil)
+var _ store.Claimer = (*Store)(nil)
 
 // Dir is where the node-local state of network lives under dataDir.
 func Dir(dataDir, network string) string { return filepath.Join(dataDir, network+".kubernetes") }
@@ -265,16 +268,8 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	}
 	pinned := s.owner.StatefulSet != nil
 	adopt := s.adopt[ip]
-	if s.taken == nil && !s.hintChecked {
-		// A node that recently listed a nearly full pool skips what it
-		// knows is held from the first candidate on.
-		s.hintChecked = true
-		if err := s.loadTaken(true, true); err != nil {
-			return false, err
-		}
-	}
-	if adopt == nil && s.taken[ip] {
-		return false, nil
+	if held, err := s.KnownHeld(ip); err != nil || (adopt == nil && held) {
+		return false, err
 	}
 	retry := false // an earlier Reserve of this attachment may have claimed ip already
 	if err := s.updateEntry(k, ip, func(e *entry) bool {
@@ -371,6 +366,20 @@ func (s *Store) takeOver(k store.Key, a *kube.IPAllocation) (string, error) {
 func (s *Store) ours(a *kube.IPAllocation) bool {
 	return a.Pinned() && a.Spec.Pod.Namespace == s.owner.Pod.Namespace && a.Spec.Pod.Name == s.owner.Pod.Name &&
 		a.Spec.Pod.Interface == s.owner.Pod.Interface
+}
+
+// KnownHeld reports ip as held when this call lost it already or the
+// node's recent list of the pools' held addresses has it: a node that
+// recently listed a nearly full pool skips what it knows is held from the
+// first candidate on.
+func (s *Store) KnownHeld(ip netip.Addr) (bool, error) {
+	if s.taken == nil && !s.hintChecked {
+		s.hintChecked = true
+		if err := s.loadTaken(true, true); err != nil {
+			return false, err
+		}
+	}
+	return s.taken[ip], nil
 }
 
 // hint is the node's last list of the held addresses of some pools.
