@@ -19,7 +19,8 @@
 //	                 was down): DEL succeeds, and every later call of the plugin
 //	                 on this node retries them first
 //	taken.<pools>    which addresses the pools held when this node last listed
-//	                 them (after losing a race): a hint for the next ADDs, so a
+//	                 them (after losing a race; one process lists at a time,
+//	                 under taken.<pools>.lock): a hint for the next ADDs, so a
 //	                 nearly full pool costs one list per node every few seconds
 //	                 instead of one per ADD; it only ever makes an ADD skip an
 //	                 address (a stale hint that leaves nothing free is
@@ -393,18 +394,23 @@ type hint struct {
 // then it refreshes the hint); with hintOnly, only from a fresh hint.
 func (s *Store) loadTaken(useHint, hintOnly bool) error {
 	labels, path := s.poolLabels(), s.hintPath()
-	if useHint {
-		var h hint
-		if err := readJSON(path, &h); err == nil && time.Since(h.At) < hintTTL && time.Since(h.At) >= 0 {
-			s.taken, s.fromHint = make(map[netip.Addr]bool, len(h.Addrs)), true
-			for _, ip := range h.Addrs {
-				s.taken[ip] = true
-			}
-			return nil
-		}
+	if useHint && s.freshHint(path) {
+		return nil
 	}
 	if hintOnly {
 		return nil
+	}
+	// One process of the node lists at a time; the others wait for its
+	// list and take it from the hint, instead of a burst of ADDs that lost
+	// races each listing the pools (thousands of names) at once.
+	if l, err := flock.Open(path + ".lock"); err == nil {
+		defer l.Close()
+		if d, ok := s.ctx.Deadline(); ok {
+			l.SetTimeout(time.Until(d))
+		}
+		if got, err := l.TryLock(); err == nil && !got && l.Lock() == nil && useHint && s.freshHint(path) {
+			return nil
+		}
 	}
 	at := time.Now()
 	// A hint may come from the API server's cache; Held (STATUS) reads
@@ -431,6 +437,20 @@ func (s *Store) loadTaken(useHint, hintOnly bool) error {
 		fmt.Fprintf(os.Stderr, "warp-ipam: cannot keep the list of held addresses in %s: %v\n", path, err)
 	}
 	return nil
+}
+
+// freshHint takes the held addresses from the node's hint at path if it
+// is recent enough.
+func (s *Store) freshHint(path string) bool {
+	var h hint
+	if err := readJSON(path, &h); err != nil || time.Since(h.At) >= hintTTL || time.Since(h.At) < 0 {
+		return false
+	}
+	s.taken, s.fromHint = make(map[netip.Addr]bool, len(h.Addrs)), true
+	for _, ip := range h.Addrs {
+		s.taken[ip] = true
+	}
+	return true
 }
 
 // Relist forgets a list of held addresses that came from the node's hint,
