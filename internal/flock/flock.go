@@ -67,6 +67,20 @@ func (l *Lock) Lock() error { return l.acquire(unix.LOCK_EX) }
 // RLock takes the lock shared, waiting at most the timeout.
 func (l *Lock) RLock() error { return l.acquire(unix.LOCK_SH) }
 
+// TryLock takes the lock exclusively if nobody holds it, without waiting:
+// for work that one process does on behalf of the others (a refresh), which
+// the others skip while it runs.
+func (l *Lock) TryLock() (bool, error) {
+	err := retry(l.fd, unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("flock %s: %w", l.path, err)
+	}
+	return true, nil
+}
+
 // Unlock releases the lock; Close releases it too.
 func (l *Lock) Unlock() error { return retry(l.fd, unix.LOCK_UN) }
 

@@ -92,3 +92,22 @@ func TestInProcess(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 }
+
+// TryLock takes a free lock and gives up at once on a held one.
+func TestTryLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "l")
+	a, _ := Open(path)
+	b, _ := Open(path)
+	defer a.Close()
+	defer b.Close()
+	if ok, err := a.TryLock(); !ok || err != nil {
+		t.Fatalf("free lock: %v %v", ok, err)
+	}
+	if ok, err := b.TryLock(); ok || err != nil {
+		t.Fatalf("held lock: %v %v, want false without error", ok, err)
+	}
+	a.Unlock()
+	if ok, err := b.TryLock(); !ok || err != nil {
+		t.Fatalf("released lock: %v %v", ok, err)
+	}
+}

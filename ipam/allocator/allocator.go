@@ -58,11 +58,16 @@ type Answer struct {
 type Allocator struct {
 	cfg *config.Config
 	st  store.Store
+	// claimer is st when its Reserve is a claim on its own: the lock then
+	// guards the cursors only (see store.Claimer).
+	claimer store.Claimer
 }
 
 // New returns an allocator over cfg's ranges and exclusions.
 func New(cfg *config.Config, st store.Store) *Allocator {
-	return &Allocator{cfg: cfg, st: st}
+	a := &Allocator{cfg: cfg, st: st}
+	a.claimer, _ = st.(store.Claimer)
+	return a
 }
 
 // locked runs fn with the store lock held.
@@ -77,6 +82,15 @@ func (a *Allocator) locked(fn func() error) error {
 	return err
 }
 
+// forKey runs fn, which touches only key's own addresses: under the lock,
+// unless the store's claims need none.
+func (a *Allocator) forKey(fn func() error) error {
+	if a.claimer != nil {
+		return fn()
+	}
+	return a.locked(fn)
+}
+
 // Allocate gives key one address from every range set: the requested one
 // (cfg.Requested) where there is one, else the next free one after the
 // set's cursor. When probe is not nil every address is probed outside the
@@ -84,7 +98,7 @@ func (a *Allocator) locked(fn func() error) error {
 // one fails. On error nothing stays reserved.
 func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 	var leases []Lease
-	err := a.locked(func() error {
+	err := a.forKey(func() error {
 		held, err := a.st.ByKey(key)
 		if err != nil {
 			return err
@@ -107,7 +121,7 @@ func (a *Allocator) Allocate(key store.Key, probe Prober) ([]Lease, error) {
 	}
 	faultpoint.Hit("warp-ipam.add.before-probe") // reserved, lock released
 	if err := a.resolveConflicts(key, leases, probe); err != nil {
-		return nil, rollback.With(err, a.locked(func() error { return a.release(key, leases) }))
+		return nil, rollback.With(err, a.forKey(func() error { return a.release(key, leases) }))
 	}
 	faultpoint.Hit("warp-ipam.add.after-probe")
 	return leases, nil
@@ -144,6 +158,9 @@ func (a *Allocator) describeOwner(ip netip.Addr) string {
 }
 
 func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
+	if a.claimer != nil {
+		return a.claimNext(key, set)
+	}
 	var lease Lease
 	found, err := a.scan(set, func(ip netip.Addr, r config.Range) (bool, error) {
 		ok, err := a.st.Reserve(key, ip)
@@ -161,9 +178,52 @@ func (a *Allocator) reserveNext(key store.Key, set int) (Lease, error) {
 		return Lease{}, err
 	}
 	if !found {
-		return Lease{}, fmt.Errorf("%w in range set %d (%s): every address is reserved or excluded", ErrExhausted, set, a.cfg.Ranges[set])
+		return Lease{}, a.exhausted(set)
 	}
 	return lease, nil
+}
+
+func (a *Allocator) exhausted(set int) error {
+	return fmt.Errorf("%w in range set %d (%s): every address is reserved or excluded", ErrExhausted, set, a.cfg.Ranges[set])
+}
+
+// claimNext is reserveNext for a Claimer: the lock is held only to pick the
+// next candidate not known to be held and to move the cursor past it; the
+// claim runs after it is released, so the node's other allocators pick
+// their own candidates meanwhile. A candidate won by another allocator
+// (another node, or a fixed request) is known held from then on, so the
+// picks move on and end once no candidate is left.
+func (a *Allocator) claimNext(key store.Key, set int) (Lease, error) {
+	for picks := 0; picks < maxScan; picks++ {
+		var ip netip.Addr
+		var r config.Range
+		found := false
+		err := a.locked(func() (err error) {
+			found, err = a.scan(set, func(c netip.Addr, cr config.Range) (bool, error) {
+				if held, err := a.claimer.KnownHeld(c); held || err != nil {
+					return false, err
+				}
+				ip, r = c, cr
+				return true, a.st.SetCursor(set, c)
+			})
+			return err
+		})
+		if err != nil {
+			return Lease{}, err
+		}
+		if !found {
+			return Lease{}, a.exhausted(set)
+		}
+		faultpoint.Hit("warp-ipam.add.after-cursor")
+		ok, err := a.st.Reserve(key, ip)
+		if err != nil {
+			return Lease{}, err
+		}
+		if ok {
+			return Lease{Set: set, IP: ip, Range: r}, nil
+		}
+	}
+	return Lease{}, a.exhausted(set)
 }
 
 // scan visits the candidate addresses of a range set, starting after the
@@ -269,7 +329,7 @@ func (a *Allocator) resolveConflicts(key store.Key, leases []Lease, probe Prober
 				return fmt.Errorf("%w: %d addresses are answered for by other hosts (last %s by %s); exclude them with ipam.exclude",
 					ErrConflict, conflicts, l.IP, holder)
 			}
-			if err := a.locked(func() error { return a.swap(key, l, holder) }); err != nil {
+			if err := a.forKey(func() error { return a.swap(key, l, holder) }); err != nil {
 				return err
 			}
 			next = append(next, li)
@@ -296,7 +356,7 @@ func (a *Allocator) swap(key store.Key, l *Lease, holder string) error {
 // Held returns what key holds.
 func (a *Allocator) Held(key store.Key) ([]netip.Addr, error) {
 	var held []netip.Addr
-	err := a.locked(func() (err error) {
+	err := a.forKey(func() (err error) {
 		held, err = a.st.ByKey(key)
 		return err
 	})
@@ -306,7 +366,7 @@ func (a *Allocator) Held(key store.Key) ([]netip.Addr, error) {
 // Release frees everything key holds; releasing nothing is not an error.
 func (a *Allocator) Release(key store.Key) ([]netip.Addr, error) {
 	var freed []netip.Addr
-	err := a.locked(func() (err error) {
+	err := a.forKey(func() (err error) {
 		freed, err = a.st.ReleaseKey(key)
 		return err
 	})

@@ -303,3 +303,58 @@ func TestNetworkAndBroadcastNeverHandedOut(t *testing.T) {
 		}
 	}
 }
+
+// A store whose claims are atomic on their own (the Kubernetes store) is
+// reserved from outside the lock, which guards the cursor only: concurrent
+// allocators never get one address twice, and addresses another node won
+// are skipped, each at most once.
+func TestClaimOutsideTheLock(t *testing.T) {
+	cfg := `{"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.10","rangeEnd":"10.0.0.109"}]]}`
+	st := memstore.NewClaimer()
+	for i := 10; i < 110; i += 3 { // a third of the range is held by other nodes
+		st.Foreign(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}))
+	}
+	const allocators = 66 // exactly the free addresses
+	got := make(chan []Lease, allocators)
+	errs := make(chan error, allocators)
+	for i := range allocators {
+		go func() {
+			leases, err := New(mustConfig(t, cfg, ""), st).Allocate(key(i), nil)
+			got <- leases
+			errs <- err
+		}()
+	}
+	seen := map[netip.Addr]int{}
+	for range allocators {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range <-got {
+			seen[l.IP]++
+			if l.IP.As4()[3]%3 == 1 {
+				t.Errorf("%s is held by another node", l.IP)
+			}
+		}
+	}
+	for ip, n := range seen {
+		if n > 1 {
+			t.Errorf("%s handed out %d times", ip, n)
+		}
+	}
+	if len(seen) != allocators {
+		t.Errorf("%d addresses handed out, want %d", len(seen), allocators)
+	}
+	if st.ReservedLocked != 0 {
+		t.Errorf("%d claims ran with the lock held", st.ReservedLocked)
+	}
+	if _, err := New(mustConfig(t, cfg, ""), st).Allocate(key(999), nil); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("full range: err = %v, want ErrExhausted", err)
+	}
+	st.Forget()
+	if freed, err := New(mustConfig(t, cfg, ""), st).Release(key(0)); err != nil || len(freed) != 1 {
+		t.Fatalf("release: %v %v", freed, err)
+	}
+	if leases, err := New(mustConfig(t, cfg, ""), st).Allocate(key(1000), nil); err != nil || len(leases) != 1 || seen[leases[0].IP] != 1 {
+		t.Fatalf("after a release: %v %v, want the freed address", leases, err)
+	}
+}

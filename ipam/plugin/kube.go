@@ -16,6 +16,7 @@ import (
 	"github.com/warpnet/warpnet/internal/buildinfo"
 	"github.com/warpnet/warpnet/internal/cniargs"
 	"github.com/warpnet/warpnet/internal/cnierr"
+	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/internal/nodefacts"
 	"github.com/warpnet/warpnet/ipam/config"
 	"github.com/warpnet/warpnet/ipam/kube"
@@ -170,8 +171,15 @@ func (r *kubeRun) prepareAdd(args *skel.CmdArgs) (*kube.Selection, []*kube.IPAll
 // poolsTTL is how long a node reuses its list of the cluster's IPPools:
 // pools change rarely, and reading them once per ADD would be a third of
 // its requests. A pool the list lacks is looked up again at once; other
-// changes (new exclusions, a deleted pool) are seen within poolsTTL.
+// changes (new exclusions, a deleted pool) are seen within poolsTTL, or
+// poolsStale while the API server is slow to answer the refresh.
 const poolsTTL = 5 * time.Second
+
+// poolsStale bounds how old a list the node's other processes keep using
+// while one of them refreshes it: without it, every ADD that starts while
+// the list is expired lists the pools too, so a burst of ADDs costs one
+// list each when the API server is slow, which makes it slower.
+const poolsStale = 30 * time.Second
 
 type poolsCache struct {
 	At    time.Time     `json:"at"`
@@ -184,7 +192,18 @@ func (r *kubeRun) selectPools(pod *kube.Pod, ifName string) (*kube.Selection, er
 	path := filepath.Join(kubestore.Dir(r.cfg.DataDir, r.cfg.Network), "pools.json")
 	var cached poolsCache
 	if data, err := os.ReadFile(path); err == nil && json.Unmarshal(data, &cached) == nil {
-		if age := time.Since(cached.At); age >= 0 && age < poolsTTL {
+		age := time.Since(cached.At)
+		usable := age >= 0 && age < poolsTTL
+		if !usable && age >= 0 && age < poolsStale {
+			// Expired: one process of the node refreshes it, the others
+			// keep using it meanwhile.
+			if refresh, err := flock.Open(path + ".lock"); err == nil {
+				defer refresh.Close() // held until the new list is written
+				got, err := refresh.TryLock()
+				usable = err == nil && !got
+			}
+		}
+		if usable {
 			sel, err := kube.Select(r.ctx, r.client, r.cfg, pod, r.node, ifName, cached.Pools)
 			if !errors.Is(err, kube.ErrNoPool) {
 				return sel, err

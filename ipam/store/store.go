@@ -25,10 +25,10 @@ type Reservation struct {
 
 // Store holds the reservations of one network. Every method except Lock and
 // Close must be called with the lock held, so a read followed by a write is
-// consistent across concurrent plugin processes. The lock serialises the
-// allocators that share the store's cursors: for the disk store, every
-// allocator of the network; for the Kubernetes store, those of one node
-// (Reserve is atomic across the cluster on its own there).
+// consistent across concurrent plugin processes (a Claimer relaxes this).
+// The lock serialises the allocators that share the store's cursors: for
+// the disk store, every allocator of the network; for the Kubernetes store,
+// those of one node (Reserve is atomic across the cluster on its own there).
 type Store interface {
 	// Lock waits a bounded time; when another allocator held the lock
 	// all along, its error wraps flock.ErrTimeout (try again later).
@@ -73,4 +73,21 @@ type Store interface {
 // error messages.
 type OwnerDescriber interface {
 	DescribeOwner(ip netip.Addr) (string, error)
+}
+
+// Claimer is a store whose Reserve is a claim atomic on its own (the
+// Kubernetes store: the API server's create), so the lock only has to guard
+// the cursors. The allocator holds the lock just to pick a candidate and
+// move the cursor past it, and reserves after releasing it: a node's
+// allocators then wait for each other for a file read and write, not for an
+// API request. A candidate another allocator wins meanwhile is given up and
+// the next one picked. Reserve, ByKey, Release and ReleaseKey, which touch
+// one attachment's addresses, may be called without the lock.
+type Claimer interface {
+	Store
+	// KnownHeld reports whether the store knows, without asking anyone,
+	// that ip is held, so that the pick skips it. After Reserve returned
+	// false for ip it must report true: a lost candidate is never picked
+	// again by the same call.
+	KnownHeld(ip netip.Addr) (bool, error)
 }

@@ -118,29 +118,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	// warp-ipam reads the pod (annotations, owner); whereabouts does not.
 	pods := createBenchPods(b, k8s, allocs+fullN)
 
-	plugins := []struct {
-		name   string
-		plugin *harness.Plugin
-		conf   func(n *clusterNode, pool string) []byte
-	}{
-		{"warp-ipam", env.Plugin(b, "warp-ipam"), func(n *clusterNode, pool string) []byte {
-			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
-				"type": "warp-ipam", "store": "kubernetes", "kubeconfig": n.kubeconfig, "nodeName": n.name, "dataDir": n.dataDir,
-				"pool": pool, "detectConflicts": false, "timeout": "60s"}}))
-		}},
-		{"whereabouts", &harness.Plugin{Name: "whereabouts", Path: wbBin, CNIPath: filepath.Dir(wbBin)}, func(n *clusterNode, pool string) []byte {
-			r := wbRanges[pool]
-			// whereabouts wants its node's flat file (its DaemonSet
-			// writes one), here beside the node's state.
-			flat := n.dataDir + "-whereabouts.conf"
-			if _, err := os.Stat(flat); err != nil {
-				os.WriteFile(flat, harness.ConfigJSON(b, map[string]any{"kubernetes": map[string]any{"kubeconfig": n.kubeconfig}, "log_level": "error"}), 0o644)
-			}
-			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
-				"type": "whereabouts", "range": r[0], "range_start": r[1], "range_end": r[2], "log_level": "error",
-				"configuration_path": flat, "kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
-		}},
-	}
+	plugins := clusterPlugins(b, env, wbBin)
 
 	// The pools: the same sizes for both plugins, in subnets of their own.
 	warpPool := func(name, subnet string, size int) {
@@ -168,21 +146,25 @@ func BenchmarkIPAMCluster(b *testing.B) {
 		{fmt.Sprintf("%d allocations, pool of %d at 95%%", fullN, fullPool), "bench-full", pods[allocs:]},
 	}
 	results := map[string]map[string]*clusterRun{}
-	// WARP_BENCH_IPAM_ONLY=warp-ipam (or whereabouts) runs one plugin, for
-	// trial runs; make bench runs both.
+	// WARP_BENCH_IPAM_ONLY=warp-ipam (or whereabouts) runs one plugin (and
+	// warp-ipam's baseline), for trial runs; make bench runs both.
 	only := os.Getenv("WARP_BENCH_IPAM_ONLY")
-	for _, ph := range phases {
+	for i, ph := range phases {
 		results[ph.title] = map[string]*clusterRun{}
-		for _, p := range plugins {
-			if only != "" && p.name != only {
+		order := slices.Clone(plugins)
+		if i%2 == 1 && len(order) > 2 {
+			order[0], order[1] = order[1], order[0] // the two warp-ipam builds alternate
+		}
+		for _, p := range order {
+			if only != "" && !strings.HasPrefix(p.name, only) {
 				results[ph.title][p.name] = &clusterRun{plugin: p.name}
 				continue
 			}
 			b.Logf("%s: %s ...", ph.title, p.name)
 			r := runClusterADDs(b, api, hc, nodes, p.name, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
 			delAll(b, nodes, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
-			if p.name == "warp-ipam" {
-				r.leaks = warpLeaks(b, admin, ph.pool, ph.pool == "bench-full", full, nodes)
+			if p.dataDir != nil {
+				r.leaks = warpLeaks(b, admin, ph.pool, ph.pool == "bench-full", full, nodes, p.dataDir)
 			} else {
 				r.leaks = whereaboutsLeaks(b, hc, api.URL, ph.pool, ph.pool == "bench-full", full)
 			}
@@ -222,6 +204,10 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			fmt.Fprintf(&out, "| %s | **warp-ipam / whereabouts** | | | **%.1fx** | **%.1fx** faster | | | | |\n", ph.title,
 				(float64(w.ok)/w.wall.Seconds())/(float64(wb.ok)/wb.wall.Seconds()), float64(pct(wb.lat, 0.5))/float64(pct(w.lat, 0.5)))
 		}
+		if base := results[ph.title]["warp-ipam (baseline)"]; base != nil && w.ok > 0 && base.ok > 0 && w.wall > 0 && base.wall > 0 {
+			fmt.Fprintf(&out, "| %s | **warp-ipam / baseline** | | | **%.2fx** | **%.2fx** faster | | | | |\n", ph.title,
+				(float64(w.ok)/w.wall.Seconds())/(float64(base.ok)/base.wall.Seconds()), float64(pct(base.lat, 0.5))/float64(pct(w.lat, 0.5)))
+		}
 	}
 	for _, p := range plugins {
 		r0, r1 := results[phases[0].title][p.name], results[phases[1].title][p.name]
@@ -240,11 +226,57 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	}
 }
 
+// clusterPlugin is one cluster-wide IPAM plugin under test.
+type clusterPlugin struct {
+	name    string
+	plugin  *harness.Plugin
+	conf    func(n *clusterNode, pool string) []byte
+	dataDir func(n *clusterNode) string // warp-ipam's node-local state; nil for whereabouts
+}
+
+// clusterPlugins returns warp-ipam and whereabouts (its binary wbBin),
+// configured for a pool name (whereabouts' range for it is in wbRanges),
+// and with WARP_BENCH_IPAM_BASELINE=path another warp-ipam binary (say,
+// one built from main) beside this one, on the same pools and pods: a
+// before/after comparison under the same load on a shared machine.
+func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugin {
+	warpIPAM := func(name string, plugin *harness.Plugin, suffix string) clusterPlugin {
+		dataDir := func(n *clusterNode) string { return n.dataDir + suffix }
+		return clusterPlugin{name, plugin, func(n *clusterNode, pool string) []byte {
+			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
+				"type": "warp-ipam", "store": "kubernetes", "kubeconfig": n.kubeconfig, "nodeName": n.name, "dataDir": dataDir(n),
+				"pool": pool, "detectConflicts": false, "timeout": "60s"}}))
+		}, dataDir}
+	}
+	plugins := []clusterPlugin{
+		warpIPAM("warp-ipam", env.Plugin(b, "warp-ipam"), ""),
+		{"whereabouts", &harness.Plugin{Name: "whereabouts", Path: wbBin, CNIPath: filepath.Dir(wbBin)}, func(n *clusterNode, pool string) []byte {
+			r := wbRanges[pool]
+			// whereabouts wants its node's flat file (its DaemonSet
+			// writes one), here beside the node's state.
+			flat := n.dataDir + "-whereabouts.conf"
+			if _, err := os.Stat(flat); err != nil {
+				os.WriteFile(flat, harness.ConfigJSON(b, map[string]any{"kubernetes": map[string]any{"kubeconfig": n.kubeconfig}, "log_level": "error"}), 0o644)
+			}
+			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
+				"type": "whereabouts", "range": r[0], "range_start": r[1], "range_end": r[2], "log_level": "error",
+				"configuration_path": flat, "kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
+		}, nil},
+	}
+	if base := os.Getenv("WARP_BENCH_IPAM_BASELINE"); base != "" {
+		harness.RequireTools(b, base)
+		bp := warpIPAM("warp-ipam (baseline)", &harness.Plugin{Name: "warp-ipam", Path: base, CNIPath: filepath.Dir(base)}, "-baseline")
+		plugins = slices.Insert(plugins, 1, bp)
+	}
+	return plugins
+}
+
 // wbRanges are whereabouts' ranges (range, range_start, range_end) of the
 // same sizes as warp-ipam's pools.
 var wbRanges = map[string][3]string{
 	"bench":      {"10.91.0.0/20", "10.91.0.10", addrAdd(netip.MustParseAddr("10.91.0.10"), clusterPool-1).String()},
 	"bench-full": {"10.93.0.0/19", "10.93.0.10", addrAdd(netip.MustParseAddr("10.93.0.10"), fullPool-1).String()},
+	"cpu":        {"10.95.0.0/20", "10.95.0.10", addrAdd(netip.MustParseAddr("10.95.0.10"), clusterPool-1).String()},
 }
 
 func addrAdd(a netip.Addr, n int) netip.Addr {
@@ -508,7 +540,7 @@ func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf fun
 
 // warpLeaks counts the pool's IPAllocations beyond the prefilled ones, and
 // releases still queued on the nodes.
-func warpLeaks(b *testing.B, c *kube.Client, pool string, prefilled bool, nPrefill int, nodes []*clusterNode) int {
+func warpLeaks(b *testing.B, c *kube.Client, pool string, prefilled bool, nPrefill int, nodes []*clusterNode, dataDir func(*clusterNode) string) int {
 	names, err := c.ListAllocationNames(context.Background(), kube.LabelPool+"="+pool, false)
 	if err != nil {
 		b.Fatal(err)
@@ -518,7 +550,7 @@ func warpLeaks(b *testing.B, c *kube.Client, pool string, prefilled bool, nPrefi
 		leaks -= nPrefill
 	}
 	for _, n := range nodes {
-		ents, _ := os.ReadDir(filepath.Join(kubestore.Dir(n.dataDir, "bench-cluster"), "journal"))
+		ents, _ := os.ReadDir(filepath.Join(kubestore.Dir(dataDir(n), "bench-cluster"), "journal"))
 		leaks += len(ents)
 	}
 	return leaks

@@ -201,6 +201,8 @@ type Call struct {
 type Outcome struct {
 	Stdout, Stderr []byte
 	ExitCode       int // -1 if the plugin was killed by a signal
+	// CPU is the CPU time (user and system) the plugin process used.
+	CPU time.Duration
 	// Err is the CNI error the plugin printed (on stdout per the spec, on
 	// stderr as a fallback) when it exited non-zero; nil if none parsed.
 	Err *types.Error
@@ -283,7 +285,8 @@ func (p *Plugin) Exec(ctx context.Context, c Call) (*Outcome, error) {
 	if cmd.ProcessState == nil {
 		return nil, fmt.Errorf("harness: run CNI plugin %s: %w", p.Path, err)
 	}
-	o := &Outcome{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode()}
+	o := &Outcome{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode(),
+		CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
 	if o.ExitCode != 0 {
 		o.Err = parseCNIError(o.Stdout)
 		if o.Err == nil {

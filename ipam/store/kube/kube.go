@@ -5,7 +5,10 @@
 // What stays on the node, in <dataDir>/<network>.kubernetes/:
 //
 //	lock             flock(2) serialising this node's allocators of the network
-//	                 (they share the cursors; other nodes never wait for it)
+//	                 while they pick a candidate and move the cursor past it;
+//	                 the create runs after it is released (a store.Claimer),
+//	                 so the node's processes never wait for each other's API
+//	                 requests (other nodes never wait for it at all)
 //	cursor.<pools>   where this node's dynamic allocation continues; a new node
 //	                 starts at an offset derived from its name, so nodes draw
 //	                 from different parts of a pool and rarely race
@@ -16,7 +19,8 @@
 //	                 was down): DEL succeeds, and every later call of the plugin
 //	                 on this node retries them first
 //	taken.<pools>    which addresses the pools held when this node last listed
-//	                 them (after losing a race): a hint for the next ADDs, so a
+//	                 them (after losing a race; one process lists at a time,
+//	                 under taken.<pools>.lock): a hint for the next ADDs, so a
 //	                 nearly full pool costs one list per node every few seconds
 //	                 instead of one per ADD; it only ever makes an ADD skip an
 //	                 address (a stale hint that leaves nothing free is
@@ -86,7 +90,7 @@ type Store struct {
 // hintTTL is how long a node trusts its list of held addresses.
 const hintTTL = 10 * time.Second
 
-var _ store.Store = (*Store)(nil)
+var _ store.Claimer = (*Store)(nil)
 
 // Dir is where the node-local state of network lives under dataDir.
 func Dir(dataDir, network string) string { return filepath.Join(dataDir, network+".kubernetes") }
@@ -265,16 +269,8 @@ func (s *Store) Reserve(k store.Key, ip netip.Addr) (bool, error) {
 	}
 	pinned := s.owner.StatefulSet != nil
 	adopt := s.adopt[ip]
-	if s.taken == nil && !s.hintChecked {
-		// A node that recently listed a nearly full pool skips what it
-		// knows is held from the first candidate on.
-		s.hintChecked = true
-		if err := s.loadTaken(true, true); err != nil {
-			return false, err
-		}
-	}
-	if adopt == nil && s.taken[ip] {
-		return false, nil
+	if held, err := s.KnownHeld(ip); err != nil || (adopt == nil && held) {
+		return false, err
 	}
 	retry := false // an earlier Reserve of this attachment may have claimed ip already
 	if err := s.updateEntry(k, ip, func(e *entry) bool {
@@ -373,6 +369,20 @@ func (s *Store) ours(a *kube.IPAllocation) bool {
 		a.Spec.Pod.Interface == s.owner.Pod.Interface
 }
 
+// KnownHeld reports ip as held when this call lost it already or the
+// node's recent list of the pools' held addresses has it: a node that
+// recently listed a nearly full pool skips what it knows is held from the
+// first candidate on.
+func (s *Store) KnownHeld(ip netip.Addr) (bool, error) {
+	if s.taken == nil && !s.hintChecked {
+		s.hintChecked = true
+		if err := s.loadTaken(true, true); err != nil {
+			return false, err
+		}
+	}
+	return s.taken[ip], nil
+}
+
 // hint is the node's last list of the held addresses of some pools.
 type hint struct {
 	At    time.Time    `json:"at"`
@@ -384,18 +394,23 @@ type hint struct {
 // then it refreshes the hint); with hintOnly, only from a fresh hint.
 func (s *Store) loadTaken(useHint, hintOnly bool) error {
 	labels, path := s.poolLabels(), s.hintPath()
-	if useHint {
-		var h hint
-		if err := readJSON(path, &h); err == nil && time.Since(h.At) < hintTTL && time.Since(h.At) >= 0 {
-			s.taken, s.fromHint = make(map[netip.Addr]bool, len(h.Addrs)), true
-			for _, ip := range h.Addrs {
-				s.taken[ip] = true
-			}
-			return nil
-		}
+	if useHint && s.freshHint(path) {
+		return nil
 	}
 	if hintOnly {
 		return nil
+	}
+	// One process of the node lists at a time; the others wait for its
+	// list and take it from the hint, instead of a burst of ADDs that lost
+	// races each listing the pools (thousands of names) at once.
+	if l, err := flock.Open(path + ".lock"); err == nil {
+		defer l.Close()
+		if d, ok := s.ctx.Deadline(); ok {
+			l.SetTimeout(time.Until(d))
+		}
+		if got, err := l.TryLock(); err == nil && !got && l.Lock() == nil && useHint && s.freshHint(path) {
+			return nil
+		}
 	}
 	at := time.Now()
 	// A hint may come from the API server's cache; Held (STATUS) reads
@@ -422,6 +437,20 @@ func (s *Store) loadTaken(useHint, hintOnly bool) error {
 		fmt.Fprintf(os.Stderr, "warp-ipam: cannot keep the list of held addresses in %s: %v\n", path, err)
 	}
 	return nil
+}
+
+// freshHint takes the held addresses from the node's hint at path if it
+// is recent enough.
+func (s *Store) freshHint(path string) bool {
+	var h hint
+	if err := readJSON(path, &h); err != nil || time.Since(h.At) >= hintTTL || time.Since(h.At) < 0 {
+		return false
+	}
+	s.taken, s.fromHint = make(map[netip.Addr]bool, len(h.Addrs)), true
+	for _, ip := range h.Addrs {
+		s.taken[ip] = true
+	}
+	return true
 }
 
 // Relist forgets a list of held addresses that came from the node's hint,

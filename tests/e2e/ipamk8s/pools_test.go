@@ -1,10 +1,13 @@
 package ipamk8s_test
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
@@ -167,4 +170,69 @@ func TestBadInput(t *testing.T) {
 	}
 	_ = cnierr.PluginNotAvailable
 	_ = slices.Contains[[]string]
+}
+
+// A burst of concurrent ADDs on two nodes fills a pool exactly: the node
+// lock covers only the pick of a candidate and the create runs outside it,
+// so a node's processes claim at the same time, lose races to the other
+// node and to each other's wrap-around, and still every pod gets its own
+// address, every address of the pool is used once, and DEL frees them all.
+func TestConcurrentADDsFillAPool(t *testing.T) {
+	c := newCluster(t, "node1", "node2")
+	const size = 24 // the pool's addresses, and the ADDs
+	c.pool("burst", kube.IPPoolSpec{Subnet: "10.62.0.0/24", Ranges: []kube.PoolRange{{Start: "10.62.0.10", End: fmt.Sprintf("10.62.0.%d", 10+size-1)}}})
+	type add struct {
+		n   *node
+		pod *corev1.Pod
+		o   *harness.Outcome
+		err error
+	}
+	adds := make([]*add, size)
+	for i := range adds {
+		n := c.nodes[fmt.Sprintf("node%d", i%2+1)]
+		adds[i] = &add{n: n, pod: c.createPod("default", fmt.Sprintf("burst-%d", i), n.name, nil)}
+	}
+	var wg sync.WaitGroup
+	for _, a := range adds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			a.o, a.err = a.n.ipam.Exec(ctx, a.n.call("ADD", a.pod.Name, "net1", a.pod, a.n.conf(map[string]any{"pool": "burst"})))
+		}()
+	}
+	wg.Wait()
+	got := map[string]string{}
+	for _, a := range adds {
+		if a.err != nil || a.o.ExitCode != 0 {
+			t.Fatalf("%s on %s: %v %v", a.pod.Name, a.n.name, a.err, a.o)
+		}
+		res := harness.ParseResult(t, a.o.Stdout)
+		ip := res.IPs[0].Address.IP.String()
+		if prev, dup := got[ip]; dup {
+			t.Fatalf("%s got %s, which %s got too", a.pod.Name, ip, prev)
+		}
+		got[ip] = a.pod.Name
+	}
+	objs := c.allocations()
+	if len(got) != size || len(objs) != size {
+		t.Fatalf("%d addresses handed out, %d IPAllocations; want %d of each", len(got), len(objs), size)
+	}
+	for ip, pod := range got {
+		if o := objs[ip]; o.Spec.Pod.Name != pod {
+			t.Errorf("IPAllocation %s names pod %s, want %s", ip, o.Spec.Pod.Name, pod)
+		}
+	}
+	for _, a := range adds {
+		a.n.del(a.pod.Name, "net1", a.pod, a.n.conf(nil))
+	}
+	if left := c.addresses(); len(left) != 0 {
+		t.Fatalf("after DEL, still allocated: %v", left)
+	}
+	for _, n := range c.nodes {
+		if idx, j := n.index(), n.journal(); len(idx) != 0 || len(j) != 0 {
+			t.Errorf("%s: index %v, journal %v left", n.name, idx, j)
+		}
+	}
 }
