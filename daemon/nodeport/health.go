@@ -89,7 +89,7 @@ func (s *healthServers) apply(ports map[uint16]bool, want map[uint16]health) err
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failed) > 0 {
-		ports, want = maps.Clone(ports), maps.Clone(want)
+		ports, want = cloneOrNew(ports), cloneOrNew(want)
 		for port, h := range s.failed {
 			if !ports[port] {
 				ports[port], want[port] = true, h
@@ -122,6 +122,13 @@ func (s *healthServers) apply(ports map[uint16]bool, want map[uint16]health) err
 		hs.mu.Unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// cloneOrNew is a copy of m that can be written (maps.Clone(nil) is nil).
+func cloneOrNew[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	maps.Copy(out, m)
+	return out
 }
 
 func (s *healthServers) start(port uint16) (*healthServer, error) {
