@@ -132,6 +132,7 @@ func (w *world) northSouth(t *testing.T) {
 	}
 	for _, p := range pods.Items {
 		podOn[p.Spec.NodeName] = p.Name
+		w.long[p.Name] = p.Spec.NodeName // they stay: later leftover checks count them
 	}
 	if podOn[n1.Name] == "" || podOn[n2.Name] == "" {
 		t.Fatalf("ns-web's pods are not on both nodes: %v", podOn)
@@ -193,6 +194,7 @@ func (w *world) northSouth(t *testing.T) {
 		p, err := cl.CoreV1().Pods(ns).Get(ctx, "ns-local", metav1.GetOptions{})
 		return err == nil && p.Status.Phase == corev1.PodRunning
 	})
+	w.long["ns-local"] = n1.Name
 	local, err := cl.CoreV1().Services(ns).Get(ctx, "ns-local", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
