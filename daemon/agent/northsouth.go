@@ -33,25 +33,35 @@ func (a *Agent) openNorthSouth() error {
 	return nil
 }
 
-// syncNorthSouth writes the external frontends of desired into the
-// north-south maps; force compares with the maps themselves (resync).
-func (a *Agent) syncNorthSouth(desired []services.Entry, force bool) {
+// syncNorthSouth writes the external frontends into the north-south
+// maps as the socket LB's sync does: the frontends that changed only
+// (changed, from the tracker), or everything when full (resync, which
+// also compares with the maps themselves) or when the reconciler has not
+// had a full pass yet.
+func (a *Agent) syncNorthSouth(changed []services.Frontend, full bool) {
 	if a.ns == nil {
 		return
 	}
-	if force {
+	if full {
 		if n, err := a.ns.Resync(); err != nil {
 			a.log.Warn("north-south: collecting stale entries failed", "err", err)
 		} else if n > 0 {
 			a.log.Info("north-south: collected stale entries", "entries", n)
 		}
 	}
-	st, err := a.ns.Sync(desired)
+	var st nodeport.Stats
+	var err error
+	if full || a.ns.NeedsFull() {
+		st, err = a.ns.Sync(a.tracker.Entries())
+	} else {
+		st, err = a.ns.Apply(changed, a.tracker.Desired)
+	}
 	switch {
 	case err != nil:
-		a.log.Error("north-south sync failed in part; retried at the next resync", "err", err, "upserted", st.Upserted, "deleted", st.Deleted)
+		a.log.Error("north-south sync failed in part; retried at the next change or resync", "err", err, "upserted", st.Upserted, "deleted", st.Deleted)
 	case st.Upserted+st.Deleted > 0:
-		a.log.Info("north-south synced", "services", st.Services, "upserted", st.Upserted, "deleted", st.Deleted, "interfaces", len(st.Interfaces))
+		a.log.Info("north-south synced", "services", st.Services, "compared", st.Compared, "upserted", st.Upserted, "deleted", st.Deleted,
+			"full", full, "interfaces", len(st.Interfaces))
 	}
 }
 

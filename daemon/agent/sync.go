@@ -49,7 +49,7 @@ func (a *Agent) sync(ctx context.Context, full bool) {
 	// to the backends it removed are stale now.
 	a.destroyStale(st.Removed)
 	if a.ns != nil {
-		a.syncNorthSouth(a.tracker.Entries(), full)
+		a.syncNorthSouth(changed, full)
 	}
 	dur := time.Since(start)
 	a.record(st, err, start, dur)

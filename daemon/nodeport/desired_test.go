@@ -203,3 +203,41 @@ func TestHealthCheckNodePort(t *testing.T) {
 		t.Error("the port still answers after its service is gone")
 	}
 }
+
+// An incremental update touches only the ports it is given, and a port
+// whose server could not start (taken) is retried by every later update,
+// even one about other ports: incremental syncs would otherwise never
+// come back to it.
+func TestHealthServersRetryAPortThatWasTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(taken.Addr().(*net.TCPAddr).Port)
+	hs := newHealthServers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, slog.New(slog.DiscardHandler))
+	defer hs.close()
+	want := map[uint16]health{port: {namespace: "ns", name: "web", local: 1}}
+	if err := hs.apply(map[uint16]bool{port: true}, want); err == nil {
+		t.Fatal("serving a port another socket holds did not fail")
+	}
+	taken.Close()
+	// an update about nothing else: the port is retried
+	if err := hs.apply(nil, nil); err != nil {
+		t.Fatalf("retry once the port is free: %v", err)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatalf("the health check port is not served after the retry: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("health check: %d, want 200", resp.StatusCode)
+	}
+	// an update about another port leaves this one alone
+	if err := hs.apply(map[uint16]bool{port + 1: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if hs.ports[port] == nil {
+		t.Error("an update about another port stopped this one")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -52,8 +53,9 @@ type healthServers struct {
 	addrs []netip.Addr
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	ports map[uint16]*healthServer
+	mu     sync.Mutex
+	ports  map[uint16]*healthServer
+	failed map[uint16]health // wanted, but the server did not start: retried by every apply
 }
 
 type healthServer struct {
@@ -63,21 +65,54 @@ type healthServer struct {
 }
 
 func newHealthServers(addrs []netip.Addr, log *slog.Logger) *healthServers {
-	return &healthServers{addrs: addrs, log: log, ports: map[uint16]*healthServer{}}
+	return &healthServers{addrs: addrs, log: log, ports: map[uint16]*healthServer{}, failed: map[uint16]health{}}
 }
 
-// sync starts servers for new ports, updates the answers and stops the
-// servers of ports no longer wanted.
+// sync serves exactly the ports of want: it starts servers for new ports,
+// updates the answers and stops the servers of ports no longer wanted.
 func (s *healthServers) sync(want map[uint16]health) error {
 	s.mu.Lock()
+	ports := map[uint16]bool{}
+	for port := range s.ports {
+		ports[port] = true
+	}
+	s.mu.Unlock()
+	for port := range want {
+		ports[port] = true
+	}
+	return s.apply(ports, want)
+}
+
+// apply brings the given ports (only those) to want: a port in want is
+// served with its answer, one absent from want is stopped.
+func (s *healthServers) apply(ports map[uint16]bool, want map[uint16]health) error {
+	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.failed) > 0 {
+		ports, want = cloneOrNew(ports), cloneOrNew(want)
+		for port, h := range s.failed {
+			if !ports[port] {
+				ports[port], want[port] = true, h
+			}
+		}
+	}
 	var errs []error
-	for port, h := range want {
+	for port := range ports {
+		h, ok := want[port]
+		delete(s.failed, port)
+		if !ok {
+			if hs := s.ports[port]; hs != nil {
+				hs.stop()
+				delete(s.ports, port)
+			}
+			continue
+		}
 		hs := s.ports[port]
 		if hs == nil {
 			var err error
 			if hs, err = s.start(port); err != nil {
 				errs = append(errs, err)
+				s.failed[port] = h
 				continue
 			}
 			s.ports[port] = hs
@@ -86,13 +121,14 @@ func (s *healthServers) sync(want map[uint16]health) error {
 		hs.h = h
 		hs.mu.Unlock()
 	}
-	for port, hs := range s.ports {
-		if _, ok := want[port]; !ok {
-			hs.stop()
-			delete(s.ports, port)
-		}
-	}
 	return errors.Join(errs...)
+}
+
+// cloneOrNew is a copy of m that can be written (maps.Clone(nil) is nil).
+func cloneOrNew[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	maps.Copy(out, m)
+	return out
 }
 
 func (s *healthServers) start(port uint16) (*healthServer, error) {

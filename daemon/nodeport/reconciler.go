@@ -1,9 +1,11 @@
 package nodeport
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -71,14 +73,20 @@ type Reconciler struct {
 	lb     *np.LB
 	health *healthServers
 
-	mu      sync.Mutex                   // guards applied
+	mu      sync.Mutex                   // guards what follows
 	applied map[np.ServiceKey]np.Service // nil until read from the maps
+	idx     *index                       // the desired north-south state; nil until the first Sync
+	retry   map[np.ServiceKey]bool       // services whose last write failed
 }
 
-// Stats is what a Sync did.
+// Stats is what a Sync or Apply did.
 type Stats struct {
-	Services, Upserted, Deleted int
-	Interfaces                  map[int]np.Role
+	Services int // north-south services desired
+	// Compared counts the services built and compared with what was
+	// applied: all of them in a Sync, the changed ones in an Apply.
+	Compared          int
+	Upserted, Deleted int
+	Interfaces        map[int]np.Role
 }
 
 // Open loads (or adopts) the pinned north-south load balancer and writes
@@ -134,25 +142,26 @@ func (r *Reconciler) Close() error {
 // LB is the open load balancer (for status and tests).
 func (r *Reconciler) LB() *np.LB { return r.lb }
 
-// Sync makes the maps hold Desired(entries): changed services are
-// rewritten, gone ones deleted. It first tells the programs the node's
-// interfaces (pod veths come and go) and attaches them, then updates the
-// health servers. Errors of single services do not stop the others.
+// Sync is the full pass: it makes the maps hold Desired(entries),
+// comparing every service with what was applied (with the maps
+// themselves after Resync): changed services are rewritten, gone ones
+// deleted. It first tells the programs the node's interfaces (pod veths
+// come and go) and attaches them, then updates the health servers.
+// Errors of single services do not stop the others.
 func (r *Reconciler) Sync(entries []services.Entry) (Stats, error) {
-	var st Stats
-	var errs []error
-	roles, err := r.syncInterfaces()
-	st.Interfaces = roles
-	if err != nil {
-		errs = append(errs, err)
+	x := newIndex()
+	touched := map[np.ServiceKey]bool{}
+	for _, e := range entries {
+		x.set(e.Frontend, e, true, touched)
 	}
-	desired := Desired(entries, r.cfg.Mode, r.cfg.TableSize)
-	st.Services = len(desired)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.idx, r.retry = x, map[np.ServiceKey]bool{}
+	st, errs := r.begin()
 	if r.applied == nil {
 		cur, err := r.lb.Services()
 		if err != nil {
+			r.idx = nil // not synced: the next sync is a full one again
 			return st, errors.Join(append(errs, err)...)
 		}
 		r.applied = map[np.ServiceKey]np.Service{}
@@ -160,41 +169,109 @@ func (r *Reconciler) Sync(entries []services.Entry) (Stats, error) {
 			r.applied[s.Key()] = s
 		}
 	}
-	want := map[np.ServiceKey]bool{}
-	for _, s := range desired {
-		want[s.Key()] = true
-		if old, ok := r.applied[s.Key()]; ok && Same(old, s) {
-			continue
-		}
-		if err := r.lb.Upsert(s); err != nil {
-			errs = append(errs, err)
-			delete(r.applied, s.Key()) // unknown: rewritten next time
-			continue
-		}
-		r.applied[s.Key()] = s
-		st.Upserted++
-	}
 	for k := range r.applied {
-		if want[k] {
-			continue
-		}
-		if err := r.lb.Delete(k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		delete(r.applied, k)
-		st.Deleted++
+		touched[k] = true
 	}
-	if len(errs) == 0 && r.lb.Staged() != "" {
+	errs = append(errs, r.write(touched, &st)...)
+	_, want := x.health(touched)
+	if err := r.health.sync(want); err != nil {
+		errs = append(errs, err)
+	}
+	return st, errors.Join(errs...)
+}
+
+// NeedsFull says whether the next sync must be a Sync: before the first,
+// and after Resync or a Sync that could not read the maps.
+func (r *Reconciler) NeedsFull() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.idx == nil || r.applied == nil
+}
+
+// Apply is the incremental pass, for the frontends whose desired entry
+// changed (services.Tracker.Update's result; desired is
+// Tracker.Desired): only the north-south services those frontends belong
+// to, before and after, are compared and written, and the health check
+// ports of those services updated, plus whatever failed last time. It
+// costs what changed, not what the cluster holds. Call Sync instead while
+// NeedsFull.
+func (r *Reconciler) Apply(changed []services.Frontend, desired func(services.Frontend) (services.Entry, bool)) (Stats, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.idx == nil || r.applied == nil {
+		return Stats{}, errors.New("nodeport: Apply before a full Sync")
+	}
+	st, errs := r.begin()
+	touched := map[np.ServiceKey]bool{}
+	for _, fe := range changed {
+		e, ok := desired(fe)
+		r.idx.set(fe, e, ok, touched)
+	}
+	for k := range r.retry {
+		touched[k] = true
+	}
+	errs = append(errs, r.write(touched, &st)...)
+	if err := r.health.apply(r.idx.health(touched)); err != nil {
+		errs = append(errs, err)
+	}
+	return st, errors.Join(errs...)
+}
+
+// begin starts a pass: the interfaces, and the services' count.
+func (r *Reconciler) begin() (Stats, []error) {
+	var st Stats
+	var errs []error
+	roles, err := r.syncInterfaces()
+	st.Interfaces = roles
+	if err != nil {
+		errs = append(errs, err)
+	}
+	st.Services = len(r.idx.byKey)
+	return st, errs
+}
+
+// write brings the services keys to what the index wants: compares each
+// with what was applied, upserts or deletes it; a service whose write
+// failed is retried by the next pass. Once nothing failed, rebuilt maps
+// are switched to. r.mu is held.
+func (r *Reconciler) write(keys map[np.ServiceKey]bool, st *Stats) []error {
+	var errs []error
+	sorted := slices.SortedFunc(maps.Keys(keys), func(a, b np.ServiceKey) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), compareBool(a.IPv6, b.IPv6))
+	})
+	for _, k := range sorted {
+		st.Compared++
+		delete(r.retry, k)
+		s, want := r.idx.service(k, r.cfg.Mode, r.cfg.TableSize)
+		old, had := r.applied[k]
+		switch {
+		case want && had && Same(old, s):
+		case want:
+			if err := r.lb.Upsert(s); err != nil {
+				errs = append(errs, err)
+				delete(r.applied, k) // unknown: rewritten next time
+				r.retry[k] = true
+				continue
+			}
+			r.applied[k] = s
+			st.Upserted++
+		case had:
+			if err := r.lb.Delete(k); err != nil {
+				errs = append(errs, err)
+				r.retry[k] = true
+				continue
+			}
+			delete(r.applied, k)
+			st.Deleted++
+		}
+	}
+	if len(errs) == 0 && len(r.retry) == 0 && r.lb.Staged() != "" {
 		// the rebuilt maps hold every service now: switch to them
 		if err := r.lb.Commit(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := r.health.sync(healthOf(entries)); err != nil {
-		errs = append(errs, err)
-	}
-	return st, errors.Join(errs...)
+	return errs
 }
 
 // Resync forgets what was applied, so the next Sync compares with the

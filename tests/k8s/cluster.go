@@ -18,7 +18,8 @@
 //   - network namespaces NAME-net (the underlay: bridge br0 10.200.0.1/24 and
 //     fd00:200::1/64, routes nothing to the machine) and NAME-nodeN (eth0
 //     10.200.0.1N and fd00:200::1N on that
-//     bridge). Kubernetes node names are the namespace names.
+//     bridge). Kubernetes node names are the namespace names. AddExternal
+//     adds NAME-ext, a host outside the cluster on that bridge (10.200.0.50).
 //   - cgroups warpnet-k8s/NAME in every hierarchy: every process the cluster
 //     starts is born in warpnet-k8s/NAME/system (cgroup v2, CLONE_INTO_CGROUP),
 //     and each node's pods live under warpnet-k8s/NAME/NAME-nodeN (kubelet's
@@ -661,6 +662,46 @@ func (c *Cluster) makeUnderlay() error {
 	return nil
 }
 
+// The external host's addresses: on the underlay, outside every cluster
+// CIDR.
+const (
+	ExternalIP  = "10.200.0.50"
+	ExternalIP6 = "fd00:200::50"
+)
+
+// External is a host outside the cluster on the nodes' underlay, as a
+// client of NodePorts and LoadBalancer IPs is: the network namespace
+// NAME-ext with eth0 on br0 (ExternalIP, ExternalIP6) and no route to pods
+// or Services.
+type External struct {
+	NetNS   string // /run/netns/NAME-ext
+	IP, IP6 string
+}
+
+// AddExternal creates the cluster's external host; Down removes it.
+func (c *Cluster) AddExternal() (*External, error) {
+	name := c.Name + "-ext"
+	for _, args := range [][]string{
+		{"netns", "add", name}, {"-n", name, "link", "set", "lo", "up"},
+		{"-n", c.netName(), "link", "add", "v-ext", "type", "veth", "peer", "name", "eth0", "netns", name},
+		{"-n", c.netName(), "link", "set", "v-ext", "master", "br0", "up"},
+		{"-n", name, "addr", "add", ExternalIP + "/24", "dev", "eth0"},
+		{"-n", name, "addr", "add", ExternalIP6 + "/64", "dev", "eth0", "nodad"},
+		{"-n", name, "link", "set", "eth0", "up"},
+	} {
+		if err := run(append([]string{"ip"}, args...)...); err != nil {
+			return nil, err
+		}
+	}
+	return &External{NetNS: "/run/netns/" + name, IP: ExternalIP, IP6: ExternalIP6}, nil
+}
+
+// Do runs fn in the external host's network namespace; sockets fn makes
+// stay there.
+func (e *External) Do(fn func() error) error {
+	return ns.WithNetNSPath(e.NetNS, func(ns.NetNS) error { return fn() })
+}
+
 // sysctlIn writes a per-network-namespace sysctl inside the namespace at path.
 func sysctlIn(path, key, value string) error {
 	return ns.WithNetNSPath(path, func(ns.NetNS) error {
@@ -1013,7 +1054,7 @@ func Down(dir string, log func(string, ...any)) error {
 	}
 	// 3. Network namespaces.
 	nets, _ := filepath.Glob("/run/netns/" + name + "-node*")
-	for _, p := range append(nets, "/run/netns/"+name+"-net") {
+	for _, p := range append(nets, "/run/netns/"+name+"-ext", "/run/netns/"+name+"-net") {
 		if fileExists(p) {
 			if err := run("ip", "netns", "del", filepath.Base(p)); err != nil {
 				errs = append(errs, err)

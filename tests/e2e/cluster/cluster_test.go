@@ -6,7 +6,9 @@
 // the kubelet, containerd's CRI, the scheduler, the DaemonSet controller.
 // The cluster is dual-stack. Pods run on both nodes: an address of each
 // family from each node's spec.podCIDRs, pod to pod and ClusterIPs across
-// nodes (IPv4 and IPv6) through warpd's cluster network and socket LB.
+// nodes (IPv4 and IPv6) through warpd's cluster network and socket LB;
+// NodePort and LoadBalancer Services from a client outside the cluster
+// through warpd's north-south load balancer (northsouth_test.go).
 // CoreDNS (built from the module proxy) serves the cluster's DNS through
 // that socket LB, and Multus (likewise) delegates eth0 to warp-veth and
 // net1 to warp-sriov on each node's simulated SR-IOV NIC, with VFs
@@ -57,6 +59,7 @@ func TestWarpnetOnRealCluster(t *testing.T) {
 		{"TwentyPodsInARowThenTenAtOnce", w.churn},
 		{"HelmUpgradeKeepsConnectionsAndNewPodsWork", w.upgrade},
 		{"CoreDNSResolvesServiceNamesOverUDPThroughTheSocketLB", w.coreDNS},
+		{"NodePortAndLoadBalancerFromOutsideWithoutKubeProxy", w.northSouth},
 		{"MultusDelegatesEth0ToWarpVethAndNet1ToWarpSRIOVOnTheAllocatedVF", w.multusSRIOV},
 	} {
 		start := time.Now()
@@ -134,8 +137,11 @@ func (w *world) nodesReadyAfterInstall(t *testing.T) {
 	w.image = image
 	start := time.Now()
 	// XDP on: pods get warp-veth's XDP datapath too, so the churn below
-	// also proves its map entries are removed with the pods.
-	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image, "--set", "cni.xdp=true")
+	// also proves its map entries are removed with the pods. The
+	// north-south load balancer on (tc: the nodes' eth0 is a veth), as
+	// README's "Running without kube-proxy" says: every subtest runs with
+	// its programs attached, and northSouth tests it from outside.
+	out, err := w.c.InstallWarpnet(ctx, w.helm, tar, image, "--set", "cni.xdp=true", "--set", "warpd.lb.attach=tc")
 	if err != nil {
 		t.Fatal(err)
 	}

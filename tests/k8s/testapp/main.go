@@ -3,7 +3,8 @@
 // internal/ociimage). Static, no shell needed:
 //
 //	testapp pause                 wait for SIGTERM (pod sandbox)
-//	testapp serve ADDR            HTTP: "<hostname> <pod IPs> from <client address>" on every path
+//	testapp serve ADDR            HTTP: "<hostname> <pod IPs> from <client address>" on every path;
+//	                              the same line answers every UDP datagram to ADDR
 //	testapp echo ADDR             TCP and UDP echo server
 //	testapp get URL [TRIES]       print the body of GET URL; retries connection errors (1s apart)
 //	testapp hold ADDR DURATION    one TCP connection to an echo server, a round trip
@@ -108,9 +109,26 @@ func links() error {
 
 func serve(addr string) error {
 	host, _ := os.Hostname()
+	who := func(client string) string {
+		return fmt.Sprintf("%s %s from %s\n", host, strings.Join(addrs(), ","), client)
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(who(from.String())), from)
+		}
+	}()
 	go func() { wait(); os.Exit(0) }()
 	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s from %s\n", host, strings.Join(addrs(), ","), r.RemoteAddr)
+		fmt.Fprint(w, who(r.RemoteAddr))
 	}))
 }
 
