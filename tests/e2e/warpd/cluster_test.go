@@ -312,10 +312,11 @@ func waitExit(t *testing.T, cmd *exec.Cmd, timeout time.Duration) error {
 	}
 }
 
-// waitLB waits until the pinned maps satisfy ok.
+// waitLB waits until the pinned maps satisfy ok (up to a minute: on a
+// loaded 2-core machine a sync of 60,000 frontends took over 20 s to begin).
 func (c *cluster) waitLB(what string, ok func([]servicelb.Service) bool) {
 	c.t.Helper()
-	harness.WaitFor(c.t, "warpd to program "+what, 20*time.Second, func() bool {
+	harness.WaitFor(c.t, "warpd to program "+what, 60*time.Second, func() bool {
 		svcs, _ := servicelb.PinnedServices(c.bpffs)
 		return ok(svcs)
 	})
