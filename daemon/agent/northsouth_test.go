@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,26 +73,11 @@ type syncedLine struct {
 	Full                                  bool
 }
 
-// lockedBuffer is a log sink written by warpd's goroutines and read by the
-// test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// nsSynced returns the "north-south synced" lines logged after the first
-// from lines.
-func (l *lockedBuffer) nsSynced(from int) []syncedLine {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// nsSynced returns the "north-south synced" lines of warpd's JSON log
+// after the first from lines.
+func nsSynced(logs *harness.OutputBuffer, from int) []syncedLine {
 	var out []syncedLine
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		var s syncedLine
 		if json.Unmarshal([]byte(line), &s) == nil && s.Msg == "north-south synced" {
 			out = append(out, s)
@@ -127,7 +110,7 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 		}
 	}
 	write(nsServices(n, nil, hc, "n1"))
-	var logs lockedBuffer
+	var logs harness.OutputBuffer
 	cfg := Config{ServicesFile: file, Poll: 20 * time.Millisecond, CgroupRoot: env.Cgroup("pods").Path, BPFFSRoot: env.BPFFS(),
 		Node:       services.Node{Name: "n1", Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00::10")}},
 		NorthSouth: &nodeport.Config{Attach: nodeport.AttachTC}}
@@ -160,10 +143,10 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 			}
 		}
 		in(func() error { a.sync(ctx, full); return nil })
-		lines := logs.nsSynced(seen)
+		lines := nsSynced(&logs, seen)
 		seen += len(lines)
 		if len(lines) != 1 {
-			t.Fatalf("%s: %d north-south sync lines, want 1: %+v\n%s", what, len(lines), lines, logs.b.String())
+			t.Fatalf("%s: %d north-south sync lines, want 1: %+v\n%s", what, len(lines), lines, logs.String())
 		}
 		// what the maps hold is what a full pass computes from every entry
 		want := nodeport.Desired(a.tracker.Entries(), nodeport.SNAT, 0)
@@ -232,7 +215,7 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 	// nothing to write: the incremental syncs left nothing behind. It
 	// logs no "synced" line then; the maps are checked all the same.
 	in(func() error { a.sync(ctx, true); return nil })
-	if lines := logs.nsSynced(seen); len(lines) != 0 {
+	if lines := nsSynced(&logs, seen); len(lines) != 0 {
 		t.Errorf("a resync after incremental syncs wrote something: %+v", lines)
 	}
 	got, err := a.ns.LB().Services()

@@ -83,15 +83,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	harness.RequireTools(b, "socat", "nsenter", warp)
 	wbBin, wbCRDs := whereaboutsBinary(b)
 	env := harness.New(b)
-	api := apiserver.Start(b)
-	var manifests []string
-	for _, m := range []string{"ipam.warpnet.io_ippools.yaml", "ipam.warpnet.io_ipallocations.yaml", "ipam.warpnet.io_ippool-overlap-policy.yaml"} {
-		manifests = append(manifests, filepath.Join(harness.RepoRoot(), "install", "crds", m))
-	}
-	for _, m := range []string{"whereabouts.cni.cncf.io_ippools.yaml", "whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml"} {
-		manifests = append(manifests, filepath.Join(wbCRDs, m))
-	}
-	api.ApplyManifests(b, manifests...)
+	api := ipamAPIServer(b, wbCRDs)
 	rc := rest.CopyConfig(api.RESTConfig())
 	rc.QPS, rc.Burst = 2000, 2000
 	k8s := kubernetes.NewForConfigOrDie(rc)
@@ -608,4 +600,19 @@ func whereaboutsBinary(b *testing.B) (string, string) {
 		}
 	}
 	return bin, bin + ".crds"
+}
+
+// ipamAPIServer starts a real API server with both plugins' CRDs: warp-ipam's
+// (and its overlap policy) and whereabouts' from wbCRDs.
+func ipamAPIServer(b *testing.B, wbCRDs string) *apiserver.Server {
+	api := apiserver.Start(b)
+	var manifests []string
+	for _, m := range []string{"ipam.warpnet.io_ippools.yaml", "ipam.warpnet.io_ipallocations.yaml", "ipam.warpnet.io_ippool-overlap-policy.yaml"} {
+		manifests = append(manifests, filepath.Join(harness.RepoRoot(), "install", "crds", m))
+	}
+	for _, m := range []string{"whereabouts.cni.cncf.io_ippools.yaml", "whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml"} {
+		manifests = append(manifests, filepath.Join(wbCRDs, m))
+	}
+	api.ApplyManifests(b, manifests...)
+	return api
 }

@@ -36,15 +36,7 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 	harness.RequireTools(b, "socat", "nsenter", warp)
 	wbBin, wbCRDs := whereaboutsBinary(b)
 	env := harness.New(b)
-	api := apiserver.Start(b)
-	var manifests []string
-	for _, m := range []string{"ipam.warpnet.io_ippools.yaml", "ipam.warpnet.io_ipallocations.yaml", "ipam.warpnet.io_ippool-overlap-policy.yaml"} {
-		manifests = append(manifests, filepath.Join(harness.RepoRoot(), "install", "crds", m))
-	}
-	for _, m := range []string{"whereabouts.cni.cncf.io_ippools.yaml", "whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml"} {
-		manifests = append(manifests, filepath.Join(wbCRDs, m))
-	}
-	api.ApplyManifests(b, manifests...)
+	api := ipamAPIServer(b, wbCRDs)
 	k8s := api.Client(b)
 	hc, err := rest.HTTPClientFor(api.RESTConfig())
 	if err != nil {
