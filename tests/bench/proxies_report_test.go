@@ -151,10 +151,14 @@ func (pb *proxyBench) publishShort(res []crrResult, scales []int) {
 			fmt.Fprintf(&md, "| %s | **all** | | | **%.0f** |\n", t.name, total)
 		}
 	}
-	rateChart, p99Chart := "bench-proxies-rate.png", "bench-proxies-p99.png"
-	pb.chart(res, scales, rateChart, "Short connections through a ClusterIP", "connections/s", func(r crrResult) float64 { return r.rate() })
-	pb.chart(res, scales, p99Chart, "Short connections: "+label+" latency", label+" (µs)", func(r crrResult) float64 { return percentile(r.lat, q) })
-	fmt.Fprintf(&md, "\n![connections per second by number of services](%s)\n![%s latency by number of services](%s)\n", rateChart, label, p99Chart)
+	if len(scales) < 2 { // a curve over one scale is a point, and a log axis needs a range
+		pb.b.Logf("charts: not drawn for a single scale (WARP_BENCH_SCALES=%d)", scales[0])
+	} else {
+		rateChart, p99Chart := "bench-proxies-rate.png", "bench-proxies-p99.png"
+		pb.chart(res, scales, rateChart, "Short connections through a ClusterIP", "connections/s", func(r crrResult) float64 { return r.rate() })
+		pb.chart(res, scales, p99Chart, "Short connections: "+label+" latency", label+" (µs)", func(r crrResult) float64 { return percentile(r.lat, q) })
+		fmt.Fprintf(&md, "\n![connections per second by number of services](%s)\n![%s latency by number of services](%s)\n", rateChart, label, p99Chart)
+	}
 	publish(pb.b, "proxies-short", md.String())
 }
 
@@ -332,6 +336,9 @@ type controlResult struct {
 // endpoint, and CPU time and peak RSS over a churn of EndpointSlice
 // updates.
 func (pb *proxyBench) controlPlane(scale int) {
+	if scale <= changeProbes {
+		pb.b.Fatalf("the control-plane part needs more than %d services (the largest of WARP_BENCH_SCALES): each change probe moves another service", changeProbes)
+	}
 	var proxies []*benchNode
 	for _, n := range pb.nodes {
 		if n.kind != "none" {
