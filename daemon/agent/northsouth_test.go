@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -167,21 +165,11 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 	}
 	health := func() int {
 		t.Helper()
-		// dialled in the node's namespace: http.Transport dials on
-		// goroutines of its own, which would be in the machine's
-		var conn net.Conn
-		in(func() (err error) {
-			conn, err = net.DialTimeout("tcp", fmt.Sprintf("192.168.1.10:%d", hc), 5*time.Second)
-			return err
-		})
-		hcl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
-		resp, err := hcl.Get(fmt.Sprintf("http://192.168.1.10:%d/", hc))
+		code, _, err := harness.HTTPGet(node.Do, fmt.Sprintf("192.168.1.10:%d", hc), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return code
 	}
 	<-a.src.Changes() // the first read
 

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,6 +100,30 @@ func serveTCP(l net.Listener, handle func(net.Conn)) {
 			}()
 		}
 	}()
+}
+
+// HTTPGet fetches http://addr/ (a health check port) over a connection
+// dialled inside a namespace by do (NetNS.Do or the like): http.Transport
+// dials on goroutines of its own, which would be in the machine's
+// namespace. It returns the status and the body, within timeout.
+func HTTPGet(do func(func() error) error, addr string, timeout time.Duration) (int, []byte, error) {
+	var conn net.Conn
+	if err := do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", addr, timeout)
+		return err
+	}); err != nil {
+		return 0, nil, err
+	}
+	defer conn.Close()
+	hc := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
+	resp, err := hc.Get("http://" + addr + "/")
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }
 
 // Exchange sends msg from inside n to addr ("host:port") over network

@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -69,27 +68,15 @@ func ask(ext *k8s.External, proto, addr string) (answer, error) {
 
 // healthCheck fetches a healthCheckNodePort from the external host.
 func healthCheck(ext *k8s.External, addr string) (int, map[string]any, error) {
-	var conn net.Conn
-	if err := ext.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", addr, 3*time.Second)
-		return err
-	}); err != nil {
-		return 0, nil, err
-	}
-	// the connection was made in the external host's namespace: the
-	// transport must not dial one of its own (from the machine's)
-	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
-	resp, err := hc.Get("http://" + addr + "/")
+	code, body, err := harness.HTTPGet(ext.Do, addr, 3*time.Second)
 	if err != nil {
-		return 0, nil, err
+		return code, nil, err
 	}
-	defer resp.Body.Close()
 	var v map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return resp.StatusCode, nil, err
+	if err := json.Unmarshal(body, &v); err != nil {
+		return code, nil, fmt.Errorf("%q: %w", body, err)
 	}
-	return resp.StatusCode, v, nil
+	return code, v, nil
 }
 
 func nodePortOf(svc *corev1.Service, name string) string {

@@ -2,13 +2,10 @@ package northsouth_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -402,26 +399,15 @@ func (c *cluster) waitSeen(t *testing.T, network string, fe netip.AddrPort, want
 
 // health fetches the healthCheckNodePort of a node from the client.
 func (c *cluster) health(addr netip.AddrPort) (int, map[string]any, error) {
-	var conn net.Conn
-	if err := c.ext.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", addr.String(), 5*time.Second)
-		return err
-	}); err != nil {
-		return 0, nil, err
-	}
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
-	resp, err := hc.Get("http://" + addr.String() + "/")
+	code, body, err := harness.HTTPGet(c.ext.Do, addr.String(), 5*time.Second)
 	if err != nil {
-		return 0, nil, err
+		return code, nil, err
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	var v map[string]any
 	if err := json.Unmarshal(body, &v); err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("%q: %w", body, err)
+		return code, nil, fmt.Errorf("%q: %w", body, err)
 	}
-	return resp.StatusCode, v, nil
+	return code, v, nil
 }
 
 // warpctl runs warpctl in n's namespace on n's pins.
