@@ -362,7 +362,7 @@ func (c *nsCluster) client(b *testing.B, mode, addr string, samples int) report.
 	defer cancel()
 	out, err := c.ext.Run(ctx, loadgen(b), mode, "--addr", addr, "--n", strconv.Itoa(samples), "--timeout", "3m",
 		"--cpu", strconv.Itoa(clientCPU), "--samples")
-	return parseReport(b, out, err)
+	return parseReport(b, mode+" "+addr+" from the external client", out, err)
 }
 
 // softirqTime is the time all CPUs have spent in softirq context so far

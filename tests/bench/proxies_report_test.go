@@ -541,7 +541,7 @@ func (pb *proxyBench) connectCost() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			out, err := cg.Run(ctx, pod, "", loadgen(b), "crr", "--addr", "10.97.0.1:80", "--n", "5000", "--samples", "--cpu", strconv.Itoa(clientCPU))
 			cancel()
-			rep := parseReport(b, out, err)
+			rep := parseReport(b, "connect-cost", out, err)
 			st1, _ := prog.Stats()
 			r.lat, r.elapsed = append(r.lat, rep.Latencies...), r.elapsed+rep.Elapsed
 			if runs := st1.RunCount - st0.RunCount; runs > 0 {
@@ -571,10 +571,10 @@ func (pb *proxyBench) connectCost() {
 	publish(b, "connect-cost", md.String())
 }
 
-func parseReport(b *testing.B, out string, err error) (r report.Report) {
+func parseReport(b *testing.B, what, out string, err error) (r report.Report) {
 	i := strings.Index(out, "{")
 	if err != nil || i < 0 || json.Unmarshal([]byte(out[i:]), &r) != nil || r.Errors > 0 {
-		b.Fatalf("loadgen: %v\n%.2000s", err, out)
+		b.Fatalf("loadgen %s: %v\n%.2000s", what, err, out)
 	}
 	return r
 }

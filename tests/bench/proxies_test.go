@@ -471,12 +471,7 @@ func (pb *proxyBench) client(n *benchNode, mode, addr string, samples int, extra
 	args := append([]string{loadgen(pb.b), mode, "--addr", addr, "--n", strconv.Itoa(samples), "--timeout", "3m",
 		"--cpu", strconv.Itoa(clientCPU)}, extra...)
 	out, err := pb.cg(n).Run(ctx, n.client, "", args...)
-	var r report.Report
-	i := strings.Index(out, "{")
-	if err != nil || i < 0 || json.Unmarshal([]byte(out[i:]), &r) != nil || r.Errors > 0 {
-		pb.b.Fatalf("loadgen %s %s on node %s: %v\n%.2000s", mode, addr, n.kind, err, out)
-	}
-	return r
+	return parseReport(pb.b, fmt.Sprintf("%s %s on node %s", mode, addr, n.kind), out, err)
 }
 
 func (pb *proxyBench) node(kind string) *benchNode {
