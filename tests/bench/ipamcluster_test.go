@@ -148,16 +148,22 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			order[0], order[1] = order[1], order[0] // the two warp-ipam builds alternate
 		}
 		for _, p := range order {
-			if only != "" && !strings.HasPrefix(p.name, only) {
+			if p.floor && ph.pool != "bench" {
+				continue // the floor has no cluster-wide pool to fill to 95%
+			}
+			if only != "" && !strings.HasPrefix(p.name, only) && !p.floor {
 				results[ph.title][p.name] = &clusterRun{plugin: p.name}
 				continue
 			}
 			b.Logf("%s: %s ...", ph.title, p.name)
 			r := runClusterADDs(b, api, hc, nodes, p.name, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
 			delAll(b, nodes, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
-			if p.dataDir != nil {
+			switch {
+			case p.floor:
+				r.leaks = hostLocalLeaks(b, nodes)
+			case p.dataDir != nil:
 				r.leaks = warpLeaks(b, admin, ph.pool, ph.pool == "bench-full", full, nodes, p.dataDir)
-			} else {
+			default:
 				r.leaks = whereaboutsLeaks(b, hc, api.URL, ph.pool, ph.pool == "bench-full", full)
 			}
 			b.Logf("%s: %s: %d ok, %d failed, %d not run in %v; %d duplicates, %d leaked", ph.title, p.name, r.ok, r.failed, r.notRun,
@@ -179,7 +185,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	for _, ph := range phases {
 		for _, p := range plugins {
 			r := results[ph.title][p.name]
-			if r.wall == 0 {
+			if r == nil || r.wall == 0 {
 				continue // not run (WARP_BENCH_IPAM_ONLY)
 			}
 			label, q := quantile(len(r.lat))
@@ -196,6 +202,10 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			fmt.Fprintf(&out, "| %s | **warp-ipam / whereabouts** | | | **%.1fx** | **%.1fx** faster | | | | |\n", ph.title,
 				(float64(w.ok)/w.wall.Seconds())/(float64(wb.ok)/wb.wall.Seconds()), float64(pct(wb.lat, 0.5))/float64(pct(w.lat, 0.5)))
 		}
+		if fl := results[ph.title][hostLocalFloor]; fl != nil && w.ok > 0 && fl.ok > 0 && w.wall > 0 && fl.wall > 0 {
+			fmt.Fprintf(&out, "| %s | **warp-ipam / floor** | | | **%.2fx** | | | | | |\n", ph.title,
+				(float64(w.ok)/w.wall.Seconds())/(float64(fl.ok)/fl.wall.Seconds()))
+		}
 		if base := results[ph.title]["warp-ipam (baseline)"]; base != nil && w.ok > 0 && base.ok > 0 && w.wall > 0 && base.wall > 0 {
 			fmt.Fprintf(&out, "| %s | **warp-ipam / baseline** | | | **%.2fx** | **%.2fx** faster | | | | |\n", ph.title,
 				(float64(w.ok)/w.wall.Seconds())/(float64(base.ok)/base.wall.Seconds()), float64(pct(base.lat, 0.5))/float64(pct(w.lat, 0.5)))
@@ -203,7 +213,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	}
 	for _, p := range plugins {
 		r0, r1 := results[phases[0].title][p.name], results[phases[1].title][p.name]
-		if r0.ok > 0 && r1.ok > 0 && r0.wall > 0 && r1.wall > 0 {
+		if r0 != nil && r1 != nil && r0.ok > 0 && r1.ok > 0 && r0.wall > 0 && r1.wall > 0 {
 			fmt.Fprintf(&out, "\n%s at 95%% full: %.2fx its rate from the empty pool.", p.name,
 				(float64(r1.ok)/r1.wall.Seconds())/(float64(r0.ok)/r0.wall.Seconds()))
 		}
@@ -224,6 +234,30 @@ type clusterPlugin struct {
 	plugin  *harness.Plugin
 	conf    func(n *clusterNode, pool string) []byte
 	dataDir func(n *clusterNode) string // warp-ipam's node-local state; nil for whereabouts
+	// floor: host-local on a range of its own per node, no API server: what
+	// a process per ADD costs on this machine with nothing cluster-wide.
+	floor bool
+}
+
+// hostLocalFloor names the floor's row.
+const hostLocalFloor = "host-local (floor: per node, no API server)"
+
+// hostLocalDir is where the floor's host-local keeps node n's addresses.
+func hostLocalDir(n *clusterNode) string { return n.dataDir + "-host-local" }
+
+// hostLocalLeaks counts the floor's addresses still held after the DELs
+// (host-local keeps a file per address, beside its lock and cursor files).
+func hostLocalLeaks(b *testing.B, nodes []*clusterNode) int {
+	leaks := 0
+	for _, n := range nodes {
+		ents, _ := os.ReadDir(filepath.Join(hostLocalDir(n), "bench-cluster"))
+		for _, e := range ents {
+			if _, err := netip.ParseAddr(e.Name()); err == nil {
+				leaks++
+			}
+		}
+	}
+	return leaks
 }
 
 // clusterPlugins returns warp-ipam and whereabouts (its binary wbBin),
@@ -234,15 +268,15 @@ type clusterPlugin struct {
 func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugin {
 	warpIPAM := func(name string, plugin *harness.Plugin, suffix string) clusterPlugin {
 		dataDir := func(n *clusterNode) string { return n.dataDir + suffix }
-		return clusterPlugin{name, plugin, func(n *clusterNode, pool string) []byte {
+		return clusterPlugin{name: name, plugin: plugin, dataDir: dataDir, conf: func(n *clusterNode, pool string) []byte {
 			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
 				"type": "warp-ipam", "store": "kubernetes", "kubeconfig": n.kubeconfig, "nodeName": n.name, "dataDir": dataDir(n),
 				"pool": pool, "detectConflicts": false, "timeout": "60s"}}))
-		}, dataDir}
+		}}
 	}
 	plugins := []clusterPlugin{
 		warpIPAM("warp-ipam", env.Plugin(b, "warp-ipam"), ""),
-		{"whereabouts", &harness.Plugin{Name: "whereabouts", Path: wbBin, CNIPath: filepath.Dir(wbBin)}, func(n *clusterNode, pool string) []byte {
+		{name: "whereabouts", plugin: &harness.Plugin{Name: "whereabouts", Path: wbBin, CNIPath: filepath.Dir(wbBin)}, conf: func(n *clusterNode, pool string) []byte {
 			r := wbRanges[pool]
 			// whereabouts wants its node's flat file (its DaemonSet
 			// writes one), here beside the node's state.
@@ -253,8 +287,22 @@ func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugi
 			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
 				"type": "whereabouts", "range": r[0], "range_start": r[1], "range_end": r[2], "log_level": "error",
 				"configuration_path": flat, "kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
-		}, nil},
+		}},
 	}
+	// The floor: node i hands out the i-th quarter of a subnet of its own.
+	harness.RequireTools(b, "/usr/lib/cni/host-local")
+	plugins = append(plugins, clusterPlugin{name: hostLocalFloor, floor: true,
+		plugin: &harness.Plugin{Name: "host-local", Path: "/usr/lib/cni/host-local", CNIPath: "/usr/lib/cni"},
+		conf: func(n *clusterNode, pool string) []byte {
+			var i int
+			fmt.Sscanf(n.name, "node%d", &i)
+			per := (clusterPool + clusterNodes - 1) / clusterNodes
+			start := addrAdd(netip.MustParseAddr("10.96.0.10"), (i-1)*per)
+			// cniVersion 1.0.0: Debian's host-local predates 1.1.0.
+			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
+				"type": "host-local", "dataDir": hostLocalDir(n), "ranges": [][]map[string]any{{{"subnet": "10.96.0.0/20",
+					"rangeStart": start.String(), "rangeEnd": addrAdd(start, per-1).String()}}}}}))
+		}})
 	if base := os.Getenv("WARP_BENCH_IPAM_BASELINE"); base != "" {
 		harness.RequireTools(b, base)
 		bp := warpIPAM("warp-ipam (baseline)", &harness.Plugin{Name: "warp-ipam", Path: base, CNIPath: filepath.Dir(base)}, "-baseline")
