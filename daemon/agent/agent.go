@@ -23,6 +23,7 @@ import (
 	"github.com/warpnet/warpnet/daemon/ipamgc"
 	"github.com/warpnet/warpnet/daemon/nodenet"
 	"github.com/warpnet/warpnet/daemon/nodeport"
+	"github.com/warpnet/warpnet/daemon/podfacts"
 	"github.com/warpnet/warpnet/daemon/reconcile"
 	"github.com/warpnet/warpnet/daemon/services"
 	"github.com/warpnet/warpnet/daemon/source"
@@ -59,6 +60,9 @@ type Config struct {
 	IPAMKubeconfig    string
 	ServiceAccountDir string
 	TokenCheck        time.Duration // how often; 0 = DefaultTokenCheck
+	// PodFacts is where the node's pods are published for warp-ipam
+	// (daemon/podfacts), in API server mode; "" = not published.
+	PodFacts string
 	// NorthSouth is the load balancer for NodePorts, ExternalIPs and
 	// LoadBalancer IPs reached from outside (northsouth.go); nil: off.
 	NorthSouth *nodeport.Config
@@ -90,6 +94,7 @@ type Agent struct {
 
 	net    *nodenet.Controller  // used by runNetwork's goroutine only
 	ipamGC *ipamgc.Collector    // nil unless Config.IPAMGC
+	pods   *podfacts.Publisher  // nil unless Config.PodFacts in API server mode
 	ns     *nodeport.Reconciler // nil unless Config.NorthSouth
 }
 
@@ -152,6 +157,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
 	}
+	if cfg.PodFacts != "" && cfg.ServicesFile == "" {
+		if a.pods, err = openPodFacts(cfg, log); err != nil {
+			lb.Close()
+			return nil, err
+		}
+		a.metrics.reg.MustRegister(a.pods.Collectors()...)
+	}
 	if err := a.openNorthSouth(); err != nil {
 		lb.Close()
 		return nil, err
@@ -166,6 +178,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			Facts: cfg.Network.FactsPath, Waiting: "the cluster's Nodes are not listed yet"}
 	}
 	return a, nil
+}
+
+func openPodFacts(cfg Config, log *slog.Logger) (*podfacts.Publisher, error) {
+	rc, err := source.ClientConfig(cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return podfacts.New(rc, cfg.Node.Name, cfg.PodFacts, log)
 }
 
 // nodeAddresses lists the global unicast addresses of the current network
@@ -215,6 +235,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() { defer close(done); a.ipamGC.Run(ctx) }()
+	}
+	if a.pods != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); a.pods.Run(ctx) }()
 	}
 	if a.cfg.IPAMKubeconfig != "" {
 		done := make(chan struct{})

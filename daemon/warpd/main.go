@@ -28,6 +28,7 @@ import (
 	"github.com/warpnet/warpnet/internal/buildinfo"
 	"github.com/warpnet/warpnet/internal/kubeconfig"
 	"github.com/warpnet/warpnet/internal/nodefacts"
+	"github.com/warpnet/warpnet/ipam/kube"
 )
 
 func main() {
@@ -102,6 +103,7 @@ Flags:
 	fs.DurationVar(&ipamGC.Grace, "ipam-gc-grace", ipamgc.DefaultGrace, "how long an address must look leaked (its pod gone, or its StatefulSet gone or scaled below the ordinal) before it is released")
 	fs.DurationVar(&ipamGC.Interval, "ipam-gc-interval", ipamgc.DefaultInterval, "time between sweeps over every IPAllocation")
 	fs.StringVar(&cfg.IPAMKubeconfig, "ipam-kubeconfig", "", "warp-ipam's kubeconfig, written by warp-install: warpd keeps its token the pod's current service account token, which the kubelet rotates (empty: not kept)")
+	fs.StringVar(&cfg.PodFacts, "pod-facts", "", "directory where the pods of this node are published for warp-ipam's kubernetes store, so that its ADDs need not read the pod from the API server; warp-ipam looks in "+kube.DefaultPodFactsDir+" (API server mode; empty: not published)")
 	fs.DurationVar(&cfg.TokenCheck, "ipam-token-check", agent.DefaultTokenCheck, "how often --ipam-kubeconfig is compared with the service account token")
 	fs.StringVar(&cfg.ServiceAccountDir, "service-account-dir", kubeconfig.DefaultServiceAccountDir, "the pod's service account (token), for --ipam-kubeconfig")
 	fs.StringVar(&ipamGC.LeaseNamespace, "ipam-gc-lease-namespace", ipamgc.DefaultLeaseNamespace, "namespace of the Lease electing the collecting warpd ("+ipamgc.DefaultLeaseName+")")

@@ -142,6 +142,7 @@ type Kube struct {
 	Pools      []string      // candidate IPPools, in order (pool or pools)
 	NodeName   string        // this node; "" = the one warpd publishes (in NodeFacts), else the hostname
 	NodeFacts  string        // where warpd publishes the node's facts; "" = nodefacts.DefaultPath
+	PodFacts   string        // where warpd publishes the node's pods; "" = kube.DefaultPodFactsDir
 	Timeout    time.Duration // bound on the API work of one call
 }
 
@@ -213,6 +214,7 @@ type storeJSON struct {
 		Kubeconfig string `json:"kubeconfig"`
 		NodeName   string `json:"nodeName"`
 		NodeFacts  string `json:"nodeFacts"`
+		PodFacts   string `json:"podFacts"`
 		Timeout    string `json:"timeout"`
 	} `json:"ipam"`
 	ValidAttachments  []types.GCAttachment `json:"cni.dev/valid-attachments"`
@@ -251,9 +253,12 @@ func LoadStore(stdin []byte) (*Config, error) {
 		c.Store = StoreLocal
 	case StoreKubernetes:
 		c.Store = StoreKubernetes
-		c.Kube = Kube{Kubeconfig: n.IPAM.Kubeconfig, NodeName: n.IPAM.NodeName, NodeFacts: n.IPAM.NodeFacts, Timeout: DefaultKubeTimeout}
+		c.Kube = Kube{Kubeconfig: n.IPAM.Kubeconfig, NodeName: n.IPAM.NodeName, NodeFacts: n.IPAM.NodeFacts, PodFacts: n.IPAM.PodFacts, Timeout: DefaultKubeTimeout}
 		if c.Kube.NodeFacts != "" && !filepath.IsAbs(c.Kube.NodeFacts) {
 			return nil, cnierr.Invalid("ipam.nodeFacts", "%q is not an absolute path", c.Kube.NodeFacts)
+		}
+		if c.Kube.PodFacts != "" && !filepath.IsAbs(c.Kube.PodFacts) {
+			return nil, cnierr.Invalid("ipam.podFacts", "%q is not an absolute path", c.Kube.PodFacts)
 		}
 		if c.Kube.Kubeconfig != "" && !filepath.IsAbs(c.Kube.Kubeconfig) {
 			return nil, cnierr.Invalid("ipam.kubeconfig", "%q is not an absolute path", c.Kube.Kubeconfig)

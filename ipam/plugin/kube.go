@@ -115,7 +115,7 @@ func (r *kubeRun) prepareAdd(args *skel.CmdArgs) (*kube.Selection, []*kube.IPAll
 	if err != nil {
 		return nil, nil, err
 	}
-	pod, err := r.client.GetPod(r.ctx, ns, name)
+	pod, err := r.readPod(ns, name, uid)
 	if kube.IsNotFound(err) {
 		return nil, nil, cnierr.New(types.ErrTryAgainLater, "pod %s/%s does not exist (deleted meanwhile?)", ns, name)
 	}
@@ -166,6 +166,23 @@ func (r *kubeRun) prepareAdd(args *skel.CmdArgs) (*kube.Selection, []*kube.IPAll
 	}
 	r.st.ForPod(r.cfg, owner, adopt)
 	return sel, superseded, nil
+}
+
+// readPod returns pod namespace/name as warpd published it on the node,
+// else from the API server. The published facts serve only when the
+// runtime named the pod's UID and it matches: a pod recreated under the
+// same name that warpd has not seen yet is read from the API server.
+func (r *kubeRun) readPod(ns, name, uid string) (*kube.Pod, error) {
+	if uid != "" {
+		dir := r.cfg.Kube.PodFacts
+		if dir == "" {
+			dir = kube.DefaultPodFactsDir
+		}
+		if pod, ok := kube.ReadPodFacts(dir, ns, name, uid); ok {
+			return pod, nil
+		}
+	}
+	return r.client.GetPod(r.ctx, ns, name)
 }
 
 // poolsTTL is how long a node reuses its list of the cluster's IPPools:

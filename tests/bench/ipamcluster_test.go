@@ -62,6 +62,32 @@ type clusterNode struct {
 	ns, podNS  *harness.NetNS
 	kubeconfig string
 	dataDir    string
+	podFacts   string    // where the node's warpd publishes its pods
+	warpd      *exec.Cmd // nil until startBenchWarpd
+}
+
+// benchPod is a Pod object the ADDs are for.
+type benchPod struct{ name, uid string }
+
+// args is CNI_ARGS as a Kubernetes runtime passes them for the pod.
+func (p benchPod) args() string {
+	return fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=c-%s;K8S_POD_UID=%s", p.name, p.name, p.uid)
+}
+
+// startBenchWarpd runs warpd on node n as every node of a cluster runs it,
+// for what warp-ipam reads from it (--pod-facts: the node's pods), and
+// waits until it has published the pods bound to the node.
+func startBenchWarpd(b *testing.B, env *harness.Env, n *clusterNode, pods int) {
+	warpd := filepath.Join(harness.BinDir(), "warpd")
+	harness.RequireTools(b, warpd)
+	n.podFacts = n.dataDir + "-pods"
+	n.warpd = n.ns.Start(b, warpd, "--kubeconfig", n.kubeconfig, "--node-name", n.name, "--node-ip", "10.0.0.1",
+		"--cgroup-root", env.Cgroup("pods-"+n.name).Path, "--bpffs-root", env.BPFFS(), "--routing", "none", "--listen", "",
+		"--pod-facts", n.podFacts)
+	harness.WaitFor(b, fmt.Sprintf("warpd on %s to publish its %d pods", n.name, pods), 2*time.Minute, func() bool {
+		got, _ := kube.PublishedPods(n.podFacts)
+		return len(got) >= pods
+	})
 }
 
 // clusterRun is the outcome of one plugin's batch of ADDs.
@@ -72,7 +98,7 @@ type clusterRun struct {
 	notRun     int
 	wall       time.Duration
 	requests   float64 // API requests during the batch
-	held       map[string][]string
+	held       map[string][]benchPod // address → the pods it was handed to
 	failures   []string
 	leaks      int
 	dups       int
@@ -107,8 +133,12 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// warp-ipam reads the pod (annotations, owner); whereabouts does not.
-	pods := createBenchPods(b, k8s, allocs+fullN)
+	// warp-ipam reads the pod (annotations, owner), as warpd publishes it on
+	// the node; whereabouts does not.
+	pods := createBenchPods(b, k8s, allocs+fullN, func(i int) string { return nodes[i%len(nodes)].name })
+	for _, n := range nodes {
+		startBenchWarpd(b, env, n, (allocs+fullN)/len(nodes))
+	}
 
 	plugins := clusterPlugins(b, env, wbBin)
 
@@ -131,7 +161,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 	type phase struct {
 		title string
 		pool  string
-		pods  []string
+		pods  []benchPod
 	}
 	phases := []phase{
 		{fmt.Sprintf("%d allocations, empty pool of %d", allocs, clusterPool), "bench", pods[:allocs]},
@@ -271,7 +301,7 @@ func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugi
 		return clusterPlugin{name: name, plugin: plugin, dataDir: dataDir, conf: func(n *clusterNode, pool string) []byte {
 			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
 				"type": "warp-ipam", "store": "kubernetes", "kubeconfig": n.kubeconfig, "nodeName": n.name, "dataDir": dataDir(n),
-				"pool": pool, "detectConflicts": false, "timeout": "60s"}}))
+				"pool": pool, "detectConflicts": false, "timeout": "60s", "podFacts": n.podFacts}}))
 		}}
 	}
 	plugins := []clusterPlugin{
@@ -342,23 +372,25 @@ func roundMs(d time.Duration) string {
 }
 
 // createBenchPods creates the Pod objects the ADDs are for (not measured).
-func createBenchPods(b *testing.B, k8s kubernetes.Interface, n int) []string {
-	names := make([]string, n)
+func createBenchPods(b *testing.B, k8s kubernetes.Interface, n int, nodeOf func(i int) string) []benchPod {
+	pods := make([]benchPod, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 32)
 	for i := range n {
-		names[i] = fmt.Sprintf("bench-%d", i)
+		name := fmt.Sprintf("bench-%d", i)
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			_, err := k8s.CoreV1().Pods("default").Create(context.Background(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: names[i]},
-				Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node%d", i%clusterNodes+1), Containers: []corev1.Container{{Name: "app", Image: "pause"}}}},
+			p, err := k8s.CoreV1().Pods("default").Create(context.Background(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: corev1.PodSpec{NodeName: nodeOf(i), Containers: []corev1.Container{{Name: "app", Image: "pause"}}}},
 				metav1.CreateOptions{})
 			if err != nil {
 				errs <- err
+				return
 			}
+			pods[i] = benchPod{name, string(p.UID)}
 		}()
 	}
 	wg.Wait()
@@ -366,7 +398,7 @@ func createBenchPods(b *testing.B, k8s kubernetes.Interface, n int) []string {
 	if err := <-errs; err != nil {
 		b.Fatal(err)
 	}
-	return names
+	return pods
 }
 
 // prefillWarp creates IPAllocations for the pool's addresses at positions
@@ -464,15 +496,15 @@ func apiRequests(b *testing.B, hc *http.Client, server string) float64 {
 }
 
 type clusterJob struct {
-	pod string
+	pod benchPod
 	i   int
 }
 
 // runClusterADDs runs one ADD per pod, clusterPerNode processes at a time
 // on each node (pod i on node i mod clusterNodes).
 func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes []*clusterNode, name string, plugin *harness.Plugin,
-	conf func(*clusterNode) []byte, pods []string) *clusterRun {
-	r := &clusterRun{plugin: name, held: map[string][]string{}}
+	conf func(*clusterNode) []byte, pods []benchPod) *clusterRun {
+	r := &clusterRun{plugin: name, held: map[string][]benchPod{}}
 	var mu sync.Mutex
 	queues := make([]chan clusterJob, len(nodes))
 	for i := range nodes {
@@ -501,8 +533,8 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 					t0 := time.Now()
-					o, err := p.Exec(ctx, harness.Call{Command: "ADD", ContainerID: "c-" + job.pod, Netns: n.podNS.Path, IfName: "net1", Config: c,
-						Args: fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=c-%s", job.pod, job.pod)})
+					o, err := p.Exec(ctx, harness.Call{Command: "ADD", ContainerID: "c-" + job.pod.name, Netns: n.podNS.Path, IfName: "net1", Config: c,
+						Args: job.pod.args()})
 					took := time.Since(t0)
 					cancel()
 					mu.Lock()
@@ -522,7 +554,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 							if o != nil {
 								msg = strings.TrimSpace(string(o.Stdout) + " " + string(o.Stderr))
 							}
-							r.failures = append(r.failures, fmt.Sprintf("%s after %v: %.400s", job.pod, took.Round(time.Millisecond), strings.Join(strings.Fields(msg), " ")))
+							r.failures = append(r.failures, fmt.Sprintf("%s after %v: %.400s", job.pod.name, took.Round(time.Millisecond), strings.Join(strings.Fields(msg), " ")))
 						}
 					}
 					mu.Unlock()
@@ -544,18 +576,18 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 // delAll DELs every pod of the run (also the failed ones, as a runtime
 // would), with the same concurrency.
 func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf func(*clusterNode) []byte, r *clusterRun) {
-	var pods []string
+	var pods []benchPod
 	for _, ps := range r.held {
 		pods = append(pods, ps...)
 	}
-	slices.Sort(pods)
+	slices.SortFunc(pods, func(a, b benchPod) int { return strings.Compare(a.name, b.name) })
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, clusterNodes*clusterPerNode)
 	var failed []string
 	var mu sync.Mutex
 	for _, pod := range pods {
 		var i int
-		fmt.Sscanf(pod, "bench-%d", &i)
+		fmt.Sscanf(pod.name, "bench-%d", &i)
 		n := nodes[i%len(nodes)]
 		wg.Add(1)
 		sem <- struct{}{}
@@ -563,11 +595,11 @@ func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf fun
 			defer func() { <-sem; wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 			defer cancel()
-			o, err := plugin.In(n.ns).Exec(ctx, harness.Call{Command: "DEL", ContainerID: "c-" + pod, Netns: n.podNS.Path, IfName: "net1", Config: conf(n),
-				Args: fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=c-%s", pod, pod)})
+			o, err := plugin.In(n.ns).Exec(ctx, harness.Call{Command: "DEL", ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf(n),
+				Args: pod.args()})
 			if err != nil || o.ExitCode != 0 {
 				mu.Lock()
-				failed = append(failed, fmt.Sprintf("%s: %v %v", pod, err, o))
+				failed = append(failed, fmt.Sprintf("%s: %v %v", pod.name, err, o))
 				mu.Unlock()
 			}
 		}()

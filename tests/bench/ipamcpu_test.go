@@ -53,12 +53,14 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 	if testing.Short() {
 		rounds = 2
 	}
-	pods := createBenchPods(b, k8s, cpuBatch)
+	pods := createBenchPods(b, k8s, cpuBatch, func(int) string { return n.name })
+	startBenchWarpd(b, env, n, cpuBatch)
 	plugins := clusterPlugins(b, env, wbBin)
 
 	type cost struct {
 		adds        int
 		plugin, api time.Duration
+		warpd       time.Duration // the node's warpd, which runs whichever plugin is measured
 		requests    float64
 		failures    []string
 	}
@@ -75,19 +77,18 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 				costs[p.name] = c
 			}
 			conf := p.conf(n, "cpu")
-			call := func(cmd, pod string) harness.Call {
-				return harness.Call{Command: cmd, ContainerID: "c-" + pod, Netns: n.podNS.Path, IfName: "net1", Config: conf,
-					Args: fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=c-%s", pod, pod)}
+			call := func(cmd string, pod benchPod) harness.Call {
+				return harness.Call{Command: cmd, ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf, Args: pod.args()}
 			}
 			pl := p.plugin.In(n.ns)
-			apiBefore, reqBefore := api.CPUTime(b), apiRequests(b, hc, api.URL)
+			apiBefore, reqBefore, warpdBefore := api.CPUTime(b), apiRequests(b, hc, api.URL), processCPU(b, n.warpd.Process.Pid)
 			for _, pod := range pods {
 				ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 				o, err := pl.Exec(ctx, call("ADD", pod))
 				cancel()
 				if err != nil || o.ExitCode != 0 {
 					if len(c.failures) < 3 {
-						c.failures = append(c.failures, fmt.Sprintf("%s: %v %v", pod, err, o))
+						c.failures = append(c.failures, fmt.Sprintf("%s: %v %v", pod.name, err, o))
 					}
 					continue
 				}
@@ -95,11 +96,12 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 				c.plugin += o.CPU
 			}
 			c.api += api.CPUTime(b) - apiBefore
+			c.warpd += processCPU(b, n.warpd.Process.Pid) - warpdBefore
 			c.requests += apiRequests(b, hc, api.URL) - reqBefore
 			for _, pod := range pods {
 				ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 				if o, err := pl.Exec(ctx, call("DEL", pod)); err != nil || o.ExitCode != 0 {
-					b.Errorf("%s: DEL %s: %v %v", p.name, pod, err, o)
+					b.Errorf("%s: DEL %s: %v %v", p.name, pod.name, err, o)
 				}
 				cancel()
 			}
@@ -108,16 +110,16 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 
 	var out strings.Builder
 	fmt.Fprintf(&out, "%d ADDs per plugin, one at a time from one simulated node, in %d rounds of %d (the order rotating every round), "+
-		"one real kube-apiserver (%s) with etcd; CPU time of the plugin process (with the nsenter that starts it) and of kube-apiserver + etcd "+
-		"while the ADDs ran, divided by the ADDs; API requests counted by the API server.\n\n", rounds*cpuBatch, rounds, cpuBatch, apiserver.Version)
-	out.WriteString("| plugin | ADDs | plugin CPU per ADD | API server + etcd CPU per ADD | together | API requests per ADD |\n")
-	out.WriteString("|---|---:|---:|---:|---:|---:|\n")
+		"one real kube-apiserver (%s) with etcd and the node's warpd (which publishes the node's pods for warp-ipam); CPU time of the plugin process "+
+		"(with the nsenter that starts it), of kube-apiserver + etcd and of warpd while the ADDs ran, divided by the ADDs; API requests counted by the API server.\n\n", rounds*cpuBatch, rounds, cpuBatch, apiserver.Version)
+	out.WriteString("| plugin | ADDs | plugin CPU per ADD | API server + etcd CPU per ADD | warpd CPU per ADD | together | API requests per ADD |\n")
+	out.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range plugins {
 		c := costs[p.name]
 		per := func(d time.Duration) string {
 			return (d / time.Duration(max(c.adds, 1))).Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(&out, "| %s | %d | %s | %s | %s | %.1f |\n", p.name, c.adds, per(c.plugin), per(c.api), per(c.plugin+c.api),
+		fmt.Fprintf(&out, "| %s | %d | %s | %s | %s | %s | %.1f |\n", p.name, c.adds, per(c.plugin), per(c.api), per(c.warpd), per(c.plugin+c.api+c.warpd),
 			c.requests/float64(max(c.adds, 1)))
 		for _, f := range c.failures {
 			b.Logf("%s: failure: %.400s", p.name, strings.Join(strings.Fields(f), " "))

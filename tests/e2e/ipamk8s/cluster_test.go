@@ -58,6 +58,7 @@ type node struct {
 	pod        *harness.NetNS // CNI_NETNS of this node's pods (IPAM does not enter it)
 	kubeconfig string
 	dataDir    string
+	podFacts   string // where this node's warpd publishes its pods (--pod-facts)
 	ipam       *harness.Plugin
 	bpffs      string // warpd's, once started
 	cgroup     string
@@ -77,7 +78,8 @@ func startCluster(t *testing.T, manifests []string, names ...string) *cluster {
 	for _, name := range names {
 		ns := env.NetNS(name)
 		n := &node{c: c, name: name, ns: ns, pod: env.NetNS(name + "-pods"), kubeconfig: c.api.BridgeInto(t, ns),
-			dataDir: filepath.Join(env.TempDir, name+"-ipam"), ipam: env.Plugin(t, "warp-ipam").In(ns)}
+			dataDir: filepath.Join(env.TempDir, name+"-ipam"), podFacts: filepath.Join(env.TempDir, name+"-pods"),
+			ipam: env.Plugin(t, "warp-ipam").In(ns)}
 		c.nodes[name] = n
 		c.createNode(name, nil)
 	}
@@ -211,7 +213,7 @@ func (c *cluster) addresses() []string {
 // extra or overriding ipam keys.
 func (n *node) conf(ipam map[string]any) []byte {
 	m := map[string]any{"type": "warp-ipam", "store": "kubernetes", "kubeconfig": n.kubeconfig, "nodeName": n.name,
-		"dataDir": n.dataDir, "detectConflicts": false, "timeout": "5s"}
+		"dataDir": n.dataDir, "podFacts": n.podFacts, "detectConflicts": false, "timeout": "5s"}
 	for k, v := range ipam {
 		m[k] = v
 	}

@@ -45,7 +45,7 @@ func (n *node) startWarpd() *warpd {
 	}
 	argv := append([]string{filepath.Join(harness.BinDir(), "warpd"), "--kubeconfig", n.kubeconfig, "--node-name", n.name,
 		"--node-ip", "10.0.0.1", "--cgroup-root", n.cgroup, "--bpffs-root", n.bpffs,
-		"--routing", "none", "--listen", warpdListen}, gcFlags...)
+		"--routing", "none", "--listen", warpdListen, "--pod-facts", n.podFacts}, gcFlags...)
 	w := &warpd{n: n, cmd: n.ns.Start(t, argv...), exited: make(chan struct{})}
 	go func() { _ = w.cmd.Wait(); close(w.exited) }()
 	// Reaped here, so stop it here too, before the harness's cleanup
