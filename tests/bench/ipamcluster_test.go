@@ -97,7 +97,7 @@ type clusterRun struct {
 	ok, failed int
 	notRun     int
 	wall       time.Duration
-	requests   float64 // API requests during the batch
+	requests   float64               // API requests during the batch
 	held       map[string][]benchPod // address → the pods it was handed to
 	failures   []string
 	leaks      int
