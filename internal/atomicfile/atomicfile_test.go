@@ -36,3 +36,24 @@ func TestWrite(t *testing.T) {
 		t.Fatal("a write into a missing directory succeeded")
 	}
 }
+
+func TestReplace(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	for _, data := range []string{"a", "bb", ""} {
+		if err := Replace(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(p)
+		st, _ := os.Stat(p)
+		if string(got) != data || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%q %v, want %q 0600", got, st.Mode(), data)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("temporary files left: %v", ents)
+	}
+	if err := Replace(filepath.Join(dir, "missing", "f"), []byte("x"), 0o644); err == nil {
+		t.Fatal("a write into a missing directory succeeded")
+	}
+}

@@ -24,6 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/warpnet/warpnet/internal/atomicfile"
 )
 
 // File is one regular file of an image's layer.
@@ -195,11 +197,7 @@ func WriteFile(path string, imgs ...Image) ([]Built, error) {
 	if err := WriteTar(&buf, built); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-		return nil, err
-	}
-	return built, os.Rename(tmp, path)
+	return built, atomicfile.Replace(path, buf.Bytes(), 0o644)
 }
 
 func digestOf(b []byte) string {

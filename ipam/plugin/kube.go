@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/internal/buildinfo"
 	"github.com/warpnet/warpnet/internal/cniargs"
 	"github.com/warpnet/warpnet/internal/cnierr"
@@ -233,10 +234,7 @@ func (r *kubeRun) selectPools(pod *kube.Pod, ifName string) (*kube.Selection, er
 		return nil, err
 	}
 	if data, err := json.Marshal(poolsCache{At: at, Pools: pools}); err == nil {
-		tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
-		if os.WriteFile(tmp, data, 0o644) == nil {
-			_ = os.Rename(tmp, path)
-		}
+		_ = atomicfile.Replace(path, data, 0o644) // a cache: the next call lists again
 	}
 	return kube.Select(r.ctx, r.client, r.cfg, pod, r.node, ifName, pools)
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/ipam/kube"
 	"github.com/warpnet/warpnet/ipam/store"
 )
@@ -58,7 +59,7 @@ func (s *Store) Pending() (int, error) {
 	ents, err := os.ReadDir(filepath.Join(s.dir, journalDir))
 	n := 0
 	for _, e := range ents {
-		if _, ok := keyFromFileName(e.Name()); ok && filepath.Ext(e.Name()) != ".tmp" {
+		if _, ok := keyFromFileName(e.Name()); ok && !atomicfile.IsTemp(e.Name()) {
 			n++
 		}
 	}
@@ -75,7 +76,7 @@ func (s *Store) Drain() (released int, err error) {
 	}
 	for _, de := range ents {
 		k, ok := keyFromFileName(de.Name())
-		if !ok || filepath.Ext(de.Name()) == ".tmp" {
+		if !ok || atomicfile.IsTemp(de.Name()) {
 			continue
 		}
 		path := filepath.Join(s.dir, journalDir, de.Name())

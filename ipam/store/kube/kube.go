@@ -48,6 +48,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/internal/faultpoint"
 	"github.com/warpnet/warpnet/internal/flock"
 	"github.com/warpnet/warpnet/ipam/config"
@@ -184,17 +185,15 @@ func readJSON(path string, v any) error {
 }
 
 // writeJSON replaces path atomically, so a crash leaves the old or the new
-// content.
+// content. Not synced to disk: the API server has the truth, and what a
+// power loss takes from the node (an index entry, a queued release) leaves
+// an address to warpd's leak collector.
 func writeJSON(path string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Replace(path, data, 0o644)
 }
 
 // updateEntry applies fn to k's entry for ip (creating it when missing)
@@ -737,7 +736,7 @@ func (s *Store) Keys() ([]store.Key, error) {
 	seen := map[store.Key]bool{}
 	var keys []store.Key
 	for _, e := range ents {
-		if k, ok := keyFromFileName(e.Name()); ok && !strings.HasSuffix(e.Name(), ".tmp") && !seen[k] {
+		if k, ok := keyFromFileName(e.Name()); ok && !atomicfile.IsTemp(e.Name()) && !seen[k] {
 			seen[k] = true
 			keys = append(keys, k)
 		}
