@@ -160,10 +160,51 @@ func feKey(ap netip.AddrPort, proto l4.Protocol) npNpFeKey {
 	return npNpFeKey{Addr: addr, Port: netPort(ap.Port()), Proto: uint8(proto), Family: fam}
 }
 
-// loadIDs fills the cache of backend ids from the maps, once; l.mu held.
+// frontendIndex is which service each frontend in np_frontends serves,
+// both ways.
+type frontendIndex struct {
+	owner map[npNpFeKey]ServiceKey
+	of    map[ServiceKey]map[npNpFeKey]bool
+}
+
+// set records that k serves svc (taking it from the service it served).
+func (x *frontendIndex) set(k npNpFeKey, svc ServiceKey) {
+	if prev, ok := x.owner[k]; ok && prev != svc {
+		delete(x.of[prev], k)
+	}
+	x.owner[k] = svc
+	if x.of[svc] == nil {
+		x.of[svc] = map[npNpFeKey]bool{}
+	}
+	x.of[svc][k] = true
+}
+
+// drop records that k is gone.
+func (x *frontendIndex) drop(k npNpFeKey) {
+	if svc, ok := x.owner[k]; ok {
+		delete(x.owner, k)
+		delete(x.of[svc], k)
+		if len(x.of[svc]) == 0 {
+			delete(x.of, svc)
+		}
+	}
+}
+
+// loadIDs fills the caches of backend ids and frontends from the maps,
+// once; l.mu held.
 func (l *LB) loadIDs() error {
-	if l.ids != nil {
+	if l.ids != nil && l.frontends != nil {
 		return nil
+	}
+	fes := &frontendIndex{owner: map[npNpFeKey]ServiceKey{}, of: map[ServiceKey]map[npNpFeKey]bool{}}
+	var fk npNpFeKey
+	var fv npNpFe
+	fit := l.objs.NpFrontends.Iterate()
+	for fit.Next(&fk, &fv) {
+		fes.set(fk, keyOf(fv.Svc))
+	}
+	if err := fit.Err(); err != nil {
+		return fmt.Errorf("nodeport: read np_frontends: %w", err)
 	}
 	ids := map[ServiceKey]map[backendKey]uint32{}
 	var id uint32
@@ -179,7 +220,7 @@ func (l *LB) loadIDs() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("nodeport: read np_backends: %w", err)
 	}
-	l.ids = ids
+	l.ids, l.frontends = ids, fes
 	return nil
 }
 
@@ -258,6 +299,7 @@ func (l *LB) Upsert(svc Service) error {
 		if err := l.objs.NpFrontends.Put(k, npNpFe{Svc: key.raw()}); err != nil {
 			return fmt.Errorf("nodeport: write frontend %v of %s: %w", f, key, err)
 		}
+		l.frontends.set(k, key)
 	}
 	if err := l.deleteFrontends(key, want); err != nil {
 		return err
@@ -323,25 +365,19 @@ func (l *LB) putTable(key ServiceKey, size int, sorted []netip.AddrPort, ids map
 	return nil
 }
 
-// deleteFrontends removes the frontends of key that are not in keep.
+// deleteFrontends removes the frontends of key that are not in keep
+// (from the cache: loadIDs ran).
 func (l *LB) deleteFrontends(key ServiceKey, keep map[npNpFeKey]bool) error {
-	var k npNpFeKey
-	var v npNpFe
-	var stale []npNpFeKey
-	it := l.objs.NpFrontends.Iterate()
-	for it.Next(&k, &v) {
-		if keyOf(v.Svc) == key && !keep[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("nodeport: read np_frontends: %w", err)
-	}
 	var errs []error
-	for _, k := range stale {
+	for k := range l.frontends.of[key] {
+		if keep[k] {
+			continue
+		}
 		if err := l.objs.NpFrontends.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("nodeport: delete a frontend of %s: %w", key, err))
+			continue
 		}
+		l.frontends.drop(k)
 	}
 	return errors.Join(errs...)
 }
@@ -823,7 +859,7 @@ func (l *LB) GC() (int, error) {
 	defer release()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.ids = nil // re-read after the sweep
+	l.ids, l.frontends = nil, nil // re-read after the sweep
 
 	var cfg npNpCfg
 	if err := l.objs.NpConfig.Lookup(uint32(0), &cfg); err != nil {

@@ -91,13 +91,17 @@ type LB struct {
 	sizes    Sizes
 	readOnly bool
 
-	mu     sync.Mutex // guards staged, ids
+	mu     sync.Mutex // guards staged, ids, frontends
 	staged string     // why the maps were rebuilt; "" once they are the pinned ones
 	objs   npObjects  // programs nil when opened read-only
 	inner  *ebpf.MapSpec
 	// ids caches the backend ids of every service, read from the maps
 	// at first use, so that Upsert keeps the ids of backends that stay.
 	ids map[ServiceKey]map[backendKey]uint32
+	// frontends caches np_frontends, read with ids, so that Upsert and
+	// Delete find a service's stale frontends without reading the whole
+	// map: a change to one service costs its own entries only.
+	frontends *frontendIndex
 }
 
 // Open loads the programs and maps, pinning them under <root>/nodeport on
