@@ -21,6 +21,7 @@ import (
 
 	"github.com/warpnet/warpnet/internal/ociimage"
 	"github.com/warpnet/warpnet/internal/sriov/sim"
+	"github.com/warpnet/warpnet/ipam/kube"
 	"github.com/warpnet/warpnet/tests/harness"
 	"github.com/warpnet/warpnet/tests/k8s"
 )
@@ -345,6 +346,11 @@ func (w *world) multusSRIOV(t *testing.T) {
 		// warp-ipam claimed it in the API server, for this pod's net1.
 		if got := w.ipAllocations(t, ctx)[net1[name]]; got != sriovPool+" "+ns+"/"+name+" net1 "+n.Name {
 			t.Fatalf("%s: IPAllocation of %s says %q, want pool %s, the pod, net1, node %s", name, net1[name], got, sriovPool, n.Name)
+		}
+		// warpd (--pod-facts, on in the chart) published the pod on its
+		// node, where warp-ipam's ADD reads it.
+		if _, ok := kube.ReadPodFacts(n.Root+kube.DefaultPodFactsDir, ns, name, string(p.UID)); !ok {
+			t.Errorf("%s: warpd on %s did not publish the pod (UID %s) in %s", name, n.Name, p.UID, kube.DefaultPodFactsDir)
 		}
 		ids := alloc[string(p.UID)]
 		if len(ids) != 1 {
