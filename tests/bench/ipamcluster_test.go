@@ -186,11 +186,11 @@ func BenchmarkIPAMCluster(b *testing.B) {
 				continue
 			}
 			b.Logf("%s: %s ...", ph.title, p.name)
-			r := runClusterADDs(b, api, hc, nodes, p.name, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
-			delAll(b, nodes, p.plugin, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
+			r := runClusterADDs(b, api, hc, nodes, p, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
+			delAll(b, nodes, p, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
 			switch {
 			case p.floor:
-				r.leaks = hostLocalLeaks(b, nodes)
+				r.leaks = p.floorLeaks(nodes)
 			case p.dataDir != nil:
 				r.leaks = warpLeaks(b, admin, ph.pool, ph.pool == "bench-full", full, nodes, p.dataDir)
 			default:
@@ -233,7 +233,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 				(float64(w.ok)/w.wall.Seconds())/(float64(wb.ok)/wb.wall.Seconds()), float64(pct(wb.lat, 0.5))/float64(pct(w.lat, 0.5)))
 		}
 		if fl := results[ph.title][hostLocalFloor]; fl != nil && w.ok > 0 && fl.ok > 0 && w.wall > 0 && fl.wall > 0 {
-			fmt.Fprintf(&out, "| %s | **warp-ipam / floor** | | | **%.2fx** | | | | | |\n", ph.title,
+			fmt.Fprintf(&out, "| %s | **warp-ipam / host-local floor** | | | **%.2fx** | | | | | |\n", ph.title,
 				(float64(w.ok)/w.wall.Seconds())/(float64(fl.ok)/fl.wall.Seconds()))
 		}
 		if base := results[ph.title]["warp-ipam (baseline)"]; base != nil && w.ok > 0 && base.ok > 0 && w.wall > 0 && base.wall > 0 {
@@ -264,10 +264,25 @@ type clusterPlugin struct {
 	plugin  *harness.Plugin
 	conf    func(n *clusterNode, pool string) []byte
 	dataDir func(n *clusterNode) string // warp-ipam's node-local state; nil for whereabouts
-	// floor: host-local on a range of its own per node, no API server: what
-	// a process per ADD costs on this machine with nothing cluster-wide.
-	floor bool
+	// floor: a reference plugin with no API server (floorLeaks counts
+	// what it still holds after the DELs): what a process per ADD costs on
+	// this machine with nothing cluster-wide.
+	floor      bool
+	floorLeaks func(nodes []*clusterNode) int
+	// args is CNI_ARGS for pod p (nil: p.args()).
+	args func(p benchPod) string
 }
+
+// cniArgs is CNI_ARGS for pod p's ADD and DEL with plugin c.
+func (c *clusterPlugin) cniArgs(p benchPod) string {
+	if c.args != nil {
+		return c.args(p)
+	}
+	return p.args()
+}
+
+// staticFloor names the row of the floor that allocates nothing.
+const staticFloor = "static (floor: no allocation at all)"
 
 // hostLocalFloor names the floor's row.
 const hostLocalFloor = "host-local (floor: per node, no API server)"
@@ -277,7 +292,7 @@ func hostLocalDir(n *clusterNode) string { return n.dataDir + "-host-local" }
 
 // hostLocalLeaks counts the floor's addresses still held after the DELs
 // (host-local keeps a file per address, beside its lock and cursor files).
-func hostLocalLeaks(b *testing.B, nodes []*clusterNode) int {
+func hostLocalLeaks(nodes []*clusterNode) int {
 	leaks := 0
 	for _, n := range nodes {
 		ents, _ := os.ReadDir(filepath.Join(hostLocalDir(n), "bench-cluster"))
@@ -319,9 +334,23 @@ func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugi
 				"configuration_path": flat, "kubernetes": map[string]any{"kubeconfig": n.kubeconfig}}}))
 		}},
 	}
-	// The floor: node i hands out the i-th quarter of a subnet of its own.
-	harness.RequireTools(b, "/usr/lib/cni/host-local")
-	plugins = append(plugins, clusterPlugin{name: hostLocalFloor, floor: true,
+	// The floors. static returns the address CNI_ARGS names (one per pod):
+	// a process per ADD and nothing else. host-local: node i hands out the
+	// i-th quarter of a subnet of its own, under its node-wide lock.
+	harness.RequireTools(b, "/usr/lib/cni/host-local", "/usr/lib/cni/static")
+	plugins = append(plugins, clusterPlugin{name: staticFloor, floor: true,
+		plugin:     &harness.Plugin{Name: "static", Path: "/usr/lib/cni/static", CNIPath: "/usr/lib/cni"},
+		floorLeaks: func([]*clusterNode) int { return 0 }, // holds nothing
+		args: func(p benchPod) string {
+			var i int
+			fmt.Sscanf(p.name, "bench-%d", &i)
+			return p.args() + ";IP=" + addrAdd(netip.MustParseAddr("10.98.0.10"), i).String() + "/16"
+		},
+		conf: func(n *clusterNode, pool string) []byte {
+			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
+				"type": "static"}}))
+		}})
+	plugins = append(plugins, clusterPlugin{name: hostLocalFloor, floor: true, floorLeaks: hostLocalLeaks,
 		plugin: &harness.Plugin{Name: "host-local", Path: "/usr/lib/cni/host-local", CNIPath: "/usr/lib/cni"},
 		conf: func(n *clusterNode, pool string) []byte {
 			var i int
@@ -502,9 +531,9 @@ type clusterJob struct {
 
 // runClusterADDs runs one ADD per pod, clusterPerNode processes at a time
 // on each node (pod i on node i mod clusterNodes).
-func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes []*clusterNode, name string, plugin *harness.Plugin,
+func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes []*clusterNode, cp clusterPlugin,
 	conf func(*clusterNode) []byte, pods []benchPod) *clusterRun {
-	r := &clusterRun{plugin: name, held: map[string][]benchPod{}}
+	r := &clusterRun{plugin: cp.name, held: map[string][]benchPod{}}
 	var mu sync.Mutex
 	queues := make([]chan clusterJob, len(nodes))
 	for i := range nodes {
@@ -519,7 +548,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 	var wg sync.WaitGroup
 	for ni, n := range nodes {
 		close(queues[ni])
-		p, c := plugin.In(n.ns), conf(n)
+		p, c := cp.plugin.In(n.ns), conf(n)
 		for range clusterPerNode {
 			wg.Add(1)
 			go func() {
@@ -534,7 +563,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 					ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 					t0 := time.Now()
 					o, err := p.Exec(ctx, harness.Call{Command: "ADD", ContainerID: "c-" + job.pod.name, Netns: n.podNS.Path, IfName: "net1", Config: c,
-						Args: job.pod.args()})
+						Args: cp.cniArgs(job.pod)})
 					took := time.Since(t0)
 					cancel()
 					mu.Lock()
@@ -575,7 +604,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 
 // delAll DELs every pod of the run (also the failed ones, as a runtime
 // would), with the same concurrency.
-func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf func(*clusterNode) []byte, r *clusterRun) {
+func delAll(b *testing.B, nodes []*clusterNode, cp clusterPlugin, conf func(*clusterNode) []byte, r *clusterRun) {
 	var pods []benchPod
 	for _, ps := range r.held {
 		pods = append(pods, ps...)
@@ -595,8 +624,8 @@ func delAll(b *testing.B, nodes []*clusterNode, plugin *harness.Plugin, conf fun
 			defer func() { <-sem; wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 			defer cancel()
-			o, err := plugin.In(n.ns).Exec(ctx, harness.Call{Command: "DEL", ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf(n),
-				Args: pod.args()})
+			o, err := cp.plugin.In(n.ns).Exec(ctx, harness.Call{Command: "DEL", ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf(n),
+				Args: cp.cniArgs(pod)})
 			if err != nil || o.ExitCode != 0 {
 				mu.Lock()
 				failed = append(failed, fmt.Sprintf("%s: %v %v", pod.name, err, o))

@@ -78,7 +78,7 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 			}
 			conf := p.conf(n, "cpu")
 			call := func(cmd string, pod benchPod) harness.Call {
-				return harness.Call{Command: cmd, ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf, Args: pod.args()}
+				return harness.Call{Command: cmd, ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf, Args: p.cniArgs(pod)}
 			}
 			pl := p.plugin.In(n.ns)
 			apiBefore, reqBefore, warpdBefore := api.CPUTime(b), apiRequests(b, hc, api.URL), processCPU(b, n.warpd.Process.Pid)
