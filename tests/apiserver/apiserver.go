@@ -239,21 +239,11 @@ func (s *Server) CPUTime(t testing.TB) time.Duration {
 	t.Helper()
 	var total time.Duration
 	for _, p := range []*proc{s.etcd, s.api} {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+		st, err := harness.ReadProcStat(p.cmd.Process.Pid)
 		if err != nil {
 			t.Fatalf("apiserver: CPU time: %v", err)
 		}
-		// The fields after the command's closing parenthesis start at
-		// field 3 (state); utime and stime are fields 14 and 15, in
-		// clock ticks (USER_HZ, 100 on Linux).
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		for _, v := range f[11:13] {
-			ticks, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				t.Fatalf("apiserver: CPU time: %v", err)
-			}
-			total += time.Duration(ticks) * 10 * time.Millisecond
-		}
+		total += st.CPU
 	}
 	return total
 }

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -76,16 +75,11 @@ func runLoadgenCPU(b *testing.B, n *harness.NetNS, mode, addr string, samples in
 }
 
 // processCPU is the CPU time (user and system) process pid has used so
-// far, from /proc (in clock ticks of 10 ms).
+// far (in clock ticks of 10 ms).
 func processCPU(b *testing.B, pid int) time.Duration {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := harness.ReadProcStat(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The fields after the command name, which is in parentheses: state
-	// is the first of them, utime and stime the 12th and 13th.
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	utime, _ := strconv.ParseUint(f[11], 10, 64)
-	stime, _ := strconv.ParseUint(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100
+	return st.CPU
 }

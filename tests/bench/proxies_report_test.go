@@ -277,16 +277,8 @@ func (pb *proxyBench) longAndUDP(scale int) {
 // procStats is CPU time (with waited-for children: kube-proxy runs
 // iptables-restore and nft) and peak RSS of a process.
 func procStats(pid int) (cpu time.Duration, hwm int64) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err == nil {
-		s := string(data)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		var ticks int64
-		for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-			v, _ := strconv.ParseInt(fields[i], 10, 64)
-			ticks += v
-		}
-		cpu = time.Duration(ticks) * time.Second / 100 // USER_HZ
+	if st, err := harness.ReadProcStat(pid); err == nil {
+		cpu = st.CPU + st.ChildrenCPU
 	}
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		for _, line := range strings.Split(string(data), "\n") {

@@ -305,18 +305,8 @@ func killNetNSProcs(path string) {
 // processExists reports whether pid is a process that has not exited yet
 // (zombies have exited; they only wait to be reaped).
 func processExists(pid int) bool {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses and may
-	// itself contain ") ".
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 || i+2 >= len(data) {
-		return false
-	}
-	state := data[i+2]
-	return state != 'Z' && state != 'X'
+	st, err := ReadProcStat(pid)
+	return err == nil && st.State != 'Z' && st.State != 'X'
 }
 
 // proc is a child process the harness started and must stop at cleanup.

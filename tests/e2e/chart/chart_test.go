@@ -405,7 +405,7 @@ func TestChartWithIPAMKubernetesStore(t *testing.T) {
 			}
 		}
 	}
-	for k, n := range map[string]int{"ClusterRole": 3, "ClusterRoleBinding": 3, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "IPPool": 1, "NetworkAttachmentDefinition": 2} {
+	for k, n := range map[string]int{"ClusterRole": 4, "ClusterRoleBinding": 4, "ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1, "IPPool": 1, "NetworkAttachmentDefinition": 2} {
 		if kinds[k] != n {
 			t.Errorf("rendered %d %s, want %d", kinds[k], k, n)
 		}
@@ -418,10 +418,11 @@ func TestChartWithIPAMKubernetesStore(t *testing.T) {
 		}
 		switch o.GetKind() {
 		case "DaemonSet":
-			// warpd runs the leak collector, with the values' settings.
+			// warpd runs the leak collector, with the values' settings, and
+			// publishes its node's pods for warp-ipam.
 			ctrs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 			args := fmt.Sprint(ctrs[0].(map[string]any)["args"])
-			for _, want := range []string{"--ipam-gc ", "--ipam-gc-grace=2m", "--ipam-gc-lease-namespace=warpnet"} {
+			for _, want := range []string{"--ipam-gc ", "--ipam-gc-grace=2m", "--ipam-gc-lease-namespace=warpnet", "--pod-facts=/run/warpnet/pods"} {
 				if !strings.Contains(args+" ", want) {
 					t.Errorf("warpd's args %s lack %q", args, want)
 				}
@@ -456,6 +457,7 @@ func TestChartWithIPAMKubernetesStore(t *testing.T) {
 		{"", "ipam.warpnet.io", "ipallocations", "delete", true},
 		{"", "ipam.warpnet.io", "ippools", "list", true},
 		{"default", "", "pods", "get", true},
+		{"", "", "pods", "watch", true}, // --pod-facts
 		{"", "", "namespaces", "get", true},
 		{"default", "apps", "statefulsets", "watch", true},
 		{"warpnet", "coordination.k8s.io", "leases", "update", true},
