@@ -47,7 +47,9 @@ const tempMark = ".warpnet-tmp-"
 // IsTemp reports whether a directory entry's name is a temporary file of
 // Write or Replace (left behind by a crash, or in flight): readers that
 // list a directory skip it.
-func IsTemp(name string) bool { return strings.HasPrefix(name, ".") && strings.Contains(name, tempMark) }
+func IsTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, tempMark)
+}
 
 // replace writes data to a temporary file beside path (a unique name, so
 // concurrent writers never share one) and renames it over path.
