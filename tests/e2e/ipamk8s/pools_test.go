@@ -130,6 +130,7 @@ func TestBadInput(t *testing.T) {
 		{"fixed outside the pool", map[string]any{"pool": "a"}, p, "IP=10.99.0.1", types.ErrInvalidNetworkConfig, []string{"CNI_ARGS IP", "10.99.0.1"}},
 		{"fixed is the gateway", map[string]any{"pool": "a"}, p, "IP=10.62.0.1", types.ErrInvalidNetworkConfig, []string{"CNI_ARGS IP", "gateway"}},
 		{"relative kubeconfig", map[string]any{"pool": "a", "kubeconfig": "kc"}, p, "", types.ErrInvalidNetworkConfig, []string{"ipam.kubeconfig", "absolute"}},
+		{"relative podFacts", map[string]any{"pool": "a", "podFacts": "pods"}, p, "", types.ErrInvalidNetworkConfig, []string{"ipam.podFacts", "absolute"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			call := n.call("ADD", "bad", "net1", tc.pod, n.conf(tc.ipam))
