@@ -48,6 +48,12 @@ import (
 	"github.com/warpnet/warpnet/internal/rollback"
 )
 
+// NorthSouthTCProg is the name of warpd's north-south tc program
+// (bpf/nodeport's np_tc) as the kernel reports it. warp-veth's tc program
+// runs before it on a pod's interface (bpf/podpath), whichever was attached
+// first.
+const NorthSouthTCProg = "np_tc"
+
 // DefaultRoot is the bpffs directory warpnet pins under by default, shared
 // by the CNI plugins, warpd and warpctl; each object has a directory below
 // it (or, for the XDP pod datapath, the root itself).

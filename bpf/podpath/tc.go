@@ -92,13 +92,46 @@ func (d *Datapath) AttachTC(owner uint64, ifindex int) error {
 
 // attachTCLink is the attach point: tcx ingress of the host end, appended
 // after the programs already there (which see the pod's packets first and
-// may drop or redirect them; ours returns TCX_NEXT for what it passes).
+// may drop or redirect them; ours returns TCX_NEXT for what it passes),
+// except warpd's north-south program: it translates replies of the pod's
+// north-south flows and sends them on, so it must come after our
+// anti-spoofing, and warpd attaches it at its next sync, which may come
+// before this ADD.
 func attachTCLink(ifindex int, prog *ebpf.Program) (link.Link, error) {
-	lk, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress})
+	opts := link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
+	if id, ok := northSouthProgram(ifindex); ok {
+		opts.Anchor = link.BeforeProgramByID(id)
+		if lk, err := link.AttachTCX(opts); err == nil {
+			return lk, nil
+		}
+		opts.Anchor = nil // detached meanwhile: nothing to come before
+	}
+	lk, err := link.AttachTCX(opts)
 	if err != nil {
 		return nil, fmt.Errorf("podpath: attach %s to the tcx ingress of ifindex %d: %w", tcProgName, ifindex, err)
 	}
 	return lk, nil
+}
+
+// northSouthProgram finds warpd's north-south program on the tcx ingress
+// of ifindex.
+func northSouthProgram(ifindex int) (ebpf.ProgramID, bool) {
+	q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return 0, false
+	}
+	for _, p := range q.Programs {
+		prog, err := ebpf.NewProgramFromID(p.ID)
+		if err != nil {
+			continue
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err == nil && info.Name == pinset.NorthSouthTCProg {
+			return p.ID, true
+		}
+	}
+	return 0, false
 }
 
 // detachNow detaches lk at once. Dropping the last reference (pin and fds)

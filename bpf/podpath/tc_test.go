@@ -586,3 +586,58 @@ func TestTCUpgrade(t *testing.T) {
 		t.Errorf("the new program does not redirect: %+v -> %+v", mid, after)
 	}
 }
+
+// warpd's north-south program may be on a pod's interface before the
+// plugin attaches ours (warpd attached it at a sync between the veth's
+// creation and the ADD's attach): ours goes before it anyway, so the
+// replies it translates have passed our anti-spoofing. Elsewhere ours is
+// appended after what is there.
+func TestTCBeforeNorthSouth(t *testing.T) {
+	tp := newTopo(t, 2)
+	d := tp.open()
+	a, b := tp.Pods[0], tp.Pods[1]
+	// Stand-ins, passing everything: warpd's np_tc on a, another
+	// program on b.
+	stand := func(name string) *ebpf.Program {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}}) // TCX_NEXT
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	ns, other := stand(pinset.NorthSouthTCProg), stand("other_tc")
+	for _, x := range []struct {
+		prog *ebpf.Program
+		idx  int
+	}{{ns, a.HostIdx}, {other, b.HostIdx}} {
+		tp.InNode(func() error {
+			lk, err := link.AttachTCX(link.TCXOptions{Interface: x.idx, Program: x.prog, Attach: ebpf.AttachTCXIngress})
+			if err == nil {
+				t.Cleanup(func() { lk.Close() })
+			}
+			return err
+		})
+	}
+	tp.register(d, a, 0xa, on(TC))
+	tp.register(d, b, 0xb, on(TC))
+	ours, err := ebpf.LoadPinnedProgram(d.obj.ProgPin(tcProgName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	id := func(p *ebpf.Program) ebpf.ProgramID {
+		i, err := pinset.ProgID(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ebpf.ProgramID(i)
+	}
+	if got, want := tcxPrograms(t, tp, a.HostIdx), []ebpf.ProgramID{id(ours), id(ns)}; !slices.Equal(got, want) {
+		t.Errorf("tcx ingress of a runs %v, want ours then the north-south program %v", got, want)
+	}
+	if got, want := tcxPrograms(t, tp, b.HostIdx), []ebpf.ProgramID{id(other), id(ours)}; !slices.Equal(got, want) {
+		t.Errorf("tcx ingress of b runs %v, want the program that was there, then ours %v", got, want)
+	}
+}
