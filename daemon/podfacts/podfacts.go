@@ -10,6 +10,7 @@
 package podfacts
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/warpnet/warpnet/daemon/source"
 	"github.com/warpnet/warpnet/ipam/kube"
 )
 
@@ -37,7 +39,7 @@ type Publisher struct {
 	factory   informers.SharedInformerFactory
 
 	mu        sync.Mutex
-	published map[string]*kube.Pod // namespace/name → what its file holds
+	published map[string][]byte // namespace/name → what its file holds
 
 	writes, errors prometheus.Counter
 	pods           prometheus.Gauge
@@ -52,14 +54,11 @@ func New(rc *rest.Config, node, dir string, log *slog.Logger) (*Publisher, error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("--pod-facts %s: %w", dir, err)
 	}
-	rc = rest.CopyConfig(rc)
-	rc.ContentType = "application/vnd.kubernetes.protobuf"
-	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kubernetes.NewForConfig(source.Protobuf(rc))
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{dir: dir, node: node, log: log.With("component", "pod-facts"), published: map[string]*kube.Pod{},
+	p := &Publisher{dir: dir, node: node, log: log.With("component", "pod-facts"), published: map[string][]byte{},
 		writes: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_pod_facts_writes_total",
 			Help: "Pod facts files written or removed for warp-ipam (a pod bound to this node, changed or gone)."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "warpd_pod_facts_errors_total",
@@ -95,14 +94,14 @@ func trim(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	f := facts(pod)
 	t := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
-		ResourceVersion: pod.ResourceVersion, Annotations: f.Annotations, OwnerReferences: pod.OwnerReferences}}
+		ResourceVersion: pod.ResourceVersion, Annotations: kube.IPAMAnnotations(pod.Annotations), OwnerReferences: pod.OwnerReferences}}
 	t.Spec.NodeName = pod.Spec.NodeName
 	return t, nil
 }
 
-// facts converts a pod from the watch into what is published.
+// facts converts a pod of the informer's cache (trimmed) into what is
+// published.
 func facts(pod *corev1.Pod) *kube.Pod {
 	out := &kube.Pod{ObjectMeta: kube.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: string(pod.UID),
 		Annotations: pod.Annotations}}
@@ -111,16 +110,13 @@ func facts(pod *corev1.Pod) *kube.Pod {
 		out.OwnerReferences = append(out.OwnerReferences, kube.OwnerReference{APIVersion: o.APIVersion, Kind: o.Kind,
 			Name: o.Name, UID: string(o.UID), Controller: o.Controller})
 	}
-	return kube.TrimPod(out)
+	return out
 }
 
 // Collectors are the publisher's metrics, for warpd's registry.
 func (p *Publisher) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{p.writes, p.errors, p.pods}
 }
-
-// Dir is where the facts are published.
-func (p *Publisher) Dir() string { return p.dir }
 
 // Run watches until ctx ends. The files stay: they are valid until the
 // pods change, and the next warpd takes over from them.
@@ -140,21 +136,24 @@ func (p *Publisher) set(o any) {
 	if !ok {
 		return
 	}
-	pod := facts(cp)
-	key := pod.Namespace + "/" + pod.Name
+	key := cp.Namespace + "/" + cp.Name
+	data, err := kube.EncodePodFacts(facts(cp))
+	if err != nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if old := p.published[key]; old != nil && kube.PodFactsEqual(old, pod) {
+	if old, ok := p.published[key]; ok && bytes.Equal(old, data) {
 		return // a status update: nothing published changed
 	}
-	if err := kube.WritePodFacts(p.dir, pod); err != nil {
+	if err := kube.WritePodFacts(p.dir, cp.Namespace, cp.Name, data); err != nil {
 		p.errors.Inc()
 		p.log.Warn("cannot publish a pod for warp-ipam (it reads the pod from the API server instead)", "pod", key, "err", err)
 		delete(p.published, key)
 		return
 	}
 	p.writes.Inc()
-	p.published[key] = pod
+	p.published[key] = data
 	p.pods.Set(float64(len(p.published)))
 }
 

@@ -4,10 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/warpnet/warpnet/internal/atomicfile"
@@ -32,38 +30,30 @@ func podFactsFile(dir, namespace, name string) string {
 	return filepath.Join(dir, namespace+"_"+name+".json")
 }
 
-// TrimPod returns the parts of p that warp-ipam reads.
-func TrimPod(p *Pod) *Pod {
-	t := &Pod{ObjectMeta: ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
-		OwnerReferences: slices.Clone(p.OwnerReferences)}}
-	t.Spec.NodeName = p.Spec.NodeName
-	for k, v := range p.Annotations {
+// IPAMAnnotations returns the annotations warp-ipam reads (this group's),
+// nil if there are none.
+func IPAMAnnotations(annotations map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range annotations {
 		if strings.HasPrefix(k, Group+"/") {
-			if t.Annotations == nil {
-				t.Annotations = map[string]string{}
+			if out == nil {
+				out = map[string]string{}
 			}
-			t.Annotations[k] = v
+			out[k] = v
 		}
 	}
-	return t
+	return out
 }
 
-// PodFactsEqual reports whether a and b publish the same facts.
-func PodFactsEqual(a, b *Pod) bool {
-	return a.Name == b.Name && a.Namespace == b.Namespace && a.UID == b.UID && a.Spec.NodeName == b.Spec.NodeName &&
-		maps.Equal(a.Annotations, b.Annotations) && slices.EqualFunc(a.OwnerReferences, b.OwnerReferences, func(x, y OwnerReference) bool {
-		return x.APIVersion == y.APIVersion && x.Kind == y.Kind && x.Name == y.Name && x.UID == y.UID &&
-			(x.Controller != nil && *x.Controller) == (y.Controller != nil && *y.Controller)
-	})
-}
+// EncodePodFacts is what WritePodFacts publishes for p: the pod as given
+// (the publisher passes only what warp-ipam reads).
+func EncodePodFacts(p *Pod) ([]byte, error) { return json.Marshal(p) }
 
-// WritePodFacts publishes p (trimmed) in dir, atomically.
-func WritePodFacts(dir string, p *Pod) error {
-	data, err := json.Marshal(TrimPod(p))
-	if err != nil {
-		return err
-	}
-	if _, err := atomicfile.Write(podFactsFile(dir, p.Namespace, p.Name), data, 0o644); err != nil {
+// WritePodFacts publishes data, EncodePodFacts of pod namespace/name, in
+// dir, atomically.
+func WritePodFacts(dir, namespace, name string, data []byte) error {
+	// A cache the next warpd rebuilds, under /run: no fsync.
+	if err := atomicfile.Replace(podFactsFile(dir, namespace, name), data, 0o644); err != nil {
 		return fmt.Errorf("pod facts: %w", err)
 	}
 	return nil

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/warpnet/warpnet/internal/atomicfile"
 	"github.com/warpnet/warpnet/ipam/kube"
 	"github.com/warpnet/warpnet/ipam/store"
 )
@@ -59,7 +58,7 @@ func (s *Store) Pending() (int, error) {
 	ents, err := os.ReadDir(filepath.Join(s.dir, journalDir))
 	n := 0
 	for _, e := range ents {
-		if _, ok := keyFromFileName(e.Name()); ok && !atomicfile.IsTemp(e.Name()) {
+		if _, ok := keyFromFileName(e.Name()); ok && !isTemp(e.Name()) {
 			n++
 		}
 	}
@@ -76,7 +75,7 @@ func (s *Store) Drain() (released int, err error) {
 	}
 	for _, de := range ents {
 		k, ok := keyFromFileName(de.Name())
-		if !ok || atomicfile.IsTemp(de.Name()) {
+		if !ok || isTemp(de.Name()) {
 			continue
 		}
 		path := filepath.Join(s.dir, journalDir, de.Name())

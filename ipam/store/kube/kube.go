@@ -184,6 +184,10 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
+// isTemp reports a temporary file of writeJSON, in flight or left by a
+// crash: atomicfile's, or the fixed "<name>.tmp" of earlier versions.
+func isTemp(name string) bool { return atomicfile.IsTemp(name) || strings.HasSuffix(name, ".tmp") }
+
 // writeJSON replaces path atomically, so a crash leaves the old or the new
 // content. Not synced to disk: the API server has the truth, and what a
 // power loss takes from the node (an index entry, a queued release) leaves
@@ -401,14 +405,17 @@ func (s *Store) loadTaken(useHint, hintOnly bool) error {
 	}
 	// One process of the node lists at a time; the others wait for its
 	// list and take it from the hint, instead of a burst of ADDs that lost
-	// races each listing the pools (thousands of names) at once.
-	if l, err := flock.Open(path + ".lock"); err == nil {
-		defer l.Close()
-		if d, ok := s.ctx.Deadline(); ok {
-			l.SetTimeout(time.Until(d))
-		}
-		if got, err := l.TryLock(); err == nil && !got && l.Lock() == nil && useHint && s.freshHint(path) {
-			return nil
+	// races each listing the pools (thousands of names) at once. A
+	// consistent read (STATUS) cannot use the hint, so it does not wait.
+	if useHint {
+		if l, err := flock.Open(path + ".lock"); err == nil {
+			defer l.Close()
+			if d, ok := s.ctx.Deadline(); ok {
+				l.SetTimeout(time.Until(d))
+			}
+			if l.Lock() == nil && s.freshHint(path) {
+				return nil
+			}
 		}
 	}
 	at := time.Now()
@@ -736,7 +743,7 @@ func (s *Store) Keys() ([]store.Key, error) {
 	seen := map[store.Key]bool{}
 	var keys []store.Key
 	for _, e := range ents {
-		if k, ok := keyFromFileName(e.Name()); ok && !atomicfile.IsTemp(e.Name()) && !seen[k] {
+		if k, ok := keyFromFileName(e.Name()); ok && !isTemp(e.Name()) && !seen[k] {
 			seen[k] = true
 			keys = append(keys, k)
 		}

@@ -33,9 +33,7 @@ func TestPodFacts(t *testing.T) {
 	if err := os.MkdirAll(n1.podFacts, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := kube.WritePodFacts(n1.podFacts, ghost); err != nil {
-		t.Fatal(err)
-	}
+	writeFacts(t, n1.podFacts, ghost)
 
 	p1 := c.createPod("default", "pf1", "n1", map[string]string{kube.AnnotationPool: "pf-annotated", "unrelated.example.com/big": strings.Repeat("x", 4096)})
 	other := c.createPod("default", "pf-elsewhere", "n2", nil)
@@ -80,10 +78,8 @@ func TestPodFacts(t *testing.T) {
 
 	// Facts under another UID (the pod recreated, warpd behind): read
 	// from the API server.
-	if err := kube.WritePodFacts(n1.podFacts, &kube.Pod{ObjectMeta: kube.ObjectMeta{Namespace: "default", Name: other.Name,
-		UID: "stale-uid", Annotations: map[string]string{kube.AnnotationPool: "pf-annotated"}}}); err != nil {
-		t.Fatal(err)
-	}
+	writeFacts(t, n1.podFacts, &kube.Pod{ObjectMeta: kube.ObjectMeta{Namespace: "default", Name: other.Name,
+		UID: "stale-uid", Annotations: map[string]string{kube.AnnotationPool: "pf-annotated"}}})
 	before = podGets(t, c)
 	r = n1.add("c-elsewhere", "net1", other, conf)
 	inSubnet(t, r, "10.71.0.0/24")
@@ -97,6 +93,18 @@ func TestPodFacts(t *testing.T) {
 		_, err := os.Stat(filepath.Join(n1.podFacts, "default_pf1.json"))
 		return os.IsNotExist(err)
 	})
+}
+
+// writeFacts publishes p in dir as warpd would.
+func writeFacts(t *testing.T, dir string, p *kube.Pod) {
+	t.Helper()
+	data, err := kube.EncodePodFacts(p)
+	if err == nil {
+		err = kube.WritePodFacts(dir, p.Namespace, p.Name, data)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // podGets is how many GETs of a pod the API server has served.
