@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
 	"github.com/warpnet/warpnet/bpf/servicelb"
@@ -103,14 +104,15 @@ type Agent struct {
 // translation keeps working while warpd is down or restarting.
 func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	var src source.Source
+	var rc *rest.Config // API server mode
 	if cfg.ServicesFile != "" {
 		if cfg.Kubeconfig != "" {
 			return nil, errors.New("pass either --services-file or --kubeconfig, not both")
 		}
 		src = &source.File{Path: cfg.ServicesFile, Poll: cfg.Poll}
 	} else {
-		rc, err := source.ClientConfig(cfg.Kubeconfig)
-		if err != nil {
+		var err error
+		if rc, err = source.ClientConfig(cfg.Kubeconfig); err != nil {
 			return nil, err
 		}
 		if src, err = source.NewKube(rc, log); err != nil {
@@ -157,8 +159,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.metrics.reg.MustRegister(a.ipamGC.Collectors()...)
 	}
-	if cfg.PodFacts != "" && cfg.ServicesFile == "" {
-		if a.pods, err = openPodFacts(cfg, log); err != nil {
+	if cfg.PodFacts != "" && rc != nil {
+		if a.pods, err = podfacts.New(rc, cfg.Node.Name, cfg.PodFacts, log); err != nil {
 			lb.Close()
 			return nil, err
 		}
@@ -178,14 +180,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			Facts: cfg.Network.FactsPath, Waiting: "the cluster's Nodes are not listed yet"}
 	}
 	return a, nil
-}
-
-func openPodFacts(cfg Config, log *slog.Logger) (*podfacts.Publisher, error) {
-	rc, err := source.ClientConfig(cfg.Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	return podfacts.New(rc, cfg.Node.Name, cfg.PodFacts, log)
 }
 
 // nodeAddresses lists the global unicast addresses of the current network

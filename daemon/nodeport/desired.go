@@ -10,7 +10,6 @@
 package nodeport
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,11 +51,11 @@ func Desired(entries []services.Entry, mode Mode, tableSize int) []np.Service {
 	byKey := map[np.ServiceKey]*np.Service{}
 	var keys []np.ServiceKey
 	for _, e := range entries {
-		x := e.External
-		if x == nil || e.Addr().IsLoopback() {
+		k, ok := keyOf(e)
+		if !ok {
 			continue
 		}
-		k := np.ServiceKey{ID: e.ID, IPv6: e.Addr().Is6()}
+		x := e.External
 		s := byKey[k]
 		if s == nil {
 			m := mode
@@ -77,9 +76,7 @@ func Desired(entries []services.Entry, mode Mode, tableSize int) []np.Service {
 		s.Backends = sortedUnique(s.Backends)
 		out = append(out, *s)
 	}
-	slices.SortFunc(out, func(a, b np.Service) int {
-		return cmp.Or(cmp.Compare(a.ID, b.ID), compareBool(a.IPv6, b.IPv6))
-	})
+	slices.SortFunc(out, func(a, b np.Service) int { return compareKeys(a.Key(), b.Key()) })
 	return out
 }
 

@@ -241,3 +241,28 @@ func TestHealthServersRetryAPortThatWasTaken(t *testing.T) {
 		t.Error("an update about another port stopped this one")
 	}
 }
+
+// A port that could not be opened and is no longer wanted at the next full
+// sync is forgotten, not retried by a later update.
+func TestHealthServersForgetAFailedPortNoLongerWanted(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(taken.Addr().(*net.TCPAddr).Port)
+	hs := newHealthServers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, slog.New(slog.DiscardHandler))
+	defer hs.close()
+	if err := hs.sync(map[uint16]health{port: {namespace: "ns", name: "web", local: 1}}); err == nil {
+		t.Fatal("serving a port another socket holds did not fail")
+	}
+	if err := hs.sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	taken.Close()
+	if err := hs.apply(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if hs.ports[port] != nil || len(hs.failed) != 0 {
+		t.Errorf("a port no longer wanted is served (%v) or retried (%v)", hs.ports[port] != nil, hs.failed)
+	}
+}

@@ -76,6 +76,9 @@ func (s *healthServers) sync(want map[uint16]health) error {
 	for port := range s.ports {
 		ports[port] = true
 	}
+	for port := range s.failed { // a port that could not be opened, perhaps no longer wanted
+		ports[port] = true
+	}
 	s.mu.Unlock()
 	for port := range want {
 		ports[port] = true

@@ -1,6 +1,8 @@
 package nodeport
 
 import (
+	"cmp"
+
 	np "github.com/warpnet/warpnet/bpf/nodeport"
 	"github.com/warpnet/warpnet/daemon/services"
 )
@@ -22,7 +24,7 @@ func newIndex() *index {
 }
 
 // keyOf is the load balancer service an entry belongs to, if it is
-// north-south's at all (Desired's rule).
+// north-south's at all.
 func keyOf(e services.Entry) (np.ServiceKey, bool) {
 	if e.External == nil || e.Addr().IsLoopback() {
 		return np.ServiceKey{}, false
@@ -108,4 +110,9 @@ func (x *index) health(touched map[np.ServiceKey]bool) (ports map[uint16]bool, w
 		}
 	}
 	return ports, want
+}
+
+// compareKeys orders load balancer services by ID, IPv4 first.
+func compareKeys(a, b np.ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.ID, b.ID), compareBool(a.IPv6, b.IPv6))
 }

@@ -1,7 +1,6 @@
 package nodeport
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,7 +65,7 @@ type Config struct {
 }
 
 // Reconciler writes the desired north-south services into the maps.
-// Sync and SetTunnelPeers are called from one goroutine at a time each.
+// Sync, Apply and SetTunnelPeers are called from one goroutine at a time each.
 type Reconciler struct {
 	cfg    Config
 	log    *slog.Logger
@@ -185,28 +184,30 @@ func (r *Reconciler) Sync(entries []services.Entry) (Stats, error) {
 func (r *Reconciler) NeedsFull() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.idx == nil || r.applied == nil
+	return r.needsFull()
 }
+
+func (r *Reconciler) needsFull() bool { return r.idx == nil || r.applied == nil }
 
 // Apply is the incremental pass, for the frontends whose desired entry
 // changed (services.Tracker.Update's result; desired is
 // Tracker.Desired): only the north-south services those frontends belong
 // to, before and after, are compared and written, and the health check
-// ports of those services updated, plus whatever failed last time. It
-// costs what changed, not what the cluster holds. Call Sync instead while
-// NeedsFull.
+// ports of those services updated, plus whatever failed last time: in the
+// maps it costs what changed, not what the cluster holds (the interfaces
+// are still listed every pass). Call Sync instead while NeedsFull.
 func (r *Reconciler) Apply(changed []services.Frontend, desired func(services.Frontend) (services.Entry, bool)) (Stats, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.idx == nil || r.applied == nil {
+	if r.needsFull() {
 		return Stats{}, errors.New("nodeport: Apply before a full Sync")
 	}
-	st, errs := r.begin()
 	touched := map[np.ServiceKey]bool{}
 	for _, fe := range changed {
 		e, ok := desired(fe)
 		r.idx.set(fe, e, ok, touched)
 	}
+	st, errs := r.begin()
 	for k := range r.retry {
 		touched[k] = true
 	}
@@ -236,9 +237,7 @@ func (r *Reconciler) begin() (Stats, []error) {
 // are switched to. r.mu is held.
 func (r *Reconciler) write(keys map[np.ServiceKey]bool, st *Stats) []error {
 	var errs []error
-	sorted := slices.SortedFunc(maps.Keys(keys), func(a, b np.ServiceKey) int {
-		return cmp.Or(cmp.Compare(a.ID, b.ID), compareBool(a.IPv6, b.IPv6))
-	})
+	sorted := slices.SortedFunc(maps.Keys(keys), compareKeys)
 	for _, k := range sorted {
 		st.Compared++
 		delete(r.retry, k)

@@ -72,17 +72,17 @@ func (f Frontend) compare(g Frontend) int {
 	return cmp.Or(f.AddrPort.Compare(g.AddrPort), cmp.Compare(f.Proto, g.Proto))
 }
 
-// slice returns the slice named name in force, nil if none.
+// slice returns the slice named name in force, nil if none (tr.slices is
+// sorted by name).
 func (tr *tracked) slice(name string) *discoveryv1.EndpointSlice {
 	if tr == nil {
 		return nil
 	}
-	for _, s := range tr.slices {
-		if s.Name == name {
-			return s
-		}
+	i, found := slices.BinarySearchFunc(tr.slices, name, func(s *discoveryv1.EndpointSlice, name string) int { return strings.Compare(s.Name, name) })
+	if !found {
+		return nil
 	}
-	return nil
+	return tr.slices[i]
 }
 
 // NewTracker returns an empty tracker for node.

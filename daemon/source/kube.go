@@ -72,13 +72,20 @@ func ClientConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// NewKube prepares the informers on a client of rc; Start runs them.
-func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
+// Protobuf returns a copy of rc that talks protobuf to the API server
+// (JSON for what has no protobuf form): a tenth of JSON's decoding cost
+// for 10,000 services.
+func Protobuf(rc *rest.Config) *rest.Config {
 	rc = rest.CopyConfig(rc)
-	rc.Wrap(func(next http.RoundTripper) http.RoundTripper { return &reachability{next: next, log: log} })
-	// Protobuf: a tenth of JSON's decoding cost for 10,000 services.
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	return rc
+}
+
+// NewKube prepares the informers on a client of rc; Start runs them.
+func NewKube(rc *rest.Config, log *slog.Logger) (*Kube, error) {
+	rc = Protobuf(rc)
+	rc.Wrap(func(next http.RoundTripper) http.RoundTripper { return &reachability{next: next, log: log} })
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("API client: %w", err)
