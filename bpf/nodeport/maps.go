@@ -190,9 +190,9 @@ func (x *frontendIndex) drop(k npNpFeKey) {
 	}
 }
 
-// loadIDs fills the caches of backend ids and frontends from the maps,
+// loadCaches fills the caches of backend ids and frontends from the maps,
 // once; l.mu held.
-func (l *LB) loadIDs() error {
+func (l *LB) loadCaches() error {
 	if l.ids != nil && l.frontends != nil {
 		return nil
 	}
@@ -248,7 +248,7 @@ func (l *LB) Upsert(svc Service) error {
 	defer release()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.loadIDs(); err != nil {
+	if err := l.loadCaches(); err != nil {
 		return err
 	}
 	key := svc.Key()
@@ -366,7 +366,7 @@ func (l *LB) putTable(key ServiceKey, size int, sorted []netip.AddrPort, ids map
 }
 
 // deleteFrontends removes the frontends of key that are not in keep
-// (from the cache: loadIDs ran).
+// (from the cache: loadCaches ran).
 func (l *LB) deleteFrontends(key ServiceKey, keep map[npNpFeKey]bool) error {
 	var errs []error
 	for k := range l.frontends.of[key] {
@@ -395,7 +395,7 @@ func (l *LB) Delete(key ServiceKey) error {
 	defer release()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.loadIDs(); err != nil {
+	if err := l.loadCaches(); err != nil {
 		return err
 	}
 	errs := []error{l.deleteFrontends(key, nil)}

@@ -101,7 +101,11 @@ func attachTCLink(ifindex int, prog *ebpf.Program) (link.Link, error) {
 	opts := link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
 	if id, ok := northSouthProgram(ifindex); ok {
 		opts.Anchor = link.BeforeProgramByID(id)
-		if lk, err := link.AttachTCX(opts); err == nil {
+		lk, err := link.AttachTCX(opts)
+		if !errors.Is(err, os.ErrNotExist) {
+			if err != nil {
+				return nil, fmt.Errorf("podpath: attach %s to the tcx ingress of ifindex %d before %s: %w", tcProgName, ifindex, pinset.NorthSouthTCProg, err)
+			}
 			return lk, nil
 		}
 		opts.Anchor = nil // detached meanwhile: nothing to come before

@@ -178,10 +178,10 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			order[0], order[1] = order[1], order[0] // the two warp-ipam builds alternate
 		}
 		for _, p := range order {
-			if p.floor && ph.pool != "bench" {
+			if p.floor() && ph.pool != "bench" {
 				continue // the floor has no cluster-wide pool to fill to 95%
 			}
-			if only != "" && !strings.HasPrefix(p.name, only) && !p.floor {
+			if only != "" && !strings.HasPrefix(p.name, only) && !p.floor() {
 				results[ph.title][p.name] = &clusterRun{plugin: p.name}
 				continue
 			}
@@ -189,7 +189,7 @@ func BenchmarkIPAMCluster(b *testing.B) {
 			r := runClusterADDs(b, api, hc, nodes, p, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, ph.pods)
 			delAll(b, nodes, p, func(n *clusterNode) []byte { return p.conf(n, ph.pool) }, r)
 			switch {
-			case p.floor:
+			case p.floor():
 				r.leaks = p.floorLeaks(nodes)
 			case p.dataDir != nil:
 				r.leaks = warpLeaks(b, admin, ph.pool, ph.pool == "bench-full", full, nodes, p.dataDir)
@@ -264,14 +264,15 @@ type clusterPlugin struct {
 	plugin  *harness.Plugin
 	conf    func(n *clusterNode, pool string) []byte
 	dataDir func(n *clusterNode) string // warp-ipam's node-local state; nil for whereabouts
-	// floor: a reference plugin with no API server (floorLeaks counts
-	// what it still holds after the DELs): what a process per ADD costs on
-	// this machine with nothing cluster-wide.
-	floor      bool
+	// floorLeaks is set for a floor, a reference plugin with no API server
+	// (what a process per ADD costs on this machine with nothing
+	// cluster-wide), and counts what it still holds after the DELs.
 	floorLeaks func(nodes []*clusterNode) int
 	// args is CNI_ARGS for pod p (nil: p.args()).
 	args func(p benchPod) string
 }
+
+func (c *clusterPlugin) floor() bool { return c.floorLeaks != nil }
 
 // cniArgs is CNI_ARGS for pod p's ADD and DEL with plugin c.
 func (c *clusterPlugin) cniArgs(p benchPod) string {
@@ -338,7 +339,7 @@ func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugi
 	// a process per ADD and nothing else. host-local: node i hands out the
 	// i-th quarter of a subnet of its own, under its node-wide lock.
 	harness.RequireTools(b, "/usr/lib/cni/host-local", "/usr/lib/cni/static")
-	plugins = append(plugins, clusterPlugin{name: staticFloor, floor: true,
+	plugins = append(plugins, clusterPlugin{name: staticFloor,
 		plugin:     &harness.Plugin{Name: "static", Path: "/usr/lib/cni/static", CNIPath: "/usr/lib/cni"},
 		floorLeaks: func([]*clusterNode) int { return 0 }, // holds nothing
 		args: func(p benchPod) string {
@@ -350,7 +351,7 @@ func clusterPlugins(b *testing.B, env *harness.Env, wbBin string) []clusterPlugi
 			return harness.ConfigJSON(b, harness.NetConf("bench-cluster", "macvlan", map[string]any{"cniVersion": "1.0.0", "ipam": map[string]any{
 				"type": "static"}}))
 		}})
-	plugins = append(plugins, clusterPlugin{name: hostLocalFloor, floor: true, floorLeaks: hostLocalLeaks,
+	plugins = append(plugins, clusterPlugin{name: hostLocalFloor, floorLeaks: hostLocalLeaks,
 		plugin: &harness.Plugin{Name: "host-local", Path: "/usr/lib/cni/host-local", CNIPath: "/usr/lib/cni"},
 		conf: func(n *clusterNode, pool string) []byte {
 			var i int
