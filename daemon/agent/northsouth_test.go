@@ -128,17 +128,22 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 		return a.src.Start(ctx)
 	})
 	t.Cleanup(func() { a.closeNorthSouth(); a.lb.Close() })
+	// read waits for the source to read the file (again).
+	read := func(what string) {
+		t.Helper()
+		select {
+		case <-a.src.Changes():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the services file source saw no change", what)
+		}
+	}
 	// step waits for the file's change (if any), syncs, and returns the
 	// north-south line it logged.
 	seen := 0
 	step := func(what string, full bool) syncedLine {
 		t.Helper()
 		if !full {
-			select {
-			case <-a.src.Changes():
-			case <-time.After(10 * time.Second):
-				t.Fatalf("%s: the services file source saw no change", what)
-			}
+			read(what)
 		}
 		in(func() error { a.sync(ctx, full); return nil })
 		lines := nsSynced(&logs, seen)
@@ -171,7 +176,7 @@ func TestNorthSouthSyncIsIncremental(t *testing.T) {
 		}
 		return code
 	}
-	<-a.src.Changes() // the first read
+	read("the first read")
 
 	all := 4 * (n + 1)
 	if l := step("first sync", true); l.Compared != all || l.Upserted != all || l.Services != all {

@@ -50,6 +50,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -246,6 +248,38 @@ func (s *Server) CPUTime(t testing.TB) time.Duration {
 		total += st.CPU
 	}
 	return total
+}
+
+// Requests is how many requests the API server has served so far, by its
+// own count (apiserver_request_total, its background requests included),
+// of those whose labels match (nil: all).
+func (s *Server) Requests(t testing.TB, match func(labels map[string]string) bool) float64 {
+	t.Helper()
+	hc, err := rest.HTTPClientFor(s.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Get(s.URL + "/metrics")
+	if err != nil {
+		t.Fatalf("apiserver: metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("apiserver: metrics: %v", err)
+	}
+	var n float64
+	for _, m := range fams["apiserver_request_total"].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if match == nil || match(labels) {
+			n += m.GetCounter().GetValue()
+		}
+	}
+	return n
 }
 
 // RESTConfig returns a client-go configuration for the admin user.

@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -504,27 +502,6 @@ func rawRequest(hc *http.Client, method, url string, body, out any) error {
 	return nil
 }
 
-// apiRequests sums the API server's apiserver_request_total.
-func apiRequests(b *testing.B, hc *http.Client, server string) float64 {
-	resp, err := hc.Get(server + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		b.Fatal(err)
-	}
-	total := 0.0
-	if mf := mfs["apiserver_request_total"]; mf != nil {
-		for _, m := range mf.Metric {
-			total += m.GetCounter().GetValue()
-		}
-	}
-	return total
-}
-
 type clusterJob struct {
 	pod benchPod
 	i   int
@@ -543,7 +520,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 	for i, p := range pods {
 		queues[i%len(nodes)] <- clusterJob{p, i}
 	}
-	before := apiRequests(b, hc, api.URL)
+	before := api.Requests(b, nil)
 	start := time.Now()
 	deadline := start.Add(clusterRunBound)
 	var wg sync.WaitGroup
@@ -594,7 +571,7 @@ func runClusterADDs(b *testing.B, api *apiserver.Server, hc *http.Client, nodes 
 	}
 	wg.Wait()
 	r.wall = time.Since(start)
-	r.requests = apiRequests(b, hc, api.URL) - before
+	r.requests = api.Requests(b, nil) - before
 	for _, pods := range r.held {
 		if len(pods) > 1 {
 			r.dups++

@@ -81,7 +81,7 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 				return harness.Call{Command: cmd, ContainerID: "c-" + pod.name, Netns: n.podNS.Path, IfName: "net1", Config: conf, Args: p.cniArgs(pod)}
 			}
 			pl := p.plugin.In(n.ns)
-			apiBefore, reqBefore, warpdBefore := api.CPUTime(b), apiRequests(b, hc, api.URL), processCPU(b, n.warpd.Process.Pid)
+			apiBefore, reqBefore, warpdBefore := api.CPUTime(b), api.Requests(b, nil), processCPU(b, n.warpd.Process.Pid)
 			for _, pod := range pods {
 				ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 				o, err := pl.Exec(ctx, call("ADD", pod))
@@ -97,7 +97,7 @@ func BenchmarkIPAMClusterCPU(b *testing.B) {
 			}
 			c.api += api.CPUTime(b) - apiBefore
 			c.warpd += processCPU(b, n.warpd.Process.Pid) - warpdBefore
-			c.requests += apiRequests(b, hc, api.URL) - reqBefore
+			c.requests += api.Requests(b, nil) - reqBefore
 			for _, pod := range pods {
 				ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
 				if o, err := pl.Exec(ctx, call("DEL", pod)); err != nil || o.ExitCode != 0 {

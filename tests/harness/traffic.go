@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -124,6 +125,19 @@ func HTTPGet(do func(func() error) error, addr string, timeout time.Duration) (i
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, err
+}
+
+// HTTPGetJSON is HTTPGet of a JSON object (a health check's answer).
+func HTTPGetJSON(do func(func() error) error, addr string, timeout time.Duration) (int, map[string]any, error) {
+	code, body, err := HTTPGet(do, addr, timeout)
+	if err != nil {
+		return code, nil, err
+	}
+	var v map[string]any
+	if err := json.Unmarshal(body, &v); err != nil {
+		return code, nil, fmt.Errorf("%q: %w", body, err)
+	}
+	return code, v, nil
 }
 
 // Exchange sends msg from inside n to addr ("host:port") over network

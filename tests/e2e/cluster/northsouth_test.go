@@ -2,9 +2,7 @@ package cluster_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -27,33 +25,26 @@ type answer struct{ pod, client string }
 // TCP (HTTP) or UDP (a datagram), each time from a new source port.
 func ask(ext *k8s.External, proto, addr string) (answer, error) {
 	var line string
-	err := ext.Do(func() error {
-		conn, err := net.DialTimeout(proto, addr, 3*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(3 * time.Second))
-		r := bufio.NewReader(conn)
-		if proto == "udp" {
+	var err error
+	if proto == "tcp" {
+		var body []byte
+		_, body, err = harness.HTTPGet(ext.Do, addr, 3*time.Second)
+		line = string(body)
+	} else {
+		err = ext.Do(func() error {
+			conn, err := net.DialTimeout(proto, addr, 3*time.Second)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
 			if _, err := conn.Write([]byte("hi")); err != nil {
 				return err
 			}
-			line, err = r.ReadString('\n')
+			line, err = bufio.NewReader(conn).ReadString('\n')
 			return err
-		}
-		if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", addr); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(r, nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		line = string(b)
-		return err
-	})
+		})
+	}
 	if err != nil {
 		return answer{}, err
 	}
@@ -68,15 +59,7 @@ func ask(ext *k8s.External, proto, addr string) (answer, error) {
 
 // healthCheck fetches a healthCheckNodePort from the external host.
 func healthCheck(ext *k8s.External, addr string) (int, map[string]any, error) {
-	code, body, err := harness.HTTPGet(ext.Do, addr, 3*time.Second)
-	if err != nil {
-		return code, nil, err
-	}
-	var v map[string]any
-	if err := json.Unmarshal(body, &v); err != nil {
-		return code, nil, fmt.Errorf("%q: %w", body, err)
-	}
-	return code, v, nil
+	return harness.HTTPGetJSON(ext.Do, addr, 3*time.Second)
 }
 
 func nodePortOf(svc *corev1.Service, name string) string {

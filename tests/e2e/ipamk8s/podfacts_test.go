@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warpnet/warpnet/ipam/kube"
@@ -107,27 +105,10 @@ func writeFacts(t *testing.T, dir string, p *kube.Pod) {
 	}
 }
 
-// podGets is how many GETs of a pod the API server has served.
+// podGets is how many GETs of a pod the API server has served (warpd
+// lists and watches pods; only the plugin GETs one).
 func podGets(t *testing.T, c *cluster) float64 {
-	t.Helper()
-	raw, err := c.k8s.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(c.ctx())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(raw)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, m := range fams["apiserver_request_total"].GetMetric() {
-		labels := map[string]string{}
-		for _, l := range m.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		if labels["verb"] == "GET" && labels["resource"] == "pods" && labels["subresource"] == "" {
-			n += m.GetCounter().GetValue()
-		}
-	}
-	return n
+	return c.api.Requests(t, func(l map[string]string) bool {
+		return l["verb"] == "GET" && l["resource"] == "pods" && l["subresource"] == ""
+	})
 }

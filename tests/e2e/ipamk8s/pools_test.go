@@ -198,7 +198,7 @@ func TestConcurrentADDsFillAPool(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			a.o, a.err = a.n.ipam.Exec(ctx, a.n.call("ADD", a.pod.Name, "net1", a.pod, a.n.conf(map[string]any{"pool": "burst"})))
 		}()

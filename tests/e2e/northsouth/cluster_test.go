@@ -399,15 +399,7 @@ func (c *cluster) waitSeen(t *testing.T, network string, fe netip.AddrPort, want
 
 // health fetches the healthCheckNodePort of a node from the client.
 func (c *cluster) health(addr netip.AddrPort) (int, map[string]any, error) {
-	code, body, err := harness.HTTPGet(c.ext.Do, addr.String(), 5*time.Second)
-	if err != nil {
-		return code, nil, err
-	}
-	var v map[string]any
-	if err := json.Unmarshal(body, &v); err != nil {
-		return code, nil, fmt.Errorf("%q: %w", body, err)
-	}
-	return code, v, nil
+	return harness.HTTPGetJSON(c.ext.Do, addr.String(), 5*time.Second)
 }
 
 // warpctl runs warpctl in n's namespace on n's pins.
