@@ -209,13 +209,7 @@ func TestHealthCheckNodePort(t *testing.T) {
 // even one about other ports: incremental syncs would otherwise never
 // come back to it.
 func TestHealthServersRetryAPortThatWasTaken(t *testing.T) {
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint16(taken.Addr().(*net.TCPAddr).Port)
-	hs := newHealthServers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, slog.New(slog.DiscardHandler))
-	defer hs.close()
+	taken, port, hs := heldPort(t)
 	want := map[uint16]health{port: {namespace: "ns", name: "web", local: 1}}
 	if err := hs.apply(map[uint16]bool{port: true}, want); err == nil {
 		t.Fatal("serving a port another socket holds did not fail")
@@ -245,13 +239,7 @@ func TestHealthServersRetryAPortThatWasTaken(t *testing.T) {
 // A port that could not be opened and is no longer wanted at the next full
 // sync is forgotten, not retried by a later update.
 func TestHealthServersForgetAFailedPortNoLongerWanted(t *testing.T) {
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint16(taken.Addr().(*net.TCPAddr).Port)
-	hs := newHealthServers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, slog.New(slog.DiscardHandler))
-	defer hs.close()
+	taken, port, hs := heldPort(t)
 	if err := hs.sync(map[uint16]health{port: {namespace: "ns", name: "web", local: 1}}); err == nil {
 		t.Fatal("serving a port another socket holds did not fail")
 	}
@@ -265,4 +253,16 @@ func TestHealthServersForgetAFailedPortNoLongerWanted(t *testing.T) {
 	if hs.ports[port] != nil || len(hs.failed) != 0 {
 		t.Errorf("a port no longer wanted is served (%v) or retried (%v)", hs.ports[port] != nil, hs.failed)
 	}
+}
+
+// heldPort returns a port of 127.0.0.1 another socket holds (close taken
+// to free it) and health servers on 127.0.0.1.
+func heldPort(t *testing.T) (taken net.Listener, port uint16, hs *healthServers) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs = newHealthServers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, slog.New(slog.DiscardHandler))
+	t.Cleanup(hs.close)
+	return taken, uint16(taken.Addr().(*net.TCPAddr).Port), hs
 }
